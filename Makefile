@@ -1,0 +1,42 @@
+# Settlement gateway. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml setup.py fastcore/_core.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python setup.py -q build_ext --inplace
+	@touch $(STAMP)
+
+install: $(STAMP) ## Make the virtual environment, install, build the Cython extension
+
+run: install ## Serve the gateway on :8000 (starts local Redis and Kafka unless configured)
+	@deploy/run.sh
+
+test: install ## Run every test against real Redis and Kafka (started here when not running)
+	@deploy/test.sh
+
+stack-up: install ## Start the local Redis and Kafka and leave them running
+	@deploy/stack.sh up >/dev/null
+
+stack-down: ## Stop the local Redis and Kafka
+	@deploy/stack.sh down
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check gateway fastcore tests tools deploy benchmarks
+	$(BIN)/ruff format --check gateway fastcore tests tools deploy benchmarks
+	$(BIN)/mypy
+
+clean: stack-down ## Remove the environment, the stack's data and build products
+	rm -rf $(VENV) .stack build fastcore/_core.c fastcore/*.so *.egg-info
+
+.PHONY: help install run test stack-up stack-down lint clean

@@ -1,0 +1,29 @@
+# Shared settings for the local stack scripts. Sourced, never run.
+# Everything the stack writes lives under STACK_DIR (git-ignored), so a clone can be wiped with one rm.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+STACK_KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
+STACK_KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
+STACK_REDIS_PORT=${STACK_REDIS_PORT:-16379}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+
+say() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+# pid_alive PIDFILE: true when the file names a live process.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pid PIDFILE NAME SECONDS: TERM, wait, then KILL; removes the pid file.
+stop_pid() {
+  local pidfile=$1 name=$2 grace=${3:-20} pid i
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "$name stopped"; return 0; }
+    sleep 0.1
+  done
+  say "$name did not stop in ${grace}s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Project-owned Redis on its own port and data folder, AOF on (appendfsync everysec).
+# Never touches a Redis already running on 6379.
+#   deploy/redis.sh start | stop | status
+# Installs redis-server from apt when it is missing. Logs: .stack/redis/redis.log.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+REDIS_HOME=$STACK_DIR/redis
+PIDFILE=$REDIS_HOME/redis.pid
+
+install_redis() {
+  command -v redis-server >/dev/null && return 0
+  say "redis-server is missing; installing it from apt"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >&2 \
+    || die "could not install redis-server; install it with your package manager"
+}
+
+start() {
+  if pid_alive "$PIDFILE"; then say "Redis already running on 127.0.0.1:$STACK_REDIS_PORT"; return 0; fi
+  [ "$STACK_REDIS_PORT" != 6379 ] || die "STACK_REDIS_PORT must not be 6379: the local stack never takes the system Redis's port"
+  install_redis
+  mkdir -p "$REDIS_HOME"
+  say "starting Redis on 127.0.0.1:$STACK_REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --dir "$REDIS_HOME" \
+    --appendonly yes --appendfsync everysec --save "" \
+    --daemonize yes --pidfile "$PIDFILE" --logfile "$REDIS_HOME/redis.log" >&2
+  local deadline=$((SECONDS + 20))
+  until redis-cli -h 127.0.0.1 -p "$STACK_REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
+    [ $SECONDS -lt $deadline ] || die "Redis did not answer PING within 20s; see $REDIS_HOME/redis.log"
+    sleep 0.1
+  done
+  say "Redis ready on 127.0.0.1:$STACK_REDIS_PORT"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_pid "$PIDFILE" Redis 20 ;;
+  status) pid_alive "$PIDFILE" ;;
+  *) die "usage: $0 start|stop|status" ;;
+esac

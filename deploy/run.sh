@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make run`: the local stack (unless configured elsewhere) and the gateway under Granian on :8000.
+# Ctrl-C stops the gateway (which flushes its producer), then whatever this script started.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+started=$("$ROOT/deploy/stack.sh" up)
+cleanup() { [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+set -a
+eval "$("$ROOT/deploy/stack.sh" env)"
+set +a
+"$ROOT/.venv/bin/python" -m gateway check
+say "gateway on http://${GATEWAY_HOST:-0.0.0.0}:${GATEWAY_PORT:-8000} (docs at /docs); Ctrl-C stops"
+"$ROOT/.venv/bin/granian" --interface asgi --factory gateway.app:create_app \
+  --host "${GATEWAY_HOST:-0.0.0.0}" --port "${GATEWAY_PORT:-8000}" \
+  --workers "${GATEWAY_WORKERS:-$(nproc)}" --no-ws --log-level warning || true

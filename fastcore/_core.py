@@ -1,0 +1,432 @@
+"""Validation and settlement-window routing of one transaction: the compiled hot path.
+
+Written in Cython's pure-Python mode. `setup.py` compiles this file into the extension
+`fastcore._core`; the very same source loaded as plain Python is the twin (`fastcore._core_py`).
+The tests run every case through both and compare. Plain values in, plain values out, and only
+fastcore's own errors raised.
+"""
+
+import cython
+
+from fastcore.currencies import CURRENCIES
+from fastcore.errors import PolicyError, ValidationFailed
+
+COMPILED = cython.compiled
+
+IDENTIFIER_MAX = 64
+IDEMPOTENCY_KEY_MAX = 255
+METADATA_MAX_ENTRIES = 16
+METADATA_KEY_MAX = 64
+METADATA_VALUE_MAX = 256
+EXPONENT_MAX = 30
+# Amounts are held as int64 minor units; 18 significant digits always fit.
+DIGITS_MAX = 18
+
+WINDOWS = ("rtgs", "t0", "t1")
+
+_POW10 = [10**i for i in range(DIGITS_MAX + 1)]
+
+
+def _settleable_currencies() -> dict:
+    """Active ISO 4217 codes with defined minor units that are not fund codes."""
+    return {code: units for code, (units, fund) in CURRENCIES.items() if units is not None and not fund}
+
+
+@cython.cclass
+class Policy:
+    """Validation limits, compiled once at start-up from configuration."""
+
+    minor_units = cython.declare(dict, visibility="readonly")
+    max_minor = cython.declare(dict, visibility="readonly")
+    blocked_pairs = cython.declare(frozenset, visibility="readonly")
+    max_amount = cython.declare(str, visibility="readonly")
+
+    def __init__(self, max_amount: str, blocked_pairs=()):
+        """`max_amount`: a positive whole number of currency units; `blocked_pairs`: (source, destination) codes."""
+        self.minor_units = _settleable_currencies()
+        if not (isinstance(max_amount, str) and max_amount.isascii() and max_amount.isdigit()) or int(max_amount) <= 0:
+            raise PolicyError(f"max amount must be a positive whole number, got {max_amount!r}")
+        ceiling = _POW10[DIGITS_MAX]
+        self.max_minor = {}
+        for code, units in self.minor_units.items():
+            limit = int(max_amount) * _POW10[units]
+            if limit >= ceiling:
+                raise PolicyError(f"max amount {max_amount} is too large for {code} (at most 18 digits in minor units)")
+            self.max_minor[code] = limit
+        self.max_amount = max_amount
+        pairs = set()
+        for source, destination in blocked_pairs:
+            for code in (source, destination):
+                if code not in self.minor_units:
+                    raise PolicyError(f"blocked pair names {code!r}, which is not a settleable ISO 4217 currency")
+            pairs.add(source + destination)
+        self.blocked_pairs = frozenset(pairs)
+
+
+@cython.cclass
+class Instruction:
+    """The parts of a valid transaction that validation computed (the rest is the caller's own input)."""
+
+    amount = cython.declare(str, visibility="readonly")
+    amount_minor = cython.declare(cython.longlong, visibility="readonly")
+    minor_units = cython.declare(cython.int, visibility="readonly")
+    idempotency_key = cython.declare(str, visibility="readonly")
+    requested_window = cython.declare(object, visibility="readonly")
+
+    def __init__(
+        self,
+        amount: str,
+        amount_minor: cython.longlong,
+        minor_units: cython.int,
+        idempotency_key: str,
+        requested_window,
+    ):
+        self.amount = amount
+        self.amount_minor = amount_minor
+        self.minor_units = minor_units
+        self.idempotency_key = idempotency_key
+        self.requested_window = requested_window
+
+
+@cython.cfunc
+@cython.inline
+def _identifier_char(ch: cython.Py_UCS4) -> cython.bint:
+    return (
+        ("a" <= ch <= "z")
+        or ("A" <= ch <= "Z")
+        or ("0" <= ch <= "9")
+        or ch == "_"
+        or ch == "."
+        or ch == ":"
+        or ch == "-"
+    )
+
+
+@cython.cfunc
+def _check_identifier(errors: list, field: str, value: object) -> cython.void:
+    if value is None:
+        errors.append((field, "required", "is required"))
+        return
+    if type(value) is not str:
+        errors.append((field, "not_a_string", "must be a string"))
+        return
+    text: str = value
+    n: cython.Py_ssize_t = len(text)
+    if n == 0 or n > IDENTIFIER_MAX:
+        errors.append((field, "invalid_length", f"must be 1 to {IDENTIFIER_MAX} characters"))
+        return
+    ch: cython.Py_UCS4
+    for ch in text:
+        if not _identifier_char(ch):
+            errors.append((field, "invalid_characters", "may contain only letters, digits and _ . : -"))
+            return
+
+
+@cython.cfunc
+def _check_currency(errors: list, field: str, value: object, minor_units: dict) -> cython.int:
+    """Append an error or return the currency's minor units."""
+    if value is None:
+        errors.append((field, "required", "is required"))
+        return -1
+    if type(value) is not str:
+        errors.append((field, "not_a_string", "must be a string"))
+        return -1
+    units = minor_units.get(value)
+    if units is not None:
+        return units
+    if value in CURRENCIES:
+        errors.append(
+            (field, "currency_not_settleable", f"{value} is a fund or special code (ISO 4217) and cannot be settled")
+        )
+    elif type(value) is str and value.upper() in minor_units:
+        errors.append((field, "currency_not_upper_case", "must be an upper-case ISO 4217 code"))
+    else:
+        errors.append((field, "currency_unknown", "must be an active ISO 4217 currency code"))
+    return -1
+
+
+@cython.cfunc
+def _is_printable_ascii(text: str) -> cython.bint:
+    ch: cython.Py_UCS4
+    for ch in text:
+        if ch < " " or ch > "~":
+            return False
+    return True
+
+
+@cython.cfunc
+def _resolve_idempotency_key(errors: list, body_key: object, header_key: object) -> str:
+    for field, value in (("idempotency_key", body_key), ("Idempotency-Key", header_key)):
+        if value is None:
+            continue
+        if type(value) is not str:
+            errors.append((field, "not_a_string", "must be a string"))
+            return ""
+        text: str = value
+        if len(text) == 0 or len(text) > IDEMPOTENCY_KEY_MAX or not _is_printable_ascii(text):
+            errors.append(
+                (field, "invalid_idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters")
+            )
+            return ""
+    if body_key is None and header_key is None:
+        errors.append(("idempotency_key", "required", "is required (in the body or the Idempotency-Key header)"))
+        return ""
+    if body_key is not None and header_key is not None and body_key != header_key:
+        errors.append(("idempotency_key", "idempotency_key_conflict", "differs from the Idempotency-Key header"))
+        return ""
+    return body_key if body_key is not None else header_key
+
+
+@cython.cfunc
+def _check_metadata(errors: list, value: object) -> cython.void:
+    if value is None:
+        return
+    if type(value) is not dict:
+        errors.append(("metadata", "invalid_metadata", "must be an object of strings"))
+        return
+    entries: dict = value
+    if len(entries) > METADATA_MAX_ENTRIES:
+        errors.append(("metadata", "invalid_metadata", f"must have at most {METADATA_MAX_ENTRIES} entries"))
+        return
+    for key, item in entries.items():
+        if len(key) == 0 or len(key) > METADATA_KEY_MAX:
+            errors.append(("metadata", "invalid_metadata", f"keys must be 1 to {METADATA_KEY_MAX} characters"))
+            return
+        if type(item) is not str or len(item) > METADATA_VALUE_MAX:
+            errors.append(
+                ("metadata", "invalid_metadata", f"values must be strings of at most {METADATA_VALUE_MAX} characters")
+            )
+            return
+
+
+@cython.cfunc
+def _amount_error(errors: list, code: str, message: str) -> cython.longlong:
+    errors.append(("amount", code, message))
+    return -1
+
+
+@cython.cfunc
+def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.longlong) -> cython.longlong:
+    """Parse a JSON number or decimal string exactly into minor units; -1 after appending an error.
+
+    `units` < 0 means the currency is unknown: only the syntax and the sign are checked.
+    """
+    n: cython.Py_ssize_t = len(raw)
+    i: cython.Py_ssize_t = 0
+    if n == 0:
+        return _amount_error(errors, "required", "is required")
+    first: cython.int = raw[0]
+    if first == 34:  # '"': a decimal string carries the same grammar between its quotes
+        if n < 3 or raw[n - 1] != 34:
+            return _amount_error(errors, "invalid_amount", "must be a decimal number")
+        i = 1
+        n -= 1
+    elif not (first == 45 or 48 <= first <= 57):
+        return _amount_error(errors, "invalid_amount", "must be a JSON number or a decimal string")
+    negative: cython.bint = raw[i] == 45
+    if negative:
+        i += 1
+    start: cython.Py_ssize_t = i
+    unscaled: cython.longlong = 0
+    significant: cython.int = 0
+    pending_zeros: cython.int = 0
+    fraction_digits: cython.int = 0
+    in_fraction: cython.bint = False
+    c: cython.int
+    while i < n:
+        c = raw[i]
+        if 48 <= c <= 57:
+            if c == 48:
+                if significant > 0:
+                    pending_zeros += 1
+            else:
+                significant += pending_zeros + 1
+                if significant <= DIGITS_MAX:
+                    unscaled = unscaled * _POW10[pending_zeros + 1] + (c - 48)
+                pending_zeros = 0
+            if in_fraction:
+                fraction_digits += 1
+        elif c == 46 and not in_fraction:  # '.'
+            if i == start or i + 1 >= n or not (48 <= raw[i + 1] <= 57):
+                return _amount_error(errors, "invalid_amount", "must be a decimal number")
+            in_fraction = True
+        else:
+            break
+        i += 1
+    if i == start:
+        return _amount_error(errors, "invalid_amount", "must be a decimal number")
+    if raw[start] == 48 and start + 1 < n and 48 <= raw[start + 1] <= 57:
+        return _amount_error(errors, "invalid_amount", "must not have leading zeros")
+    exponent: cython.int = 0
+    if i < n and (raw[i] == 101 or raw[i] == 69):  # 'e' or 'E'
+        i += 1
+        exponent_negative: cython.bint = False
+        if i < n and (raw[i] == 43 or raw[i] == 45):
+            exponent_negative = raw[i] == 45
+            i += 1
+        exponent_start: cython.Py_ssize_t = i
+        while i < n and 48 <= raw[i] <= 57:
+            if exponent > EXPONENT_MAX:
+                break
+            exponent = exponent * 10 + (raw[i] - 48)
+            i += 1
+        if i == exponent_start:
+            return _amount_error(errors, "invalid_amount", "must be a decimal number")
+        if exponent > EXPONENT_MAX:
+            return _amount_error(
+                errors, "invalid_amount", f"exponent must be within -{EXPONENT_MAX} and {EXPONENT_MAX}"
+            )
+        if exponent_negative:
+            exponent = -exponent
+    if i != n:
+        return _amount_error(errors, "invalid_amount", "must be a decimal number")
+    if significant == 0 or negative:
+        return _amount_error(errors, "amount_not_positive", "must be greater than zero")
+    if units < 0:
+        return -1
+    # value = unscaled * 10**power, with unscaled free of trailing zeros
+    power: cython.int = pending_zeros - fraction_digits + exponent
+    if power + units < 0:
+        return _amount_error(
+            errors, "amount_precision_exceeded", f"has more than {units} decimal places for its currency"
+        )
+    if significant > DIGITS_MAX or significant + power + units > DIGITS_MAX:
+        return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
+    minor: cython.longlong = unscaled * _POW10[power + units]
+    if minor > limit:
+        return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
+    return minor
+
+
+@cython.cfunc
+def _format_minor(minor: cython.longlong, units: cython.int) -> str:
+    digits: str = str(minor)
+    if units == 0:
+        return digits
+    if len(digits) <= units:
+        digits = "0" * (units + 1 - len(digits)) + digits
+    return digits[: len(digits) - units] + "." + digits[len(digits) - units :]
+
+
+def validate(
+    policy: Policy,
+    transaction_id: object,
+    amount: bytes,
+    source_currency: object,
+    destination_currency: object,
+    source_account: object,
+    destination_account: object,
+    counterparty_id: object,
+    idempotency_key: object,
+    idempotency_key_header: object,
+    settlement_window: object,
+    metadata: object,
+) -> Instruction:
+    """Check one transaction against every rule; raise ValidationFailed listing all broken rules.
+
+    `amount` is the raw JSON text of the amount (a number or a quoted decimal string); an empty
+    `amount` means it was absent. Other values are as decoded from JSON, None when absent.
+    """
+    errors: list = []
+    _check_identifier(errors, "transaction_id", transaction_id)
+    source_units: cython.int = _check_currency(errors, "source_currency", source_currency, policy.minor_units)
+    destination_units: cython.int = _check_currency(
+        errors, "destination_currency", destination_currency, policy.minor_units
+    )
+    limit: cython.longlong = policy.max_minor[source_currency] if source_units >= 0 else 0
+    minor: cython.longlong = _parse_amount(errors, amount, source_units, limit)
+    if (
+        source_units >= 0
+        and destination_units >= 0
+        and (source_currency + destination_currency) in policy.blocked_pairs
+    ):
+        errors.append(
+            (
+                "destination_currency",
+                "currency_pair_blocked",
+                f"{source_currency} to {destination_currency} is not accepted",
+            )
+        )
+    _check_identifier(errors, "source_account", source_account)
+    _check_identifier(errors, "destination_account", destination_account)
+    if source_account == destination_account and source_account is not None:
+        errors.append(("destination_account", "same_account", "must differ from source_account"))
+    _check_identifier(errors, "counterparty_id", counterparty_id)
+    key: str = _resolve_idempotency_key(errors, idempotency_key, idempotency_key_header)
+    if settlement_window is not None and settlement_window not in WINDOWS:
+        errors.append(("settlement_window", "invalid_window", "must be one of rtgs, t0, t1"))
+    _check_metadata(errors, metadata)
+    if errors:
+        raise ValidationFailed(errors)
+    return Instruction(_format_minor(minor, source_units), minor, source_units, key, settlement_window)
+
+
+@cython.cclass
+class Rules:
+    """Settlement-window rules, compiled once at start-up from configuration."""
+
+    default_window = cython.declare(str, visibility="readonly")
+
+    def __init__(self, default_window: str = "t1"):
+        """`default_window`: the window of an instruction that names none."""
+        if default_window not in WINDOWS:
+            raise PolicyError(f"default window must be one of {', '.join(WINDOWS)}, got {default_window!r}")
+        self.default_window = default_window
+
+
+@cython.cclass
+class Routing:
+    """Where and when one instruction settles."""
+
+    window = cython.declare(str, visibility="readonly")
+    requested_window = cython.declare(object, visibility="readonly")
+    value_date = cython.declare(str, visibility="readonly")
+    batch = cython.declare(str, visibility="readonly")
+    reason = cython.declare(str, visibility="readonly")
+
+    def __init__(self, window: str, requested_window, value_date: str, batch: str, reason: str):
+        self.window = window
+        self.requested_window = requested_window
+        self.value_date = value_date
+        self.batch = batch
+        self.reason = reason
+
+
+@cython.cfunc
+def _civil_date(days: cython.longlong) -> str:
+    """YYYYMMDD of a count of days since 1970-01-01 (proleptic Gregorian)."""
+    z: cython.longlong = days + 719468
+    era: cython.longlong = (z if z >= 0 else z - 146096) // 146097
+    doe: cython.longlong = z - era * 146097
+    yoe: cython.longlong = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy: cython.longlong = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp: cython.longlong = (5 * doy + 2) // 153
+    day: cython.longlong = doy - (153 * mp + 2) // 5 + 1
+    month: cython.longlong = mp + 3 if mp < 10 else mp - 9
+    year: cython.longlong = yoe + era * 400 + (1 if month <= 2 else 0)
+    return f"{year:04d}{month:02d}{day:02d}"
+
+
+def route(
+    rules: Rules,
+    requested_window: object,
+    source_currency: str,
+    destination_currency: str,
+    amount_minor: cython.longlong,
+    now: cython.double,
+) -> Routing:
+    """Choose the window, value date and batch of a valid instruction at `now` (Unix seconds, UTC).
+
+    Until the calendar rules land: the requested window, else the default; value date today (UTC)
+    for rtgs and t0, the next weekday for t1.
+    """
+    window: str = requested_window if requested_window is not None else rules.default_window
+    reason: str = "requested" if requested_window is not None else "auto"
+    days: cython.longlong = cython.cast(cython.longlong, now // 86400)
+    if window == "t1":
+        days += 1
+        while (days + 3) % 7 >= 5:  # 1970-01-01 was a Thursday; 5 and 6 are Saturday and Sunday
+            days += 1
+    compact: str = _civil_date(days)
+    value_date: str = compact[:4] + "-" + compact[4:6] + "-" + compact[6:]
+    return Routing(window, requested_window, value_date, f"{window}-{compact}-{destination_currency}", reason)

@@ -1,0 +1,78 @@
+"""The application factory. No import-time side effects: every client is made in a lifespan."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from redis.asyncio import Redis
+
+import fastcore
+from gateway.errors import ConfigurationError
+from gateway.health import health, ready
+from gateway.idempotency import IdempotencyStore
+from gateway.producer import SettlementProducer, ensure_topics
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+def build_policy(settings: Settings) -> tuple[fastcore.Policy, fastcore.Rules]:
+    """Compile the validation limits and routing rules into fastcore; ConfigurationError when unusable."""
+    try:
+        return (
+            fastcore.Policy(settings.max_amount, settings.blocked_currency_pairs),
+            fastcore.Rules(settings.default_window),
+        )
+    except fastcore.PolicyError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the gateway; settings default to the environment (GATEWAY_*)."""
+    settings = settings or Settings.from_env()
+    policy, rules = build_policy(settings)
+
+    @asynccontextmanager
+    async def redis_client(app: Litestar) -> AsyncIterator[None]:
+        timeout = settings.redis_timeout_ms / 1000
+        client = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        app.state.redis = client
+        app.state.idempotency = IdempotencyStore(
+            client,
+            pending_ttl_ms=settings.pending_ttl_seconds * 1000,
+            done_ttl_ms=settings.idempotency_ttl_seconds * 1000,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    @asynccontextmanager
+    async def kafka_producer(app: Litestar) -> AsyncIterator[None]:
+        try:
+            created = await asyncio.to_thread(ensure_topics, settings)
+            if created:
+                log.info("created topics %s", ", ".join(created))
+        except Exception as exc:  # the broker may come later; /ready reports it meanwhile
+            log.warning("could not ensure the window topics at start-up: %s", exc)
+        producer = SettlementProducer(settings)
+        producer.start()
+        app.state.producer = producer
+        try:
+            yield
+        finally:
+            left = await asyncio.to_thread(producer.close, settings.delivery_timeout_ms / 1000)
+            if left:
+                log.error("shutdown: %d records were not confirmed by Kafka", left)
+
+    app = Litestar(
+        route_handlers=[health, ready],
+        lifespan=[redis_client, kafka_producer],
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.policy = policy
+    app.state.rules = rules
+    return app

@@ -1,0 +1,18 @@
+"""The gateway's errors: one root, no HTTP status codes (those appear only in `gateway.problems`)."""
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigurationError(GatewayError):
+    """A setting is missing or invalid; start-up stops with this message."""
+
+
+class DependencyUnavailable(GatewayError):
+    """Redis or Kafka cannot take the request now; the partner should retry later."""
+
+    def __init__(self, dependency: str, detail: str) -> None:
+        super().__init__(f"{dependency} unavailable: {detail}")
+        self.dependency = dependency
+        self.detail = detail

@@ -1,0 +1,151 @@
+"""An asyncio face on confluent-kafka's Producer: produce, await the broker's delivery report.
+
+librdkafka runs delivery callbacks inside `poll()`, which blocks, so a dedicated thread polls.
+Callbacks only collect (future, error, message) triples; after each poll the thread hands the
+whole batch to the event loop with one `call_soon_threadsafe`, so a busy producer costs the loop
+one wake-up per poll rather than one per record.
+"""
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from gateway.errors import DependencyUnavailable
+from gateway.settings import Settings
+
+
+class Delivery(NamedTuple):
+    """Where the broker stored a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    """librdkafka settings: idempotent, acks=all, bounded queue and a delivery timeout of seconds."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": "settlement-gateway",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.linger_ms,
+        "compression.type": settings.compression,
+        "queue.buffering.max.messages": settings.queue_max_messages,
+        "message.timeout.ms": settings.delivery_timeout_ms,
+        "socket.connection.setup.timeout.ms": min(settings.delivery_timeout_ms, 5000),
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 1000,
+        "topic.metadata.refresh.interval.ms": 30_000,
+    }
+
+
+class SettlementProducer:
+    """One Kafka producer per worker process, started and stopped by the app's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer = Producer(producer_config(settings))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._reports: list[tuple[asyncio.Future[Delivery], KafkaError | None, object]] = []
+
+    def start(self) -> None:
+        """Bind to the running event loop and start the poll thread."""
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def _poll_forever(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._reports:
+            batch, self._reports = self._reports, []
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_resolve_all, batch)
+
+    async def produce(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Delivery:
+        """Send one record and return where the broker stored it; DependencyUnavailable otherwise."""
+        assert self._loop is not None, "producer not started"
+        future: asyncio.Future[Delivery] = self._loop.create_future()
+
+        def on_delivery(error: KafkaError | None, message: object) -> None:
+            # Runs in the poll thread (inside poll() or the final flush()), the only thread that
+            # also swaps `_reports`, so no lock is needed.
+            self._reports.append((future, error, message))
+
+        try:
+            self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
+        except BufferError:
+            raise DependencyUnavailable("kafka", "local producer queue is full") from None
+        except KafkaException as exc:
+            raise DependencyUnavailable("kafka", exc.args[0].str() if exc.args else "produce failed") from None
+        return await future
+
+    def queue_depth(self) -> int:
+        """Records waiting in the local queue or in flight to the broker."""
+        return len(self._producer)
+
+    def check(self, timeout: float) -> list[str]:
+        """Blocking: ask a broker for metadata; return what is wrong (empty when healthy)."""
+        try:
+            metadata = self._producer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return [f"kafka: {exc.args[0].str() if exc.args else 'metadata request failed'}"]
+        if not metadata.brokers:
+            return ["kafka: no broker answered"]
+        return [
+            f"kafka: topic {self._settings.topic(window)} missing"
+            for window in ("rtgs", "t0", "t1")
+            if self._settings.topic(window) not in metadata.topics
+        ]
+
+    def close(self, timeout: float) -> int:
+        """Blocking: stop polling, flush what is queued within `timeout` seconds; return records left."""
+        self._running = False
+        if self._thread is not None:
+            self._thread.join()
+        left = self._producer.flush(timeout)
+        self._hand_over()
+        return left
+
+
+def _resolve_all(batch: list[tuple["asyncio.Future[Delivery]", KafkaError | None, object]]) -> None:
+    for future, error, message in batch:
+        if future.done():
+            continue  # the request was cancelled (client went away); the record's fate is in the log
+        if error is not None:
+            future.set_exception(DependencyUnavailable("kafka", error.str()))
+        else:
+            future.set_result(Delivery(message.topic(), message.partition(), message.offset()))  # type: ignore[attr-defined]
+
+
+def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
+    """Blocking: create the window topics that are missing; return the names created."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = [settings.topic(window) for window in ("rtgs", "t0", "t1")]
+    missing = [name for name in wanted if name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, settings.topic_partitions, settings.topic_replication) for name in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return missing

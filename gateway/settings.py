@@ -1,0 +1,98 @@
+"""One settings object, read once from the environment (prefix GATEWAY_) and validated at start-up."""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gateway.errors import ConfigurationError
+
+PREFIX = "GATEWAY_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of the gateway; each field is the environment variable GATEWAY_<FIELD>."""
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    topic_prefix: str = "settlement."
+    topic_partitions: int = 3
+    topic_replication: int = 1
+    delivery_timeout_ms: int = 5000
+    linger_ms: int = 0
+    queue_max_messages: int = 100_000
+    compression: str = "lz4"
+    redis_timeout_ms: int = 1000
+    idempotency_ttl_seconds: int = 86_400
+    pending_ttl_seconds: int = 30
+    retry_after_seconds: int = 1
+    partner: str = "default"
+    max_body_bytes: int = 65_536
+    max_amount: str = "1000000000"
+    blocked_pairs: str = ""
+    default_window: str = "t1"
+    ready_timeout_ms: int = 1000
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "topic_partitions",
+            "topic_replication",
+            "delivery_timeout_ms",
+            "queue_max_messages",
+            "redis_timeout_ms",
+            "idempotency_ttl_seconds",
+            "pending_ttl_seconds",
+            "retry_after_seconds",
+            "max_body_bytes",
+            "ready_timeout_ms",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than zero")
+        if self.linger_ms < 0:
+            raise ConfigurationError(f"{PREFIX}LINGER_MS must not be negative")
+        # A reservation must outlive the longest produce, or a retry could race a late delivery.
+        if self.pending_ttl_seconds * 1000 <= self.delivery_timeout_ms:
+            raise ConfigurationError(
+                f"{PREFIX}PENDING_TTL_SECONDS ({self.pending_ttl_seconds}) must exceed "
+                f"{PREFIX}DELIVERY_TIMEOUT_MS ({self.delivery_timeout_ms} ms)"
+            )
+        if self.compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
+            raise ConfigurationError(f"{PREFIX}COMPRESSION must be one of none, gzip, snappy, lz4, zstd")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    @property
+    def blocked_currency_pairs(self) -> list[tuple[str, str]]:
+        """GATEWAY_BLOCKED_PAIRS ("USD:RUB,EUR:IRR") as (source, destination) pairs."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.blocked_pairs.split(","))):
+            source, sep, destination = item.partition(":")
+            if not sep or not source or not destination:
+                raise ConfigurationError(f"{PREFIX}BLOCKED_PAIRS entry {item!r} is not SOURCE:DESTINATION")
+            pairs.append((source, destination))
+        return pairs
+
+    def topic(self, window: str) -> str:
+        """The Kafka topic of a settlement window."""
+        return f"{self.topic_prefix}{window}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read every GATEWAY_* variable; raise ConfigurationError naming the first bad one."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            raw = environ.get(PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            # msgspec names the field as `$.field`; say it in the operator's words.
+            message = str(exc)
+            for name in values:
+                message = message.replace(f"`$.{name}`", PREFIX + name.upper())
+            raise ConfigurationError(message) from None

@@ -1,0 +1,65 @@
+"""Shared fixtures. Integration and e2e tests use the real Redis and Kafka named by GATEWAY_* (make test
+exports the local stack's); when either cannot be reached the run fails loudly instead of skipping."""
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """The settings the suite's gateways use: the environment's, with a delivery timeout short enough to test."""
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Settings:
+    """The real Redis and Kafka, checked once; a failure here fails every test that needs them."""
+    for service, address in (
+        ("redis", settings.redis_url.split("//", 1)[1].split("/", 1)[0]),
+        ("kafka", settings.kafka_bootstrap.split(",")[0]),
+    ):
+        probe = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "probe.py"), service, address], capture_output=True, timeout=30
+        )
+        if probe.returncode != 0:
+            pytest.fail(f"{service} is not reachable at {address}: start the stack (make test does) ", pytrace=False)
+    return settings
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh suffix, so tests never see each other's keys or records."""
+    return uuid.uuid4().hex[:12]
+
+
+def _kafka_script(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "deploy" / "kafka.sh"), command], capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture
+def kafka_outage(stack: Settings):
+    """Stop the local stack's broker for the test body and start it again afterwards.
+
+    Yields a function that brings the broker back early (for tests of recovery)."""
+    if _kafka_script("status").returncode != 0:
+        pytest.fail("this test stops Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
+    stopped = _kafka_script("stop")
+    assert stopped.returncode == 0, stopped.stderr
+
+    def restart() -> None:
+        started = _kafka_script("start")
+        assert started.returncode == 0, started.stderr
+
+    try:
+        yield restart
+    finally:
+        if _kafka_script("status").returncode != 0:
+            restart()

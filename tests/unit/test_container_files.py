@@ -1,0 +1,92 @@
+"""Docker cannot run on the build machine, so the compose file and Dockerfile are checked by structure."""
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+from gateway.settings import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTING_NAMES = {PREFIX + name.upper() for name in Settings.__struct_fields__}
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, arguments = line.partition(" ")
+            pairs.append((instruction.upper(), arguments.strip()))
+    return pairs
+
+
+def test_compose_has_the_three_services_with_healthchecks():
+    services = _compose()["services"]
+    assert set(services) >= {"redis", "kafka", "gateway"}
+    for name in ("redis", "kafka", "gateway"):
+        assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
+
+
+def test_compose_redis_keeps_an_append_only_file():
+    command = _compose()["services"]["redis"]["command"]
+    assert "--appendonly" in command and command[command.index("--appendonly") + 1] == "yes"
+    assert "6379:6379" in _compose()["services"]["redis"]["ports"]
+
+
+def test_compose_kafka_is_the_official_image_in_kraft_mode():
+    kafka = _compose()["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4.")
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert not any("ZOOKEEPER" in key for key in env)
+    assert "9092:9092" in kafka["ports"]
+    # the gateway's bootstrap must be one of the advertised listeners
+    gateway_bootstrap = _compose()["services"]["gateway"]["environment"]["GATEWAY_KAFKA_BOOTSTRAP"]
+    assert gateway_bootstrap in env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings():
+    gateway = _compose()["services"]["gateway"]
+    assert gateway["build"] == "."
+    assert "8000:8000" in gateway["ports"]
+    for dependency in ("redis", "kafka"):
+        assert gateway["depends_on"][dependency]["condition"] == "service_healthy"
+    unknown = set(gateway["environment"]) - SETTING_NAMES
+    assert not unknown, f"compose sets variables the gateway does not read: {unknown}"
+    assert gateway["environment"]["GATEWAY_REDIS_URL"].startswith("redis://redis:")
+    Settings.from_env({k: str(v) for k, v in gateway["environment"].items()})  # valid values too
+
+
+def test_dockerfile_is_multi_stage_and_compiles_in_the_build_stage():
+    instructions = _dockerfile()
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert len(stages) >= 2 and stages[0].endswith(" AS build") and "slim" in stages[-1]
+    runtime_start = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    build_part = instructions[:runtime_start]
+    assert any(op == "RUN" and "pip wheel" in args for op, args in build_part)
+    assert any(op == "RUN" and "gcc" in args for op, args in build_part)
+    runtime = instructions[runtime_start:]
+    assert not any(op == "RUN" and "gcc" in args for op, args in runtime), "no compiler in the runtime image"
+
+
+def test_dockerfile_runtime_is_non_root_granian_with_healthcheck():
+    runtime = _dockerfile()
+    users = [args for op, args in runtime if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    entrypoint = [args for op, args in runtime if op == "ENTRYPOINT"][-1]
+    argv = yaml.safe_load(entrypoint)
+    assert argv[0] == "granian" and "asgi" in argv and "gateway.app:create_app" in argv and "--factory" in argv
+    assert argv[argv.index("--port") + 1] == "8000"
+    assert any(op == "EXPOSE" and "8000" in args for op, args in runtime)
+    healthcheck = [args for op, args in runtime if op == "HEALTHCHECK"][-1]
+    assert "/health" in healthcheck
+    env_names = {token.split("=", 1)[0] for op, args in runtime if op == "ENV" for token in shlex.split(args)}
+    assert env_names - {"PYTHONUNBUFFERED"} <= SETTING_NAMES
