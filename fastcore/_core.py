@@ -213,7 +213,7 @@ def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.lon
     """
     n: cython.Py_ssize_t = len(raw)
     i: cython.Py_ssize_t = 0
-    if n == 0:
+    if n == 0 or raw == b"null":
         return _amount_error(errors, "required", "is required")
     first: cython.int = raw[0]
     if first == 34:  # '"': a decimal string carries the same grammar between its quotes
@@ -329,12 +329,15 @@ def validate(
     """
     errors: list = []
     _check_identifier(errors, "transaction_id", transaction_id)
-    source_units: cython.int = _check_currency(errors, "source_currency", source_currency, policy.minor_units)
+    # The amount's rules depend on its currency, but its errors are listed first, in field order.
+    currency_errors: list = []
+    source_units: cython.int = _check_currency(currency_errors, "source_currency", source_currency, policy.minor_units)
     destination_units: cython.int = _check_currency(
-        errors, "destination_currency", destination_currency, policy.minor_units
+        currency_errors, "destination_currency", destination_currency, policy.minor_units
     )
     limit: cython.longlong = policy.max_minor[source_currency] if source_units >= 0 else 0
     minor: cython.longlong = _parse_amount(errors, amount, source_units, limit)
+    errors.extend(currency_errors)
     if (
         source_units >= 0
         and destination_units >= 0

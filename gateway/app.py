@@ -6,14 +6,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from redis.asyncio import Redis
 
 import fastcore
+from gateway import __version__
 from gateway.errors import ConfigurationError
 from gateway.health import health, ready
 from gateway.idempotency import IdempotencyStore
+from gateway.intake import Intake
+from gateway.problems import EXCEPTION_HANDLERS
 from gateway.producer import SettlementProducer, ensure_topics
 from gateway.settings import Settings
+from gateway.transactions import submit_transaction
 
 log = logging.getLogger("gateway")
 
@@ -67,9 +73,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if left:
                 log.error("shutdown: %d records were not confirmed by Kafka", left)
 
+    @asynccontextmanager
+    async def intake_service(app: Litestar) -> AsyncIterator[None]:
+        app.state.intake = Intake(settings, policy, rules, app.state.idempotency, app.state.producer, settings.clock())
+        yield
+
     app = Litestar(
-        route_handlers=[health, ready],
-        lifespan=[redis_client, kafka_producer],
+        route_handlers=[submit_transaction, health, ready],
+        lifespan=[redis_client, kafka_producer, intake_service],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Settlement gateway",
+            version=__version__,
+            description="Payment instructions in; validated, de-duplicated, routed and durably written to Kafka.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+        ),
         debug=False,
     )
     app.state.settings = settings

@@ -16,3 +16,13 @@ class DependencyUnavailable(GatewayError):
         super().__init__(f"{dependency} unavailable: {detail}")
         self.dependency = dependency
         self.detail = detail
+
+
+class Refused(GatewayError):
+    """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields."""
+
+    def __init__(self, cause: str, detail: str, errors: list[tuple[str, str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+        self.errors = errors

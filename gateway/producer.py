@@ -7,7 +7,9 @@ one wake-up per poll rather than one per record.
 """
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -41,6 +43,9 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": 1000,
         "topic.metadata.refresh.interval.ms": 30_000,
+        # librdkafka's own log lines go through Python logging instead of raw stderr
+        "logger": logging.getLogger("gateway.kafka"),
+        "log.connection.close": False,
     }
 
 
@@ -130,22 +135,37 @@ def _resolve_all(batch: list[tuple["asyncio.Future[Delivery]", KafkaError | None
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
-    """Blocking: create the window topics that are missing; return the names created."""
+    """Blocking: create the window topics that are missing and wait until every partition has a
+    leader (a produce right after creation would fail otherwise); return the names created."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    existing = admin.list_topics(timeout=timeout).topics
     wanted = [settings.topic(window) for window in ("rtgs", "t0", "t1")]
+    existing = admin.list_topics(timeout=timeout).topics
     missing = [name for name in wanted if name not in existing]
-    if not missing:
-        return []
-    futures = admin.create_topics(
-        [NewTopic(name, settings.topic_partitions, settings.topic_replication) for name in missing],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
-    for future in futures.values():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    return missing
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(name, settings.topic_partitions, settings.topic_replication) for name in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for future in futures.values():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        leaderless = [
+            name
+            for name in wanted
+            if name not in topics
+            or topics[name].error is not None
+            or not topics[name].partitions
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        ]
+        if not leaderless:
+            return missing
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no leader yet for {', '.join(leaderless)}"))
+        time.sleep(0.1)

@@ -1,7 +1,9 @@
 """One settings object, read once from the environment (prefix GATEWAY_) and validated at start-up."""
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -34,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_window: str = "t1"
     ready_timeout_ms: int = 1000
     log_level: str = "INFO"
+    fixed_time: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -61,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
             raise ConfigurationError(f"{PREFIX}COMPRESSION must be one of none, gzip, snappy, lz4, zstd")
+        self.fixed_epoch()  # validates GATEWAY_FIXED_TIME
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
 
@@ -74,6 +78,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigurationError(f"{PREFIX}BLOCKED_PAIRS entry {item!r} is not SOURCE:DESTINATION")
             pairs.append((source, destination))
         return pairs
+
+    def fixed_epoch(self) -> float | None:
+        """GATEWAY_FIXED_TIME (an ISO-8601 instant with its offset) as Unix seconds; None when unset."""
+        if not self.fixed_time:
+            return None
+        try:
+            instant = datetime.fromisoformat(self.fixed_time)
+        except ValueError:
+            raise ConfigurationError(f"{PREFIX}FIXED_TIME {self.fixed_time!r} is not an ISO-8601 instant") from None
+        if instant.tzinfo is None:
+            raise ConfigurationError(f"{PREFIX}FIXED_TIME must carry its UTC offset (e.g. 2026-06-19T15:00:00Z)")
+        return instant.timestamp()
+
+    def clock(self) -> Callable[[], float]:
+        """The clock routing uses: pinned to GATEWAY_FIXED_TIME when set, else the real one."""
+        fixed = self.fixed_epoch()
+        return time.time if fixed is None else (lambda: fixed)
 
     def topic(self, window: str) -> str:
         """The Kafka topic of a settlement window."""

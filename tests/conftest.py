@@ -63,3 +63,20 @@ def kafka_outage(stack: Settings):
     finally:
         if _kafka_script("status").returncode != 0:
             restart()
+
+
+def transaction(unique: str, **changes) -> dict:
+    """The seed's transaction with ids made unique to one test."""
+    body = {
+        "transaction_id": f"txn_{unique}",
+        "amount": 250.00,
+        "source_currency": "USD",
+        "destination_currency": "GBP",
+        "source_account": f"acct_usa_{unique}",
+        "destination_account": "acct_uk_99",
+        "counterparty_id": "cparty_london",
+        "idempotency_key": f"idem_{unique}",
+        "settlement_window": "t1",
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}

@@ -48,3 +48,10 @@ async def test_ready_names_kafka_when_the_broker_is_stopped(client, kafka_outage
             break
     else:
         pytest.fail("/ready did not return to 200 after Kafka came back")
+
+
+async def test_openapi_json_and_swagger_ui_are_served(client):
+    document = await client.get("/docs/openapi.json")
+    assert document.status_code == 200 and document.json()["openapi"].startswith("3.1")
+    ui = await client.get("/docs")
+    assert ui.status_code == 200 and "swagger" in ui.text.lower()

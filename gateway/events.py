@@ -1,0 +1,81 @@
+"""The Kafka event of an accepted transaction: versioned JSON value, CloudEvents binary-mode headers.
+
+The event is the source of truth downstream: state is a fold of the log, and consumers de-duplicate
+by idempotency key and transaction id, because Redis is only the fast first check.
+"""
+
+import hashlib
+import re
+
+import msgspec
+
+EVENT_TYPE = "TransactionAccepted"
+SCHEMA_VERSION = 1
+CE_TYPE = "com.settlement.transaction.accepted.v1"
+CE_SOURCE = "urn:settlement-gateway"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class Transaction(msgspec.Struct, frozen=True):
+    """The instruction in canonical form: amounts as exact decimal strings in the currency's minor units."""
+
+    transaction_id: str
+    amount: str
+    source_currency: str
+    destination_currency: str
+    source_account: str
+    destination_account: str
+    counterparty_id: str
+    settlement_window: str | None
+    metadata: dict[str, str] | None
+
+
+class Routing(msgspec.Struct, frozen=True):
+    """The router's decision."""
+
+    window: str
+    requested_window: str | None
+    value_date: str
+    batch: str
+    reason: str
+
+
+class TransactionAccepted(msgspec.Struct, frozen=True):
+    """Version 1 of the event written to the window's topic."""
+
+    event_id: str
+    occurred_at: str
+    partner: str
+    idempotency_key: str
+    fingerprint: str
+    transaction: Transaction
+    routing: Routing
+    event_type: str = EVENT_TYPE
+    schema_version: int = SCHEMA_VERSION
+
+
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+EVENT_ENCODER = msgspec.json.Encoder()
+
+
+def fingerprint(transaction: Transaction) -> str:
+    """SHA-256 of the canonical transaction: the same instruction always hashes the same, whatever the
+    spelling of its amount (250, 250.0, "250.00") or the order of its fields and metadata."""
+    return hashlib.sha256(_CANONICAL.encode(transaction)).hexdigest()
+
+
+def cloudevents_headers(event: TransactionAccepted, traceparent: str | None) -> list[tuple[str, bytes]]:
+    """CloudEvents 1.0 binary-mode headers, the idempotency key and, when valid, the W3C trace context."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event.event_id.encode()),
+        ("ce_type", CE_TYPE.encode()),
+        ("ce_source", CE_SOURCE.encode()),
+        ("ce_time", event.occurred_at.encode()),
+        ("ce_subject", event.transaction.transaction_id.encode()),
+        ("content-type", b"application/json"),
+        ("idempotency-key", event.idempotency_key.encode()),
+    ]
+    if traceparent is not None and _TRACEPARENT.match(traceparent):
+        headers.append(("traceparent", traceparent.encode()))
+    return headers

@@ -1,0 +1,203 @@
+"""Intake of one transaction: decode, validate and route, reserve, produce, complete.
+
+Nothing is acknowledged before Kafka has the record. A failed produce releases the reservation, so
+the partner's retry is new again; Redis down means nothing is produced at all (fail closed).
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import msgspec
+
+import fastcore
+from gateway.errors import DependencyUnavailable, Refused
+from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
+from gateway.idempotency import Decision, IdempotencyStore, Reservation
+from gateway.producer import SettlementProducer
+from gateway.schemas import ENCODER, REQUEST_DECODER, Accepted, AcceptedMetadata, Deduped, DedupedMetadata
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.intake")
+
+
+class Prepared(NamedTuple):
+    """A valid, routed transaction ready to reserve and produce."""
+
+    reservation: Reservation
+    event: TransactionAccepted
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission."""
+
+    replayed: bool
+    body: bytes
+
+
+def _instant(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode(body: bytes):  # -> TransactionRequest
+    """Decode the raw body; Refused as malformed JSON (400) or the wrong shape (422)."""
+    try:
+        return REQUEST_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        try:
+            msgspec.json.decode(body)  # is the JSON itself well formed?
+        except msgspec.DecodeError as syntax:
+            raise Refused("malformed-json", f"the body is not valid JSON: {syntax}") from None
+        raise Refused("invalid-shape", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
+
+
+class Intake:
+    """The whole path of a submission, with its dependencies handed in (no globals)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: fastcore.Policy,
+        rules: fastcore.Rules,
+        store: IdempotencyStore,
+        producer: SettlementProducer,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._rules = rules
+        self._store = store
+        self._producer = producer
+        self._clock = clock
+        self._partner = settings.partner
+
+    def prepare(self, body: bytes, idempotency_header: str | None) -> "Prepared":
+        """Decode, validate, route and fingerprint one raw body; no I/O. Raises Refused."""
+        request = decode(body)
+        try:
+            instruction = fastcore.validate(
+                self._policy,
+                request.transaction_id,
+                bytes(request.amount),
+                request.source_currency,
+                request.destination_currency,
+                request.source_account,
+                request.destination_account,
+                request.counterparty_id,
+                request.idempotency_key,
+                idempotency_header,
+                request.settlement_window,
+                request.metadata,
+            )
+        except fastcore.ValidationFailed as exc:
+            raise Refused("validation-failed", "the transaction breaks one or more rules", exc.errors) from None
+        now = self._clock()
+        routing = fastcore.route(
+            self._rules,
+            instruction.requested_window,
+            request.source_currency,
+            request.destination_currency,
+            instruction.amount_minor,
+            now,
+        )
+        transaction = Transaction(
+            transaction_id=request.transaction_id,
+            amount=instruction.amount,
+            source_currency=request.source_currency,
+            destination_currency=request.destination_currency,
+            source_account=request.source_account,
+            destination_account=request.destination_account,
+            counterparty_id=request.counterparty_id,
+            settlement_window=instruction.requested_window,
+            metadata=request.metadata,
+        )
+        reservation = Reservation(
+            self._partner, instruction.idempotency_key, request.transaction_id, fingerprint(transaction)
+        )
+        event = TransactionAccepted(
+            event_id=str(uuid.uuid4()),
+            occurred_at=_instant(now),
+            partner=self._partner,
+            idempotency_key=instruction.idempotency_key,
+            fingerprint=reservation.fingerprint,
+            transaction=transaction,
+            routing=Routing(
+                routing.window, routing.requested_window, routing.value_date, routing.batch, routing.reason
+            ),
+        )
+        return Prepared(reservation, event)
+
+    async def submit(self, body: bytes, idempotency_header: str | None, traceparent: str | None) -> Outcome:
+        """Take one raw request body; return the response body or raise Refused/DependencyUnavailable."""
+        reservation, event = self.prepare(body, idempotency_header)
+        decision, stored = await self._store.reserve(reservation)
+        if decision is Decision.REPLAY:
+            assert stored is not None
+            return Outcome(replayed=True, body=stored)
+        if decision is Decision.IN_FLIGHT:
+            raise Refused("request-in-flight", "a request with this idempotency key is still being processed")
+        if decision is Decision.MISMATCH:
+            raise Refused("idempotency-key-reused", "this idempotency key was already used for a different transaction")
+        if decision is Decision.TXN_TAKEN:
+            raise Refused(
+                "transaction-id-conflict", "this transaction_id was already submitted under another idempotency key"
+            )
+        # Shielded: once the record may reach Kafka, a client that goes away must not stop us from
+        # recording the outcome in Redis, or its retry could produce a second record.
+        return await asyncio.shield(self._settle(reservation, event, traceparent))
+
+    async def _settle(self, reservation: Reservation, event: TransactionAccepted, traceparent: str | None) -> Outcome:
+        topic = self._settings.topic(event.routing.window)
+        try:
+            delivery = await self._producer.produce(
+                topic,
+                event.transaction.source_account.encode(),
+                EVENT_ENCODER.encode(event),
+                cloudevents_headers(event, traceparent),
+            )
+        except DependencyUnavailable:
+            try:
+                await self._store.release(reservation)
+            except DependencyUnavailable:
+                log.error("could not release %s after a failed produce; it expires by itself", reservation.idem_key)
+            raise
+        accepted_at = _instant(self._clock())
+        routing = event.routing
+        accepted = Accepted(
+            transaction_id=event.transaction.transaction_id,
+            metadata=AcceptedMetadata(
+                window=routing.window,
+                requested_window=routing.requested_window,
+                value_date=routing.value_date,
+                batch=routing.batch,
+                reason=routing.reason,
+                topic=delivery.topic,
+                partition=delivery.partition,
+                offset=delivery.offset,
+                accepted_at=accepted_at,
+            ),
+        )
+        replay = Deduped(
+            transaction_id=event.transaction.transaction_id,
+            metadata=DedupedMetadata(
+                original_batch=routing.batch,
+                window=routing.window,
+                value_date=routing.value_date,
+                topic=delivery.topic,
+                partition=delivery.partition,
+                offset=delivery.offset,
+                accepted_at=accepted_at,
+            ),
+        )
+        try:
+            if not await self._store.complete(reservation, ENCODER.encode(replay)):
+                log.error("idempotency key %s changed hands while its record was produced", reservation.idem_key)
+        except DependencyUnavailable:
+            # Kafka has the record, so 202 is the truth; consumers de-duplicate by idempotency key.
+            log.error("could not complete %s: Redis unavailable after Kafka accepted", reservation.idem_key)
+        return Outcome(replayed=False, body=ENCODER.encode(accepted))

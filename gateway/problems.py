@@ -1,0 +1,91 @@
+"""RFC 9457 problem responses: the only place where the gateway's errors become HTTP status codes."""
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from gateway.errors import DependencyUnavailable, Refused
+from gateway.schemas import ENCODER, FieldError, Problem
+
+PROBLEM_BASE = "https://settlement-gateway.example/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+# cause -> (status, title)
+CAUSES: dict[str, tuple[int, str]] = {
+    "malformed-json": (400, "Malformed JSON"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "request-in-flight": (409, "Request in flight"),
+    "transaction-id-conflict": (409, "Transaction id already used"),
+    "body-too-large": (413, "Request body too large"),
+    "unsupported-media-type": (415, "Unsupported media type"),
+    "invalid-shape": (422, "Request does not match the schema"),
+    "validation-failed": (422, "Validation failed"),
+    "idempotency-key-reused": (422, "Idempotency key reused with another payload"),
+    "dependency-unavailable": (503, "Service unavailable"),
+    "internal-error": (500, "Internal error"),
+}
+
+log = logging.getLogger("gateway.problems")
+
+
+def problem(
+    cause: str,
+    detail: str,
+    errors: list[tuple[str, str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """A problem+json response for `cause`."""
+    status, title = CAUSES[cause]
+    body = Problem(
+        type=PROBLEM_BASE + cause,
+        title=title,
+        status=status,
+        detail=detail,
+        errors=[FieldError(*e) for e in errors] if errors else None,
+    )
+    return Response(ENCODER.encode(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def refused(request: Request, exc: Refused) -> Response[bytes]:
+    """Exception handler: a refused request."""
+    headers = None
+    if exc.cause == "request-in-flight":
+        headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
+    return problem(exc.cause, exc.detail, exc.errors, headers)
+
+
+def unavailable(request: Request, exc: DependencyUnavailable) -> Response[bytes]:
+    """Exception handler: Redis or Kafka cannot take the request; never a false 202."""
+    log.warning("%s unavailable: %s", exc.dependency, exc.detail)
+    return problem(
+        "dependency-unavailable",
+        f"{exc.dependency} is unavailable; retry later",
+        headers={"Retry-After": str(request.app.state.settings.retry_after_seconds)},
+    )
+
+
+_HTTP_CAUSES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type"}
+
+
+def http_error(request: Request, exc: HTTPException) -> Response[bytes]:
+    """Exception handler: the framework's own HTTP errors, in the same problem format."""
+    cause = _HTTP_CAUSES.get(exc.status_code)
+    if cause is None:
+        return internal_error(request, exc)
+    return problem(cause, exc.detail or CAUSES[cause][1], headers=exc.headers)
+
+
+def internal_error(request: Request, exc: Exception) -> Response[bytes]:
+    """Exception handler of last resort: log the trace, tell the partner nothing internal."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem("internal-error", "the request could not be processed")
+
+
+EXCEPTION_HANDLERS = {
+    Refused: refused,
+    DependencyUnavailable: unavailable,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

@@ -1,0 +1,137 @@
+"""The partner's wire format: msgspec Structs decoded straight from the raw body, encoded once.
+
+Request fields are typed loosely on purpose (`Any`, and the amount's raw JSON text): msgspec then
+stops only at malformed JSON or an unknown field, and fastcore reports every broken rule at once,
+where typed fields would stop at the first. REQUEST_SCHEMA documents the real rules for OpenAPI.
+"""
+
+from typing import Any
+
+import msgspec
+
+_IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
+_CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "description": "active ISO 4217 code with minor units"}
+
+
+class TransactionRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A payment instruction as a partner submits it (documented by REQUEST_SCHEMA)."""
+
+    transaction_id: Any = None
+    amount: msgspec.Raw = msgspec.Raw()  # the raw JSON text: fastcore parses it exactly
+    source_currency: Any = None
+    destination_currency: Any = None
+    source_account: Any = None
+    destination_account: Any = None
+    counterparty_id: Any = None
+    idempotency_key: Any = None
+    settlement_window: Any = None
+    metadata: Any = None
+
+
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "transaction_id",
+        "amount",
+        "source_currency",
+        "destination_currency",
+        "source_account",
+        "destination_account",
+        "counterparty_id",
+    ],
+    "properties": {
+        "transaction_id": {**_IDENTIFIER, "description": "the partner's id of the transaction"},
+        "amount": {
+            "type": ["number", "string"],
+            "description": "greater than zero, a JSON number or a decimal string, parsed exactly; at most the "
+            "source currency's minor units and the configured maximum",
+            "examples": [250.00, "250.00"],
+        },
+        "source_currency": {**_CURRENCY, "examples": ["USD"]},
+        "destination_currency": {**_CURRENCY, "examples": ["GBP"]},
+        "source_account": {**_IDENTIFIER, "description": "account debited; the Kafka record key"},
+        "destination_account": {**_IDENTIFIER, "description": "account credited; must differ from source_account"},
+        "counterparty_id": _IDENTIFIER,
+        "idempotency_key": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "printable ASCII; may come in the Idempotency-Key header instead (required in one)",
+        },
+        "settlement_window": {"enum": ["rtgs", "t0", "t1"], "description": "absent: the router chooses"},
+        "metadata": {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"minLength": 1, "maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 256},
+            "description": "passed through to the Kafka event",
+        },
+    },
+}
+
+
+class AcceptedMetadata(msgspec.Struct, frozen=True):
+    """Routing and the Kafka record of an accepted transaction."""
+
+    window: str
+    requested_window: str | None
+    value_date: str
+    batch: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    accepted_at: str
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """202: the transaction is durably in Kafka."""
+
+    transaction_id: str
+    metadata: AcceptedMetadata
+    status: str = "submitted"
+    message: str = "Transaction queued for processing"
+
+
+class DedupedMetadata(msgspec.Struct, frozen=True):
+    """Where the original submission went."""
+
+    original_batch: str
+    window: str
+    value_date: str
+    topic: str
+    partition: int
+    offset: int
+    accepted_at: str
+
+
+class Deduped(msgspec.Struct, frozen=True):
+    """200: an exact resubmission; the original is answered again, byte for byte."""
+
+    transaction_id: str
+    metadata: DedupedMetadata
+    status: str = "deduped"
+    message: str = "Transaction already processed"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One broken rule."""
+
+    field: str
+    code: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+REQUEST_DECODER = msgspec.json.Decoder(TransactionRequest)
+ENCODER = msgspec.json.Encoder()

@@ -1,0 +1,168 @@
+"""POST /api/v1/transactions/: the partner's edge. HTTP in, Intake does the work, bytes out."""
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example, Operation
+
+from gateway.errors import Refused
+from gateway.intake import Intake
+from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.schemas import REQUEST_SCHEMA, Accepted, AcceptedMetadata, Deduped, DedupedMetadata, Problem
+
+SEED_EXAMPLE = {
+    "transaction_id": "txn_001",
+    "amount": 250.00,
+    "source_currency": "USD",
+    "destination_currency": "GBP",
+    "source_account": "acct_usa_88",
+    "destination_account": "acct_uk_99",
+    "counterparty_id": "cparty_london",
+    "idempotency_key": "idemp_key_101",
+    "settlement_window": "t1",
+}
+
+
+class TransactionOperation(Operation):
+    """Adds the hand-written request body schema: the handler reads raw bytes, so Litestar cannot infer it."""
+
+    def to_schema(self) -> dict[str, Any]:
+        schema = super().to_schema()
+        schema["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": REQUEST_SCHEMA, "examples": {"seed": {"value": SEED_EXAMPLE}}}},
+        }
+        schema["parameters"] = [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "the idempotency key, instead of the body field; both present must be equal",
+            },
+            {
+                "name": "traceparent",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "W3C trace context, carried into the Kafka record's headers",
+            },
+        ]
+        return schema
+
+
+def _problem_example(cause: str, detail: str, errors: list[dict[str, str]] | None = None) -> Example:
+    status, title = CAUSES[cause]
+    value: dict[str, Any] = {"type": PROBLEM_BASE + cause, "title": title, "status": status, "detail": detail}
+    if errors:
+        value["errors"] = errors
+    return Example(summary=title, value=value)
+
+
+def _problems(description: str, *examples: Example) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=MEDIA_TYPE,
+        generate_examples=False,
+        examples=list(examples),
+    )
+
+
+_ACCEPTED_EXAMPLE = Accepted(
+    transaction_id="txn_001",
+    metadata=AcceptedMetadata(
+        window="t1",
+        requested_window="t1",
+        value_date="2026-11-27",
+        batch="t1-20261127-GBP",
+        reason="requested",
+        topic="settlement.t1",
+        partition=2,
+        offset=41,
+        accepted_at="2026-11-26T09:30:00.123Z",
+    ),
+)
+_DEDUPED_EXAMPLE = Deduped(
+    transaction_id="txn_001",
+    metadata=DedupedMetadata(
+        original_batch="t1-20261127-GBP",
+        window="t1",
+        value_date="2026-11-27",
+        topic="settlement.t1",
+        partition=2,
+        offset=41,
+        accepted_at="2026-11-26T09:30:00.123Z",
+    ),
+)
+
+RESPONSES = {
+    202: ResponseSpec(
+        data_container=Accepted,
+        description="Accepted: the broker has the record (acks=all)",
+        generate_examples=False,
+        examples=[Example(summary="submitted", value=_ACCEPTED_EXAMPLE)],
+    ),
+    200: ResponseSpec(
+        data_container=Deduped,
+        description="Exact resubmission: the original answer, with header Idempotent-Replayed: true",
+        generate_examples=False,
+        examples=[Example(summary="deduped", value=_DEDUPED_EXAMPLE)],
+    ),
+    400: _problems("Malformed JSON", _problem_example("malformed-json", "the body is not valid JSON")),
+    409: _problems(
+        "The key is still in flight (with Retry-After), or the transaction_id was taken by another key",
+        _problem_example("request-in-flight", "a request with this idempotency key is still being processed"),
+        _problem_example("transaction-id-conflict", "this transaction_id was already submitted under another key"),
+    ),
+    413: _problems("Body too large", _problem_example("body-too-large", "Request Entity Too Large")),
+    415: _problems("Not application/json", _problem_example("unsupported-media-type", "send application/json")),
+    422: _problems(
+        "Invalid transaction, wrong shape, or idempotency key reused with another payload",
+        _problem_example(
+            "validation-failed",
+            "the transaction breaks one or more rules",
+            [
+                {"field": "amount", "code": "amount_not_positive", "message": "must be greater than zero"},
+                {"field": "source_currency", "code": "currency_unknown", "message": "must be an active ISO 4217 code"},
+            ],
+        ),
+        _problem_example("invalid-shape", "Object contains unknown field `amt`"),
+        _problem_example("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
+    ),
+    503: _problems(
+        "Redis or Kafka unavailable (with Retry-After); nothing was accepted",
+        _problem_example("dependency-unavailable", "kafka is unavailable; retry later"),
+    ),
+}
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+@post(
+    "/api/v1/transactions/",
+    summary="Submit a transaction",
+    description="Validate, de-duplicate, route and durably write one payment instruction to Kafka.",
+    tags=["transactions"],
+    operation_class=TransactionOperation,
+    responses=RESPONSES,
+    status_code=202,
+)
+async def submit_transaction(request: Request) -> Response[bytes]:
+    """Accept one transaction: 202 new, 200 replay, or a problem."""
+    headers = request.headers
+    if not _is_json(headers.get("content-type")):
+        raise Refused("unsupported-media-type", "send the transaction as application/json")
+    intake: Intake = request.app.state.intake
+    outcome = await intake.submit(await request.body(), headers.get("idempotency-key"), headers.get("traceparent"))
+    if outcome.replayed:
+        return Response(
+            outcome.body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"}
+        )
+    return Response(outcome.body, status_code=202, media_type="application/json")

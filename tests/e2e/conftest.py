@@ -1,0 +1,79 @@
+"""The running server: Granian with two workers, the way `make run` serves, on a free port."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A gateway process tree and its address."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.partner = env["GATEWAY_PARTNER"]
+        self.log_path = Path(env["E2E_LOG"])
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("granian")),
+                "--interface", "asgi", "--factory", "gateway.app:create_app",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"gateway not ready in 60s: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self, timeout: float = 20) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self._log.close()
+
+
+def server_env(stack, tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a gateway on the test stack, with a partner namespace of its own."""
+    env = {**os.environ, "GATEWAY_PARTNER": f"e2e-{uuid.uuid4().hex[:8]}", "E2E_LOG": str(tmp_path / "gateway.log")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(stack, tmp_path_factory):
+    gateway = Server(server_env(stack, tmp_path_factory.mktemp("gateway")))
+    yield gateway
+    gateway.stop()

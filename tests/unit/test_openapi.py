@@ -1,0 +1,29 @@
+"""The OpenAPI 3.1 document describes the request body and every response code with an example."""
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+def _document() -> dict:
+    # no lifespan: the document needs neither Redis nor Kafka
+    app = create_app(Settings())
+    return app.openapi_schema.to_schema()
+
+
+def test_document_is_openapi_3_1_with_the_transaction_operation():
+    document = _document()
+    assert document["openapi"].startswith("3.1")
+    operation = document["paths"]["/api/v1/transactions"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]
+    assert body["schema"]["additionalProperties"] is False
+    assert set(body["schema"]["required"]) >= {"transaction_id", "amount", "source_currency"}
+    assert body["examples"]["seed"]["value"]["transaction_id"] == "txn_001"
+    assert {p["name"] for p in operation["parameters"]} == {"Idempotency-Key", "traceparent"}
+
+
+def test_every_response_code_has_an_example():
+    responses = _document()["paths"]["/api/v1/transactions"]["post"]["responses"]
+    for status in ("200", "202", "400", "409", "413", "415", "422", "503"):
+        assert status in responses, status
+        content = next(iter(responses[status]["content"].values()))
+        assert content.get("examples"), f"{status} has no example"
