@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from fastcore.errors import FastcoreError, PolicyError, ValidationFailed
+from fastcore.errors import FastcoreError, PolicyError, RoutingUnavailable, ValidationFailed
 
 
 def load_twin() -> ModuleType:
@@ -35,6 +35,7 @@ else:
 COMPILED: bool = _impl.COMPILED
 Policy = _impl.Policy
 Rules = _impl.Rules
+CurrencyCalendar = _impl.CurrencyCalendar
 Instruction = _impl.Instruction
 Routing = _impl.Routing
 validate = _impl.validate
@@ -44,11 +45,13 @@ WINDOWS = _impl.WINDOWS
 __all__ = [
     "COMPILED",
     "WINDOWS",
+    "CurrencyCalendar",
     "FastcoreError",
     "Instruction",
     "Policy",
     "PolicyError",
     "Routing",
+    "RoutingUnavailable",
     "Rules",
     "ValidationFailed",
     "load_twin",

@@ -9,22 +9,34 @@ fastcore's own errors raised.
 import cython
 
 from fastcore.currencies import CURRENCIES
-from fastcore.errors import PolicyError, ValidationFailed
+from fastcore.errors import PolicyError, RoutingUnavailable, ValidationFailed
 
 COMPILED = cython.compiled
 
-IDENTIFIER_MAX = 64
-IDEMPOTENCY_KEY_MAX = 255
-METADATA_MAX_ENTRIES = 16
-METADATA_KEY_MAX = 64
-METADATA_VALUE_MAX = 256
-EXPONENT_MAX = 30
+# C constants when compiled (a Python global would cost a dictionary lookup on every use).
+IDENTIFIER_MAX = cython.declare(cython.Py_ssize_t, 64)
+IDEMPOTENCY_KEY_MAX = cython.declare(cython.Py_ssize_t, 255)
+METADATA_MAX_ENTRIES = cython.declare(cython.Py_ssize_t, 16)
+METADATA_KEY_MAX = cython.declare(cython.Py_ssize_t, 64)
+METADATA_VALUE_MAX = cython.declare(cython.Py_ssize_t, 256)
+EXPONENT_MAX = cython.declare(cython.int, 30)
 # Amounts are held as int64 minor units; 18 significant digits always fit.
-DIGITS_MAX = 18
+DIGITS_MAX = cython.declare(cython.int, 18)
 
-WINDOWS = ("rtgs", "t0", "t1")
+WINDOW_RTGS = "rtgs"
+WINDOW_T0 = "t0"
+WINDOW_T1 = "t1"
+WINDOWS = (WINDOW_RTGS, WINDOW_T0, WINDOW_T1)
 
-_POW10 = [10**i for i in range(DIGITS_MAX + 1)]
+
+@cython.cfunc
+@cython.inline
+def _pow10(n: cython.int) -> cython.longlong:
+    result: cython.longlong = 1
+    while n > 0:
+        result *= 10
+        n -= 1
+    return result
 
 
 def _settleable_currencies() -> dict:
@@ -38,29 +50,31 @@ class Policy:
 
     minor_units = cython.declare(dict, visibility="readonly")
     max_minor = cython.declare(dict, visibility="readonly")
-    blocked_pairs = cython.declare(frozenset, visibility="readonly")
+    blocked_pairs = cython.declare(dict, visibility="readonly")
     max_amount = cython.declare(str, visibility="readonly")
 
     def __init__(self, max_amount: str, blocked_pairs=()):
         """`max_amount`: a positive whole number of currency units; `blocked_pairs`: (source, destination) codes."""
         self.minor_units = _settleable_currencies()
+        if max(self.minor_units.values()) > 4:
+            raise PolicyError("a currency with more than 4 minor units cannot be formatted")
         if not (isinstance(max_amount, str) and max_amount.isascii() and max_amount.isdigit()) or int(max_amount) <= 0:
             raise PolicyError(f"max amount must be a positive whole number, got {max_amount!r}")
-        ceiling = _POW10[DIGITS_MAX]
+        ceiling = _pow10(DIGITS_MAX)
         self.max_minor = {}
         for code, units in self.minor_units.items():
-            limit = int(max_amount) * _POW10[units]
+            limit = int(max_amount) * _pow10(units)
             if limit >= ceiling:
                 raise PolicyError(f"max amount {max_amount} is too large for {code} (at most 18 digits in minor units)")
             self.max_minor[code] = limit
         self.max_amount = max_amount
-        pairs = set()
+        pairs: dict = {}
         for source, destination in blocked_pairs:
             for code in (source, destination):
                 if code not in self.minor_units:
                     raise PolicyError(f"blocked pair names {code!r}, which is not a settleable ISO 4217 currency")
-            pairs.add(source + destination)
-        self.blocked_pairs = frozenset(pairs)
+            pairs.setdefault(source, set()).add(destination)
+        self.blocked_pairs = {source: frozenset(destinations) for source, destinations in pairs.items()}
 
 
 @cython.cclass
@@ -155,26 +169,37 @@ def _is_printable_ascii(text: str) -> cython.bint:
 
 
 @cython.cfunc
+def _bad_idempotency_key(errors: list, field: str, value: object) -> cython.bint:
+    """Append an error and return True when a present key is malformed."""
+    if value is None:
+        return False
+    if type(value) is not str:
+        errors.append((field, "not_a_string", "must be a string"))
+        return True
+    text: str = value
+    if len(text) == 0 or len(text) > IDEMPOTENCY_KEY_MAX or not _is_printable_ascii(text):
+        errors.append(
+            (field, "invalid_idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters")
+        )
+        return True
+    return False
+
+
+@cython.cfunc
 def _resolve_idempotency_key(errors: list, body_key: object, header_key: object) -> str:
-    for field, value in (("idempotency_key", body_key), ("Idempotency-Key", header_key)):
-        if value is None:
-            continue
-        if type(value) is not str:
-            errors.append((field, "not_a_string", "must be a string"))
-            return ""
-        text: str = value
-        if len(text) == 0 or len(text) > IDEMPOTENCY_KEY_MAX or not _is_printable_ascii(text):
-            errors.append(
-                (field, "invalid_idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters")
-            )
-            return ""
-    if body_key is None and header_key is None:
-        errors.append(("idempotency_key", "required", "is required (in the body or the Idempotency-Key header)"))
+    if _bad_idempotency_key(errors, "idempotency_key", body_key) or _bad_idempotency_key(
+        errors, "Idempotency-Key", header_key
+    ):
         return ""
-    if body_key is not None and header_key is not None and body_key != header_key:
+    if body_key is None:
+        if header_key is None:
+            errors.append(("idempotency_key", "required", "is required (in the body or the Idempotency-Key header)"))
+            return ""
+        return header_key
+    if header_key is not None and body_key != header_key:
         errors.append(("idempotency_key", "idempotency_key_conflict", "differs from the Idempotency-Key header"))
         return ""
-    return body_key if body_key is not None else header_key
+    return body_key
 
 
 @cython.cfunc
@@ -213,9 +238,11 @@ def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.lon
     """
     n: cython.Py_ssize_t = len(raw)
     i: cython.Py_ssize_t = 0
-    if n == 0 or raw == b"null":
+    if n == 0:
         return _amount_error(errors, "required", "is required")
     first: cython.int = raw[0]
+    if first == 110 and raw == b"null":
+        return _amount_error(errors, "required", "is required")
     if first == 34:  # '"': a decimal string carries the same grammar between its quotes
         if n < 3 or raw[n - 1] != 34:
             return _amount_error(errors, "invalid_amount", "must be a decimal number")
@@ -242,7 +269,7 @@ def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.lon
             else:
                 significant += pending_zeros + 1
                 if significant <= DIGITS_MAX:
-                    unscaled = unscaled * _POW10[pending_zeros + 1] + (c - 48)
+                    unscaled = unscaled * _pow10(pending_zeros + 1) + (c - 48)
                 pending_zeros = 0
             if in_fraction:
                 fraction_digits += 1
@@ -292,20 +319,35 @@ def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.lon
         )
     if significant > DIGITS_MAX or significant + power + units > DIGITS_MAX:
         return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
-    minor: cython.longlong = unscaled * _POW10[power + units]
+    minor: cython.longlong = unscaled * _pow10(power + units)
     if minor > limit:
         return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
     return minor
 
 
 @cython.cfunc
+@cython.inline
+def _is_window(text: str) -> cython.bint:
+    return text == "t1" or text == "t0" or text == "rtgs"
+
+
+@cython.cfunc
 def _format_minor(minor: cython.longlong, units: cython.int) -> str:
-    digits: str = str(minor)
+    """The exact decimal string of `minor` minor units: 25000 with 2 units is "250.00".
+
+    f-strings of C integers compile to direct digit writing, far cheaper than str() and slicing."""
     if units == 0:
-        return digits
-    if len(digits) <= units:
-        digits = "0" * (units + 1 - len(digits)) + digits
-    return digits[: len(digits) - units] + "." + digits[len(digits) - units :]
+        return f"{minor}"
+    scale: cython.longlong = _pow10(units)
+    whole: cython.longlong = minor // scale
+    fraction: cython.longlong = minor % scale
+    if units == 2:
+        return f"{whole}.{fraction:02d}"
+    if units == 3:
+        return f"{whole}.{fraction:03d}"
+    if units == 1:
+        return f"{whole}.{fraction:01d}"
+    return f"{whole}.{fraction:04d}"
 
 
 def validate(
@@ -338,11 +380,8 @@ def validate(
     limit: cython.longlong = policy.max_minor[source_currency] if source_units >= 0 else 0
     minor: cython.longlong = _parse_amount(errors, amount, source_units, limit)
     errors.extend(currency_errors)
-    if (
-        source_units >= 0
-        and destination_units >= 0
-        and (source_currency + destination_currency) in policy.blocked_pairs
-    ):
+    blocked = policy.blocked_pairs.get(source_currency) if source_units >= 0 and policy.blocked_pairs else None
+    if blocked is not None and destination_units >= 0 and destination_currency in blocked:
         errors.append(
             (
                 "destination_currency",
@@ -356,25 +395,76 @@ def validate(
         errors.append(("destination_account", "same_account", "must differ from source_account"))
     _check_identifier(errors, "counterparty_id", counterparty_id)
     key: str = _resolve_idempotency_key(errors, idempotency_key, idempotency_key_header)
-    if settlement_window is not None and settlement_window not in WINDOWS:
+    if settlement_window is not None and not (type(settlement_window) is str and _is_window(settlement_window)):
         errors.append(("settlement_window", "invalid_window", "must be one of rtgs, t0, t1"))
     _check_metadata(errors, metadata)
     if errors:
         raise ValidationFailed(errors)
-    return Instruction(_format_minor(minor, source_units), minor, source_units, key, settlement_window)
+    instruction: Instruction = Instruction.__new__(Instruction)
+    instruction.amount = _format_minor(minor, source_units)
+    instruction.amount_minor = minor
+    instruction.minor_units = source_units
+    instruction.idempotency_key = key
+    instruction.requested_window = settlement_window
+    return instruction
+
+
+REASONS = ("requested", "high_value", "after_cutoff", "non_business_day", "auto")
+
+
+@cython.cclass
+class CurrencyCalendar:
+    """One currency's compiled calendar: per day (index i = first_day + i days since 1970-01-01) whether
+    it is a business day and, as Unix seconds, the local midnight, the RTGS opening and closing and the
+    T0 cut-off, with daylight saving already resolved. Built at start-up by the gateway's rules loader."""
+
+    business = cython.declare(cython.uchar[:])
+    day_start = cython.declare(cython.longlong[:])
+    rtgs_open = cython.declare(cython.longlong[:])
+    rtgs_close = cython.declare(cython.longlong[:])
+    t0_cutoff = cython.declare(cython.longlong[:])
+    days = cython.declare(cython.Py_ssize_t, visibility="readonly")
+
+    def __init__(self, business, day_start, rtgs_open, rtgs_close, t0_cutoff):
+        """Arrays of equal length: business as array('B'), the instants as array('q')."""
+        self.days = len(business)
+        for column in (day_start, rtgs_open, rtgs_close, t0_cutoff):
+            if len(column) != self.days:
+                raise PolicyError("calendar columns must all cover the same days")
+        if self.days < 2:
+            raise PolicyError("a calendar must cover at least two days")
+        self.business = business
+        self.day_start = day_start
+        self.rtgs_open = rtgs_open
+        self.rtgs_close = rtgs_close
+        self.t0_cutoff = t0_cutoff
 
 
 @cython.cclass
 class Rules:
-    """Settlement-window rules, compiled once at start-up from configuration."""
+    """Settlement-window rules compiled for fast routing: one calendar per currency, a default one."""
 
-    default_window = cython.declare(str, visibility="readonly")
+    first_day = cython.declare(cython.longlong, visibility="readonly")
+    days = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    calendars = cython.declare(dict, visibility="readonly")
+    default = cython.declare(CurrencyCalendar, visibility="readonly")
+    high_value = cython.declare(dict, visibility="readonly")
+    value_dates = cython.declare(list)
+    compact_dates = cython.declare(list)
 
-    def __init__(self, default_window: str = "t1"):
-        """`default_window`: the window of an instruction that names none."""
-        if default_window not in WINDOWS:
-            raise PolicyError(f"default window must be one of {', '.join(WINDOWS)}, got {default_window!r}")
-        self.default_window = default_window
+    def __init__(self, first_day: cython.longlong, calendars: dict, default: CurrencyCalendar, high_value: dict):
+        """`first_day`: days since 1970-01-01 of index 0; `calendars`: code -> CurrencyCalendar for the
+        currencies with their own (the rest use `default`); `high_value`: code -> threshold in minor units."""
+        self.first_day = first_day
+        self.high_value = dict(high_value)
+        self.default = default
+        self.days = default.days
+        for code, calendar in calendars.items():
+            if not isinstance(calendar, CurrencyCalendar) or calendar.days != self.days:
+                raise PolicyError(f"calendar of {code} must cover the same {self.days} days as the default")
+        self.calendars = dict(calendars)
+        self.compact_dates = [_civil_date(first_day + i) for i in range(self.days)]
+        self.value_dates = [d[:4] + "-" + d[4:6] + "-" + d[6:] for d in self.compact_dates]
 
 
 @cython.cclass
@@ -410,6 +500,41 @@ def _civil_date(days: cython.longlong) -> str:
     return f"{year:04d}{month:02d}{day:02d}"
 
 
+@cython.cfunc
+def _local_day(calendar: CurrencyCalendar, now: cython.longlong) -> cython.Py_ssize_t:
+    """Index of the calendar day (in the currency's own time zone) that contains `now`."""
+    day_start: cython.longlong[:] = calendar.day_start
+    last: cython.Py_ssize_t = calendar.days - 1
+    if now < day_start[0] or now >= day_start[last] + 86400 * 2:
+        raise RoutingUnavailable("the instant lies outside the compiled calendar horizon")
+    i: cython.Py_ssize_t = (now - day_start[0]) // 86400
+    if i > last:
+        i = last
+    while i > 0 and now < day_start[i]:
+        i -= 1
+    while i < last and now >= day_start[i + 1]:
+        i += 1
+    return i
+
+
+@cython.cfunc
+@cython.inline
+def _both_open(source: CurrencyCalendar, destination: CurrencyCalendar, day: cython.Py_ssize_t) -> cython.bint:
+    return source.business[day] != 0 and destination.business[day] != 0
+
+
+@cython.cfunc
+def _next_common_business_day(
+    source: CurrencyCalendar, destination: CurrencyCalendar, day: cython.Py_ssize_t
+) -> cython.Py_ssize_t:
+    """The first day from `day` on that is a business day of both currencies."""
+    while day < destination.days:
+        if _both_open(source, destination, day):
+            return day
+        day += 1
+    raise RoutingUnavailable("no common business day within the compiled calendar horizon")
+
+
 def route(
     rules: Rules,
     requested_window: object,
@@ -418,18 +543,53 @@ def route(
     amount_minor: cython.longlong,
     now: cython.double,
 ) -> Routing:
-    """Choose the window, value date and batch of a valid instruction at `now` (Unix seconds, UTC).
+    """Choose the window, value date, batch and reason of a valid instruction at `now` (Unix seconds).
 
-    Until the calendar rules land: the requested window, else the default; value date today (UTC)
-    for rtgs and t0, the next weekday for t1.
+    High value forces rtgs. rtgs outside operating hours or on a non-business day keeps rtgs with the
+    value date of the next opening. t0 after the earlier cut-off of the two currencies, or on a day
+    that is not a business day of both, becomes t1. t1 settles on the next common business day.
+    No window: rtgs when high value, else t0 before the cut-off, else t1. Days are the settling
+    (destination) currency's; a value date is always a business day of both currencies.
     """
-    window: str = requested_window if requested_window is not None else rules.default_window
-    reason: str = "requested" if requested_window is not None else "auto"
-    days: cython.longlong = cython.cast(cython.longlong, now // 86400)
-    if window == "t1":
-        days += 1
-        while (days + 3) % 7 >= 5:  # 1970-01-01 was a Thursday; 5 and 6 are Saturday and Sunday
-            days += 1
-    compact: str = _civil_date(days)
-    value_date: str = compact[:4] + "-" + compact[4:6] + "-" + compact[6:]
-    return Routing(window, requested_window, value_date, f"{window}-{compact}-{destination_currency}", reason)
+    source: CurrencyCalendar = rules.calendars.get(source_currency, rules.default)
+    destination: CurrencyCalendar = rules.calendars.get(destination_currency, rules.default)
+    instant: cython.longlong = cython.cast(cython.longlong, now)
+    today: cython.Py_ssize_t = _local_day(destination, instant)
+    open_today: cython.bint = _both_open(source, destination, today)
+    value: cython.Py_ssize_t
+    window: str
+    reason: str
+    threshold: cython.longlong = rules.high_value.get(source_currency, 0)
+    high: cython.bint = threshold > 0 and amount_minor >= threshold
+    if high or requested_window == WINDOW_RTGS:
+        window = WINDOW_RTGS
+        reason = "high_value" if high and requested_window != WINDOW_RTGS else "requested"
+        if open_today and instant < destination.rtgs_close[today]:
+            value = today
+        else:
+            value = _next_common_business_day(source, destination, today + 1)
+        if instant < destination.rtgs_open[value]:
+            reason = "after_cutoff" if open_today else "non_business_day"
+    elif requested_window == WINDOW_T1:
+        window = WINDOW_T1
+        reason = "requested"
+        value = _next_common_business_day(source, destination, today + 1)
+    else:
+        cutoff: cython.longlong = min(source.t0_cutoff[today], destination.t0_cutoff[today])
+        reason = "requested" if requested_window is not None else "auto"
+        if open_today and instant < cutoff:
+            window = WINDOW_T0
+            value = today
+        else:
+            window = WINDOW_T1
+            value = _next_common_business_day(source, destination, today + 1)
+            if requested_window is not None:
+                reason = "after_cutoff" if open_today else "non_business_day"
+    routing: Routing = Routing.__new__(Routing)
+    routing.window = window
+    routing.requested_window = requested_window
+    routing.value_date = rules.value_dates[value]
+    compact: str = rules.compact_dates[value]
+    routing.batch = f"{window}-{compact}-{destination_currency}"  # one allocation, unlike chained +
+    routing.reason = reason
+    return routing

@@ -15,3 +15,7 @@ class ValidationFailed(FastcoreError, ValueError):
     def __init__(self, errors: list[tuple[str, str, str]]) -> None:
         super().__init__("; ".join(f"{field}: {message}" for field, _, message in errors))
         self.errors = errors
+
+
+class RoutingUnavailable(FastcoreError):
+    """The router cannot decide: the instant or the value date lies beyond the compiled calendars."""

@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -18,6 +19,7 @@ from gateway.idempotency import IdempotencyStore
 from gateway.intake import Intake
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.producer import SettlementProducer, ensure_topics
+from gateway.routing import load_rules
 from gateway.settings import Settings
 from gateway.transactions import submit_transaction
 
@@ -26,13 +28,12 @@ log = logging.getLogger("gateway")
 
 def build_policy(settings: Settings) -> tuple[fastcore.Policy, fastcore.Rules]:
     """Compile the validation limits and routing rules into fastcore; ConfigurationError when unusable."""
+    today = datetime.fromtimestamp(settings.clock()(), UTC).date()
     try:
-        return (
-            fastcore.Policy(settings.max_amount, settings.blocked_currency_pairs),
-            fastcore.Rules(settings.default_window),
-        )
+        policy = fastcore.Policy(settings.max_amount, settings.blocked_currency_pairs)
     except fastcore.PolicyError as exc:
         raise ConfigurationError(str(exc)) from None
+    return policy, load_rules(settings.rules_file(), today)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

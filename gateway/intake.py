@@ -97,14 +97,18 @@ class Intake:
         except fastcore.ValidationFailed as exc:
             raise Refused("validation-failed", "the transaction breaks one or more rules", exc.errors) from None
         now = self._clock()
-        routing = fastcore.route(
-            self._rules,
-            instruction.requested_window,
-            request.source_currency,
-            request.destination_currency,
-            instruction.amount_minor,
-            now,
-        )
+        try:
+            routing = fastcore.route(
+                self._rules,
+                instruction.requested_window,
+                request.source_currency,
+                request.destination_currency,
+                instruction.amount_minor,
+                now,
+            )
+        except fastcore.RoutingUnavailable as exc:
+            log.error("routing refused: %s", exc)
+            raise DependencyUnavailable("settlement calendar", str(exc)) from None
         transaction = Transaction(
             transaction_id=request.transaction_id,
             amount=instruction.amount,

@@ -4,6 +4,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,7 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 65_536
     max_amount: str = "1000000000"
     blocked_pairs: str = ""
-    default_window: str = "t1"
+    rules_path: str = ""
     ready_timeout_ms: int = 1000
     log_level: str = "INFO"
     fixed_time: str = ""
@@ -95,6 +96,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The clock routing uses: pinned to GATEWAY_FIXED_TIME when set, else the real one."""
         fixed = self.fixed_epoch()
         return time.time if fixed is None else (lambda: fixed)
+
+    def rules_file(self) -> Path | None:
+        """GATEWAY_RULES_PATH, or None for the shipped default rules."""
+        return Path(self.rules_path) if self.rules_path else None
 
     def topic(self, window: str) -> str:
         """The Kafka topic of a settlement window."""

@@ -1,18 +1,35 @@
 """Read what really reached Kafka: the records of a topic between two points of its log."""
 
-from confluent_kafka import Consumer, TopicPartition
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 
 def _consumer(bootstrap: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": "tests-reader", "enable.auto.commit": False})
 
 
+_TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT}
+
+
 def end_offsets(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[int, int]:
-    """The high watermark of every partition of `topic` (where the next record will go)."""
+    """The high watermark of every partition of `topic` (where the next record will go).
+
+    Right after a topic is created or the broker restarts, leadership may still be settling: the
+    broker then answers NOT_LEADER for a moment, and the question is asked again."""
     consumer = _consumer(bootstrap)
+    deadline = time.monotonic() + timeout
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
+        while True:
+            try:
+                partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions
+                }
+            except KafkaException as exc:
+                if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
 
