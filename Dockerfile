@@ -16,11 +16,12 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gate
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 ENV PYTHONUNBUFFERED=1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/gateway-metrics \
     GATEWAY_KAFKA_BOOTSTRAP=kafka:19092 \
     GATEWAY_REDIS_URL=redis://redis:6379/0
 USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
-ENTRYPOINT ["granian", "--interface", "asgi", "--factory", "gateway.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-ws"]
+ENTRYPOINT ["granian", "--interface", "asgi", "--factory", "gateway.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-ws", "--workers-kill-timeout", "15"]
 CMD ["--workers", "2"]

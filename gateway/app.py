@@ -14,9 +14,13 @@ from redis.asyncio import Redis
 import fastcore
 from gateway import __version__
 from gateway.errors import ConfigurationError
-from gateway.health import health, ready
+from gateway.health import Readiness, health, ready
+from gateway.health import metrics as metrics_endpoint
 from gateway.idempotency import IdempotencyStore
 from gateway.intake import Intake
+from gateway.logs import configure_logging
+from gateway.metrics import Metrics
+from gateway.observability import RequestObservability
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.producer import SettlementProducer, ensure_topics
 from gateway.routing import load_rules
@@ -40,6 +44,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the gateway; settings default to the environment (GATEWAY_*)."""
     settings = settings or Settings.from_env()
     policy, rules = build_policy(settings)
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    readiness = Readiness(settings.ready_cache_ms / 1000)
 
     @asynccontextmanager
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
@@ -48,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.redis = client
         app.state.idempotency = IdempotencyStore(
             client,
+            metrics,
             pending_ttl_ms=settings.pending_ttl_seconds * 1000,
             done_ttl_ms=settings.idempotency_ttl_seconds * 1000,
         )
@@ -64,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 log.info("created topics %s", ", ".join(created))
         except Exception as exc:  # the broker may come later; /ready reports it meanwhile
             log.warning("could not ensure the window topics at start-up: %s", exc)
-        producer = SettlementProducer(settings)
+        producer = SettlementProducer(settings, metrics)
         producer.start()
         app.state.producer = producer
         try:
@@ -76,11 +84,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def intake_service(app: Litestar) -> AsyncIterator[None]:
-        app.state.intake = Intake(settings, policy, rules, app.state.idempotency, app.state.producer, settings.clock())
-        yield
+        app.state.intake = Intake(
+            settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
+        )
+        try:
+            yield
+        finally:
+            # The first lifespan to end: from here /ready answers 503 while in-flight requests
+            # finish and the producer flushes.
+            readiness.shutting_down = True
+            log.info("shutdown: readiness now 503; flushing the producer")
 
     app = Litestar(
-        route_handlers=[submit_transaction, health, ready],
+        route_handlers=[submit_transaction, health, ready, metrics_endpoint],
+        middleware=[RequestObservability(metrics, settings.access_log)],
         lifespan=[redis_client, kafka_producer, intake_service],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
@@ -91,9 +108,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/docs",
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
+        logging_config=None,  # gateway.logs owns logging: JSON lines
         debug=False,
     )
     app.state.settings = settings
     app.state.policy = policy
     app.state.rules = rules
+    app.state.metrics = metrics
+    app.state.readiness = readiness
     return app

@@ -17,6 +17,7 @@ import fastcore
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
+from gateway.metrics import Metrics
 from gateway.producer import SettlementProducer
 from gateway.schemas import ENCODER, REQUEST_DECODER, Accepted, AcceptedMetadata, Deduped, DedupedMetadata
 from gateway.settings import Settings
@@ -34,6 +35,7 @@ class Prepared(NamedTuple):
 class Outcome(msgspec.Struct, frozen=True):
     """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission."""
 
+    transaction_id: str
     replayed: bool
     body: bytes
 
@@ -66,6 +68,7 @@ class Intake:
         rules: fastcore.Rules,
         store: IdempotencyStore,
         producer: SettlementProducer,
+        metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
         self._settings = settings
@@ -73,6 +76,7 @@ class Intake:
         self._rules = rules
         self._store = store
         self._producer = producer
+        self._metrics = metrics
         self._clock = clock
         self._partner = settings.partner
 
@@ -142,7 +146,7 @@ class Intake:
         decision, stored = await self._store.reserve(reservation)
         if decision is Decision.REPLAY:
             assert stored is not None
-            return Outcome(replayed=True, body=stored)
+            return Outcome(event.transaction.transaction_id, replayed=True, body=stored)
         if decision is Decision.IN_FLIGHT:
             raise Refused("request-in-flight", "a request with this idempotency key is still being processed")
         if decision is Decision.MISMATCH:
@@ -204,4 +208,5 @@ class Intake:
         except DependencyUnavailable:
             # Kafka has the record, so 202 is the truth; consumers de-duplicate by idempotency key.
             log.error("could not complete %s: Redis unavailable after Kafka accepted", reservation.idem_key)
-        return Outcome(replayed=False, body=ENCODER.encode(accepted))
+        self._metrics.routing.labels(routing.window, routing.reason).inc()
+        return Outcome(event.transaction.transaction_id, replayed=False, body=ENCODER.encode(accepted))

@@ -7,6 +7,7 @@ one wake-up per poll rather than one per record.
 """
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.errors import DependencyUnavailable
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 
@@ -46,15 +48,17 @@ def producer_config(settings: Settings) -> dict[str, object]:
         # librdkafka's own log lines go through Python logging instead of raw stderr
         "logger": logging.getLogger("gateway.kafka"),
         "log.connection.close": False,
+        "statistics.interval.ms": 5000,
     }
 
 
 class SettlementProducer:
     """One Kafka producer per worker process, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
-        self._producer = Producer(producer_config(settings))
+        self._metrics = metrics
+        self._producer = Producer({**producer_config(settings), "stats_cb": self._statistics})
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
@@ -68,9 +72,22 @@ class SettlementProducer:
         self._thread.start()
 
     def _poll_forever(self) -> None:
+        queue = self._metrics.kafka_queue
         while self._running:
             self._producer.poll(0.05)
             self._hand_over()
+            queue.set(len(self._producer))
+
+    def _statistics(self, document: str) -> None:
+        """librdkafka's statistics (every few seconds, in the poll thread): RTT and batch sizes."""
+        stats = json.loads(document)
+        for broker in stats.get("brokers", {}).values():
+            if broker.get("nodeid", -1) >= 0 and broker.get("rtt", {}).get("cnt"):
+                self._metrics.kafka_broker_rtt.labels(broker["nodename"]).set(broker["rtt"]["avg"] / 1e6)
+        for name, topic in stats.get("topics", {}).items():
+            if topic.get("batchsize", {}).get("cnt"):
+                self._metrics.kafka_batch_size.labels(name).set(topic["batchsize"]["avg"])
+                self._metrics.kafka_batch_count.labels(name).set(topic["batchcnt"]["avg"])
 
     def _hand_over(self) -> None:
         if self._reports:
@@ -82,17 +99,24 @@ class SettlementProducer:
         """Send one record and return where the broker stored it; DependencyUnavailable otherwise."""
         assert self._loop is not None, "producer not started"
         future: asyncio.Future[Delivery] = self._loop.create_future()
+        started = time.perf_counter()
 
         def on_delivery(error: KafkaError | None, message: object) -> None:
             # Runs in the poll thread (inside poll() or the final flush()), the only thread that
             # also swaps `_reports`, so no lock is needed.
+            if error is None:
+                self._metrics.kafka_delivery.observe(time.perf_counter() - started)
+            else:
+                self._metrics.kafka_delivery_errors.labels(error.name()).inc()
             self._reports.append((future, error, message))
 
         try:
             self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
         except BufferError:
+            self._metrics.kafka_delivery_errors.labels("_QUEUE_FULL").inc()
             raise DependencyUnavailable("kafka", "local producer queue is full") from None
         except KafkaException as exc:
+            self._metrics.kafka_delivery_errors.labels(exc.args[0].name() if exc.args else "unknown").inc()
             raise DependencyUnavailable("kafka", exc.args[0].str() if exc.args else "produce failed") from None
         return await future
 

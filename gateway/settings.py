@@ -36,7 +36,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     blocked_pairs: str = ""
     rules_path: str = ""
     ready_timeout_ms: int = 1000
+    ready_cache_ms: int = 1000
     log_level: str = "INFO"
+    access_log: bool = True
     fixed_time: str = ""
 
     def __post_init__(self) -> None:
@@ -55,6 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than zero")
+        if self.ready_cache_ms < 0:
+            raise ConfigurationError(f"{PREFIX}READY_CACHE_MS must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigurationError(f"{PREFIX}LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.linger_ms < 0:
             raise ConfigurationError(f"{PREFIX}LINGER_MS must not be negative")
         # A reservation must outlive the longest produce, or a retry could race a late delivery.

@@ -3,10 +3,11 @@
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, Operation
 
-from gateway.errors import Refused
+from gateway.errors import DependencyUnavailable, Refused
 from gateway.intake import Intake
 from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.schemas import REQUEST_SCHEMA, Accepted, AcceptedMetadata, Deduped, DedupedMetadata, Problem
@@ -157,10 +158,28 @@ def _is_json(content_type: str | None) -> bool:
 async def submit_transaction(request: Request) -> Response[bytes]:
     """Accept one transaction: 202 new, 200 replay, or a problem."""
     headers = request.headers
-    if not _is_json(headers.get("content-type")):
-        raise Refused("unsupported-media-type", "send the transaction as application/json")
-    intake: Intake = request.app.state.intake
-    outcome = await intake.submit(await request.body(), headers.get("idempotency-key"), headers.get("traceparent"))
+    outcomes = request.app.state.metrics.intake
+    try:
+        if not _is_json(headers.get("content-type")):
+            raise Refused("unsupported-media-type", "send the transaction as application/json")
+        intake: Intake = request.app.state.intake
+        body = await request.body()
+        outcome = await intake.submit(body, headers.get("idempotency-key"), headers.get("traceparent"))
+    except Refused as exc:
+        outcomes.labels(exc.cause.replace("-", "_")).inc()
+        if exc.errors:
+            for field, code, _ in exc.errors:
+                request.app.state.metrics.validation_errors.labels(field, code).inc()
+        raise
+    except DependencyUnavailable:
+        outcomes.labels("dependency_unavailable").inc()
+        raise
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            outcomes.labels("body_too_large").inc()
+        raise
+    request.scope.setdefault("state", {})["transaction_id"] = outcome.transaction_id  # for the access log
+    outcomes.labels("replayed" if outcome.replayed else "accepted").inc()
     if outcome.replayed:
         return Response(
             outcome.body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"}

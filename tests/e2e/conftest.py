@@ -23,7 +23,7 @@ def free_port() -> int:
 class Server:
     """A gateway process tree and its address."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 2, kill_timeout: int = 10) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
@@ -34,6 +34,7 @@ class Server:
                 str(Path(sys.executable).with_name("granian")),
                 "--interface", "asgi", "--factory", "gateway.app:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
+                "--workers-kill-timeout", str(kill_timeout),
             ],
             env=env,
             cwd=ROOT,
@@ -54,6 +55,11 @@ class Server:
         self.stop()
         raise RuntimeError(f"gateway not ready in 60s: {self.log_path.read_text()[-2000:]}")
 
+    def log_lines(self) -> list[str]:
+        """What the gateway wrote so far, a line each."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace").splitlines()
+
     def stop(self, timeout: float = 20) -> int:
         self.process.terminate()
         try:
@@ -67,7 +73,12 @@ class Server:
 
 def server_env(stack, tmp_path, **extra: str) -> dict[str, str]:
     """The environment of a gateway on the test stack, with a partner namespace of its own."""
-    env = {**os.environ, "GATEWAY_PARTNER": f"e2e-{uuid.uuid4().hex[:8]}", "E2E_LOG": str(tmp_path / "gateway.log")}
+    env = {
+        **os.environ,
+        "GATEWAY_PARTNER": f"e2e-{uuid.uuid4().hex[:8]}",
+        "E2E_LOG": str(tmp_path / "gateway.log"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
     env.update(extra)
     return env
 

@@ -4,12 +4,13 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
+from gateway.metrics import Metrics
 
 
 @pytest.fixture
 async def store(stack):
     client = Redis.from_url(stack.redis_url)
-    yield IdempotencyStore(client, pending_ttl_ms=30_000, done_ttl_ms=86_400_000), client
+    yield IdempotencyStore(client, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=86_400_000), client
     await client.aclose()
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.idempotency import Decision, IdempotencyStore
+from gateway.metrics import Metrics
 from tests.conftest import transaction
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
@@ -175,7 +176,7 @@ async def test_409_in_flight_with_retry_after(client, stack, log, unique):
     prepared = client.app.state.intake.prepare(body, None)
     redis = Redis.from_url(stack.redis_url)
     try:
-        decision, _ = await IdempotencyStore(redis, pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
+        decision, _ = await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
             prepared.reservation
         )
     finally:

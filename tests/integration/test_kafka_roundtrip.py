@@ -2,6 +2,7 @@
 
 import asyncio
 
+from gateway.metrics import Metrics
 from gateway.producer import SettlementProducer, ensure_topics
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
@@ -16,7 +17,7 @@ async def test_window_topics_exist_after_ensure(stack):
 async def test_produced_records_are_consumed_with_key_value_and_headers(stack, unique):
     topic = stack.topic("t1")
     before = end_offsets(stack.kafka_bootstrap, topic)
-    producer = SettlementProducer(stack)
+    producer = SettlementProducer(stack, Metrics())
     producer.start()
     try:
         deliveries = await asyncio.gather(

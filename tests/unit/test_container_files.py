@@ -89,4 +89,35 @@ def test_dockerfile_runtime_is_non_root_granian_with_healthcheck():
     healthcheck = [args for op, args in runtime if op == "HEALTHCHECK"][-1]
     assert "/health" in healthcheck
     env_names = {token.split("=", 1)[0] for op, args in runtime if op == "ENV" for token in shlex.split(args)}
-    assert env_names - {"PYTHONUNBUFFERED"} <= SETTING_NAMES
+    assert env_names - {"PYTHONUNBUFFERED", "PROMETHEUS_MULTIPROC_DIR"} <= SETTING_NAMES
+    assert "--workers-kill-timeout" in argv, "a bounded graceful shutdown"
+
+
+def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard():
+    services = _compose()["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"]
+    scrape = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["gateway:8000"]
+    mounted = {volume.split(":")[0] for volume in services["grafana"]["volumes"]}
+    assert {"./deploy/observability/grafana/provisioning", "./deploy/observability/grafana/dashboards"} <= mounted
+    for volume in services["grafana"]["volumes"] + services["prometheus"]["volumes"]:
+        assert (ROOT / volume.split(":")[0]).exists(), volume
+
+
+def test_dashboard_queries_only_metrics_the_gateway_exports():
+    import json
+
+    from gateway.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {metric.name + suffix for metric in Metrics().registry.collect() for suffix in suffixes[metric.type]}
+    dashboard = json.loads((ROOT / "deploy/observability/grafana/dashboards/settlement-gateway.json").read_text())
+    names = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(settlement_\w+|http_server_\w+)", target["expr"])
+    }
+    assert names and names <= exported, names - exported

@@ -1,0 +1,146 @@
+"""Prometheus metrics, correct across Granian's worker processes.
+
+With PROMETHEUS_MULTIPROC_DIR set (the run script, the Dockerfile and the e2e tests set it), every
+worker writes its samples to memory-mapped files there and a scrape of any worker sums them all.
+Files of processes that no longer exist (an earlier run, a worker that was replaced) are removed
+when a worker starts. Without it (tests in one process) each app has a registry of its own.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# from 0.1 ms, dense below a millisecond where this gateway lives, up to 10 s
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def multiprocess_dir() -> Path | None:
+    """The shared metrics folder, when multi-process mode is on."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(path) if path else None
+
+
+def remove_stale_files(directory: Path) -> int:
+    """Delete the sample files of processes that are gone; return how many."""
+    removed = 0
+    for path in directory.glob("*.db"):
+        match = _PID_FILE.search(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed += 1
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
+class Metrics:
+    """Every metric of the gateway, created once per app."""
+
+    def __init__(self) -> None:
+        self.directory = multiprocess_dir()
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            remove_stale_files(self.directory)
+        # In multi-process mode the files are the store and a scrape reads them; registering the
+        # metrics anywhere would only count them twice.
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = None if self.directory is not None else self.registry
+
+        self.http_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests (OpenTelemetry semantic conventions)",
+            ["http_request_method", "http_route", "http_response_status_code"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.intake = Counter(
+            "settlement_intake_outcomes",
+            "Transaction submissions by outcome",
+            ["outcome"],
+            registry=reg,
+        )
+        self.validation_errors = Counter(
+            "settlement_validation_errors",
+            "Broken validation rules by field and error code (one submission may break several)",
+            ["field", "code"],
+            registry=reg,
+        )
+        self.routing = Counter(
+            "settlement_routing_decisions",
+            "Accepted transactions by settlement window and routing reason",
+            ["window", "reason"],
+            registry=reg,
+        )
+        self.kafka_delivery = Histogram(
+            "settlement_kafka_delivery_duration_seconds",
+            "Time from produce to the broker's delivery report",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.kafka_delivery_errors = Counter(
+            "settlement_kafka_delivery_errors",
+            "Records Kafka did not take, by librdkafka error code",
+            ["code"],
+            registry=reg,
+        )
+        self.kafka_queue = Gauge(
+            "settlement_kafka_queue_messages",
+            "Records in the producer's local queue or in flight to the broker",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.kafka_broker_rtt = Gauge(
+            "settlement_kafka_broker_rtt_seconds",
+            "Average broker round-trip time over the last statistics interval (librdkafka)",
+            ["broker"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.kafka_batch_size = Gauge(
+            "settlement_kafka_batch_size_bytes",
+            "Average size of the batches sent over the last statistics interval (librdkafka)",
+            ["topic"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.kafka_batch_count = Gauge(
+            "settlement_kafka_batch_records",
+            "Average records per batch over the last statistics interval (librdkafka)",
+            ["topic"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.redis_duration = Histogram(
+            "settlement_redis_script_duration_seconds",
+            "Duration of idempotency Lua scripts, one round trip each",
+            ["script"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.redis_errors = Counter(
+            "settlement_redis_errors",
+            "Idempotency scripts that failed (Redis unreachable, timeout)",
+            ["script"],
+            registry=reg,
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of every worker (multi-process) or of this app."""
+        if self.directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.directory))
+        return generate_latest(registry)
