@@ -1,14 +1,12 @@
 -- wrk script: every request a new transaction (unique id and idempotency key per thread and counter).
 -- wrk -t1 -c1 -d10s -s benchmarks/wrk_new_transactions.lua http://127.0.0.1:8000
+-- `prefix` is a global so that setup() can give every thread its own through thread:set.
 local counter = 0
-local prefix = ""
+local threads = 0
 
 function setup(thread)
-  thread:set("prefix", tostring(math.random(1, 1e9)) .. "-" .. tostring(os.time()))
-end
-
-function init(args)
-  prefix = prefix
+  threads = threads + 1
+  thread:set("prefix", tostring(os.time()) .. "-" .. threads .. "-" .. tostring(math.random(1, 1e9)))
 end
 
 function request()

@@ -1,6 +1,7 @@
 """The application factory. No import-time side effects: every client is made in a lifespan."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,7 +10,6 @@ from datetime import UTC, datetime
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from redis.asyncio import Redis
 
 import fastcore
 from gateway import __version__
@@ -18,11 +18,12 @@ from gateway.health import Readiness, health, ready
 from gateway.health import metrics as metrics_endpoint
 from gateway.idempotency import IdempotencyStore
 from gateway.intake import Intake
-from gateway.logs import configure_logging
+from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import Metrics
 from gateway.observability import RequestObservability
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.producer import SettlementProducer, ensure_topics
+from gateway.redis_pipeline import RedisPipeline
 from gateway.routing import load_rules
 from gateway.settings import Settings
 from gateway.transactions import submit_transaction
@@ -46,12 +47,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
     policy, rules = build_policy(settings)
     configure_logging(settings.log_level)
     metrics = Metrics()
+    access_log = AccessLog(settings.access_log)
     readiness = Readiness(settings.ready_cache_ms / 1000)
 
     @asynccontextmanager
+    async def telemetry(app: Litestar) -> AsyncIterator[None]:
+        metrics.start_publishing()
+        try:
+            yield
+        finally:  # the last lifespan to end: whatever the others counted or logged goes out
+            metrics.stop_publishing()
+            access_log.flush()
+
+    @asynccontextmanager
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
-        timeout = settings.redis_timeout_ms / 1000
-        client = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = RedisPipeline(settings.redis_url, settings.redis_timeout_ms / 1000)
         app.state.redis = client
         app.state.idempotency = IdempotencyStore(
             client,
@@ -62,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            await client.aclose()
+            client.close()
 
     @asynccontextmanager
     async def kafka_producer(app: Litestar) -> AsyncIterator[None]:
@@ -87,6 +97,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.intake = Intake(
             settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
         )
+        # What start-up made lives as long as the worker: keep it out of every garbage collection.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -97,8 +110,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[submit_transaction, health, ready, metrics_endpoint],
-        middleware=[RequestObservability(metrics, settings.access_log)],
-        lifespan=[redis_client, kafka_producer, intake_service],
+        middleware=[RequestObservability(metrics, access_log)],
+        lifespan=[telemetry, redis_client, kafka_producer, intake_service],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

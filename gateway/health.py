@@ -5,11 +5,11 @@ import time
 
 import msgspec
 from litestar import Request, Response, get
-from redis.exceptions import RedisError
 
 from gateway import SERVICE_NAME, __version__
 from gateway.metrics import CONTENT_TYPE
 from gateway.producer import SettlementProducer
+from gateway.redis_pipeline import RedisUnavailable, ReplyError
 from gateway.settings import Settings
 
 _HEALTHY = msgspec.json.encode({"status": "healthy", "service": SERVICE_NAME, "version": __version__})
@@ -24,8 +24,8 @@ async def health() -> Response[bytes]:
 async def _check_redis(request: Request, timeout: float) -> list[str]:
     try:
         await asyncio.wait_for(request.app.state.redis.ping(), timeout)
-    except (RedisError, OSError, TimeoutError) as exc:
-        return [f"redis: {type(exc).__name__}"]
+    except (RedisUnavailable, ReplyError, TimeoutError) as exc:
+        return [f"redis: {exc or type(exc).__name__}"]
     return []
 
 

@@ -6,7 +6,6 @@ the partner's retry is new again; Redis down means nothing is produced at all (f
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -14,6 +13,7 @@ from typing import NamedTuple
 import msgspec
 
 import fastcore
+from gateway import ids
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
@@ -128,7 +128,7 @@ class Intake:
             self._partner, instruction.idempotency_key, request.transaction_id, fingerprint(transaction)
         )
         event = TransactionAccepted(
-            event_id=str(uuid.uuid4()),
+            event_id=ids.uuid7(),
             occurred_at=_instant(now),
             partner=self._partner,
             idempotency_key=instruction.idempotency_key,
@@ -202,11 +202,6 @@ class Intake:
                 accepted_at=accepted_at,
             ),
         )
-        try:
-            if not await self._store.complete(reservation, ENCODER.encode(replay)):
-                log.error("idempotency key %s changed hands while its record was produced", reservation.idem_key)
-        except DependencyUnavailable:
-            # Kafka has the record, so 202 is the truth; consumers de-duplicate by idempotency key.
-            log.error("could not complete %s: Redis unavailable after Kafka accepted", reservation.idem_key)
-        self._metrics.routing.labels(routing.window, routing.reason).inc()
+        self._store.complete(reservation, ENCODER.encode(replay))  # sent with this tick's Redis write
+        self._metrics.tally(self._metrics.routing, routing.window, routing.reason).inc()
         return Outcome(event.transaction.transaction_id, replayed=False, body=ENCODER.encode(accepted))

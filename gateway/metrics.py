@@ -4,11 +4,20 @@ With PROMETHEUS_MULTIPROC_DIR set (the run script, the Dockerfile and the e2e te
 worker writes its samples to memory-mapped files there and a scrape of any worker sums them all.
 Files of processes that no longer exist (an earlier run, a worker that was replaced) are removed
 when a worker starts. Without it (tests in one process) each app has a registry of its own.
+
+The request path does not touch those files: an update there takes a lock, a system call and a
+write to shared memory. It counts into plain numbers of its own (`Tally`, `TallyHistogram`), which
+are added to the shared files every PUBLISH_INTERVAL seconds, before every scrape this worker
+answers, and at shutdown.
 """
 
+import asyncio
 import os
 import re
+from bisect import bisect_left
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -20,6 +29,53 @@ LATENCY_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _PID_FILE = re.compile(r"_(\d+)\.db$")
+PUBLISH_INTERVAL = 0.5  # seconds: how stale another worker's samples may be in a scrape
+
+
+class Tally:
+    """A counter's increments kept in this process until the next publish."""
+
+    __slots__ = ("_child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.pending += amount
+
+    def publish(self) -> None:
+        if self.pending:
+            amount, self.pending = self.pending, 0.0
+            self._child.inc(amount)
+
+
+class TallyHistogram:
+    """A histogram's observations kept in this process, as bucket counts, until the next publish."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1  # the first bucket whose bound >= value
+        self._sum += value
+
+    def publish(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        # Histogram.observe() adds one to the single bucket the value falls in and its value to the
+        # sum; this does the same for many observations at once.
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self._child._sum.inc(total)
 
 
 def multiprocess_dir() -> Path | None:
@@ -137,8 +193,50 @@ class Metrics:
             registry=reg,
         )
 
+        self._tallies: dict[Hashable, Tally | TallyHistogram] = {}
+        self._publisher: asyncio.TimerHandle | None = None
+
+    def tally(self, metric: Counter, *labels: str) -> Tally:
+        """This process's tally of one labelled counter (made once, then reused)."""
+        key = (id(metric), labels)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = Tally(metric.labels(*labels) if labels else metric)
+        return tally  # type: ignore[return-value]
+
+    def tally_histogram(self, metric: Histogram, *labels: str) -> TallyHistogram:
+        """This process's tally of one labelled histogram (made once, then reused)."""
+        key = (id(metric), labels)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = TallyHistogram(metric.labels(*labels) if labels else metric)
+        return tally  # type: ignore[return-value]
+
+    def publish(self) -> None:
+        """Add every tally to the shared samples."""
+        for tally in list(self._tallies.values()):
+            tally.publish()
+
+    def start_publishing(self) -> None:
+        """Publish every PUBLISH_INTERVAL seconds on the running loop, until `stop_publishing`."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.publish()
+            self._publisher = loop.call_later(PUBLISH_INTERVAL, tick)
+
+        self._publisher = loop.call_later(PUBLISH_INTERVAL, tick)
+
+    def stop_publishing(self) -> None:
+        """Stop the timer and publish what is left."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+            self._publisher = None
+        self.publish()
+
     def exposition(self) -> bytes:
-        """The Prometheus text of every worker (multi-process) or of this app."""
+        """The Prometheus text of every worker (multi-process) or of this app; this worker's tallies first."""
+        self.publish()
         if self.directory is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

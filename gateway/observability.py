@@ -2,17 +2,16 @@
 
 import re
 import time
-import uuid
 from typing import Any
 
-import structlog
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.metrics import Metrics
+from gateway import ids
+from gateway.logs import AccessLog
+from gateway.metrics import Metrics, TallyHistogram
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-access_log = structlog.get_logger("gateway.access")
 
 
 def request_id_of(scope: Scope) -> bytes:
@@ -22,7 +21,7 @@ def request_id_of(scope: Scope) -> bytes:
             if _REQUEST_ID.match(value):
                 return value
             break
-    return uuid.uuid4().hex.encode()
+    return ids.request_id().encode()
 
 
 class RequestObservability(ASGIMiddleware):
@@ -30,9 +29,10 @@ class RequestObservability(ASGIMiddleware):
 
     scopes = ("http",)  # type: ignore[assignment]
 
-    def __init__(self, metrics: Metrics, log_access: bool) -> None:
+    def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
         self.metrics = metrics
-        self.log_access = log_access
+        self.access_log = access_log
+        self._durations: dict[tuple[str, str, int], TallyHistogram] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
@@ -54,14 +54,14 @@ class RequestObservability(ASGIMiddleware):
             duration = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
             method = scope["method"]  # type: ignore[typeddict-item]
-            self.metrics.http_duration.labels(method, route, str(status)).observe(duration)
-            if self.log_access:
-                access_log.info(
-                    "request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(duration * 1000, 3),
-                    request_id=state["request_id"],
-                    transaction_id=state.get("transaction_id"),
+            key = (method, route, status)
+            histogram = self._durations.get(key)
+            if histogram is None:
+                histogram = self._durations[key] = self.metrics.tally_histogram(
+                    self.metrics.http_duration, method, route, str(status)
+                )
+            histogram.observe(duration)
+            if self.access_log.enabled:
+                self.access_log.request(
+                    method, route, status, duration, state["request_id"], state.get("transaction_id")
                 )

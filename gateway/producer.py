@@ -52,6 +52,10 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
+# (future of the request, error or None, the message, seconds from produce to the report)
+Report = tuple["asyncio.Future[Delivery]", KafkaError | None, object, float]
+
+
 class SettlementProducer:
     """One Kafka producer per worker process, started and stopped by the app's lifespan."""
 
@@ -62,7 +66,8 @@ class SettlementProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
-        self._reports: list[tuple[asyncio.Future[Delivery], KafkaError | None, object]] = []
+        self._reports: list[Report] = []
+        self._delivery = metrics.tally_histogram(metrics.kafka_delivery)
 
     def start(self) -> None:
         """Bind to the running event loop and start the poll thread."""
@@ -72,11 +77,13 @@ class SettlementProducer:
         self._thread.start()
 
     def _poll_forever(self) -> None:
-        queue = self._metrics.kafka_queue
+        queue, sampled = self._metrics.kafka_queue, 0.0
         while self._running:
             self._producer.poll(0.05)
             self._hand_over()
-            queue.set(len(self._producer))
+            if (now := time.monotonic()) - sampled >= 0.1:
+                queue.set(len(self._producer))
+                sampled = now
 
     def _statistics(self, document: str) -> None:
         """librdkafka's statistics (every few seconds, in the poll thread): RTT and batch sizes."""
@@ -93,7 +100,21 @@ class SettlementProducer:
         if self._reports:
             batch, self._reports = self._reports, []
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(_resolve_all, batch)
+            self._loop.call_soon_threadsafe(self._resolve_all, batch)
+
+    def _resolve_all(self, batch: list["Report"]) -> None:
+        """On the event loop: settle the futures of one batch of delivery reports."""
+        for future, error, message, elapsed in batch:
+            if error is None:
+                self._delivery.observe(elapsed)
+            else:
+                self._metrics.tally(self._metrics.kafka_delivery_errors, error.name()).inc()
+            if future.done():
+                continue  # the request was cancelled (client went away); the record's fate is in the log
+            if error is not None:
+                future.set_exception(DependencyUnavailable("kafka", error.str()))
+            else:
+                future.set_result(Delivery(message.topic(), message.partition(), message.offset()))  # type: ignore[attr-defined]
 
     async def produce(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Delivery:
         """Send one record and return where the broker stored it; DependencyUnavailable otherwise."""
@@ -104,19 +125,16 @@ class SettlementProducer:
         def on_delivery(error: KafkaError | None, message: object) -> None:
             # Runs in the poll thread (inside poll() or the final flush()), the only thread that
             # also swaps `_reports`, so no lock is needed.
-            if error is None:
-                self._metrics.kafka_delivery.observe(time.perf_counter() - started)
-            else:
-                self._metrics.kafka_delivery_errors.labels(error.name()).inc()
-            self._reports.append((future, error, message))
+            self._reports.append((future, error, message, time.perf_counter() - started))
 
         try:
             self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
         except BufferError:
-            self._metrics.kafka_delivery_errors.labels("_QUEUE_FULL").inc()
+            self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
             raise DependencyUnavailable("kafka", "local producer queue is full") from None
         except KafkaException as exc:
-            self._metrics.kafka_delivery_errors.labels(exc.args[0].name() if exc.args else "unknown").inc()
+            code = exc.args[0].name() if exc.args else "unknown"
+            self._metrics.tally(self._metrics.kafka_delivery_errors, code).inc()
             raise DependencyUnavailable("kafka", exc.args[0].str() if exc.args else "produce failed") from None
         return await future
 
@@ -146,16 +164,6 @@ class SettlementProducer:
         left = self._producer.flush(timeout)
         self._hand_over()
         return left
-
-
-def _resolve_all(batch: list[tuple["asyncio.Future[Delivery]", KafkaError | None, object]]) -> None:
-    for future, error, message in batch:
-        if future.done():
-            continue  # the request was cancelled (client went away); the record's fate is in the log
-        if error is not None:
-            future.set_exception(DependencyUnavailable("kafka", error.str()))
-        else:
-            future.set_result(Delivery(message.topic(), message.partition(), message.offset()))  # type: ignore[attr-defined]
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:

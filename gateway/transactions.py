@@ -158,7 +158,7 @@ def _is_json(content_type: str | None) -> bool:
 async def submit_transaction(request: Request) -> Response[bytes]:
     """Accept one transaction: 202 new, 200 replay, or a problem."""
     headers = request.headers
-    outcomes = request.app.state.metrics.intake
+    metrics = request.app.state.metrics
     try:
         if not _is_json(headers.get("content-type")):
             raise Refused("unsupported-media-type", "send the transaction as application/json")
@@ -166,20 +166,20 @@ async def submit_transaction(request: Request) -> Response[bytes]:
         body = await request.body()
         outcome = await intake.submit(body, headers.get("idempotency-key"), headers.get("traceparent"))
     except Refused as exc:
-        outcomes.labels(exc.cause.replace("-", "_")).inc()
+        metrics.tally(metrics.intake, exc.cause.replace("-", "_")).inc()
         if exc.errors:
             for field, code, _ in exc.errors:
-                request.app.state.metrics.validation_errors.labels(field, code).inc()
+                metrics.tally(metrics.validation_errors, field, code).inc()
         raise
     except DependencyUnavailable:
-        outcomes.labels("dependency_unavailable").inc()
+        metrics.tally(metrics.intake, "dependency_unavailable").inc()
         raise
     except HTTPException as exc:
         if exc.status_code == 413:
-            outcomes.labels("body_too_large").inc()
+            metrics.tally(metrics.intake, "body_too_large").inc()
         raise
     request.scope.setdefault("state", {})["transaction_id"] = outcome.transaction_id  # for the access log
-    outcomes.labels("replayed" if outcome.replayed else "accepted").inc()
+    metrics.tally(metrics.intake, "replayed" if outcome.replayed else "accepted").inc()
     if outcome.replayed:
         return Response(
             outcome.body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"}

@@ -9,12 +9,12 @@ import time
 import httpx
 import msgspec
 import pytest
-from redis.asyncio import Redis
 
 from gateway.app import build_policy
 from gateway.idempotency import IdempotencyStore
 from gateway.intake import Intake
-from gateway.metrics import Metrics
+from gateway.metrics import PUBLISH_INTERVAL, Metrics
+from gateway.redis_pipeline import RedisPipeline
 from gateway.settings import Settings
 from tests.conftest import transaction
 from tests.e2e.conftest import Server, server_env
@@ -95,15 +95,17 @@ async def test_counters_equal_what_was_sent_across_two_workers(server, stack, un
     policy, rules = build_policy(settings)
     body = json.dumps(transaction(f"{unique}pending")).encode()
     prepared = Intake(settings, policy, rules, None, None, None, time.time).prepare(body, None)  # type: ignore[arg-type]
-    redis = Redis.from_url(stack.redis_url)
+    redis = RedisPipeline(stack.redis_url, 2.0)
     try:
         await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
             prepared.reservation
         )
     finally:
-        await redis.aclose()
+        redis.close()
     await one(body, 409)
 
+    # each worker publishes its tallies every PUBLISH_INTERVAL; the scraped worker also just before
+    await asyncio.sleep(2 * PUBLISH_INTERVAL)
     samples = scrape(server)
     for outcome, count in expected.items():
         assert sample(samples, "settlement_intake_outcomes_total", outcome=outcome) == count, outcome

@@ -5,12 +5,15 @@ from redis.asyncio import Redis
 
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
 from gateway.metrics import Metrics
+from gateway.redis_pipeline import RedisPipeline
 
 
 @pytest.fixture
 async def store(stack):
-    client = Redis.from_url(stack.redis_url)
-    yield IdempotencyStore(client, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=86_400_000), client
+    # the gateway's own pipelined connection runs the scripts; redis-py is the independent observer
+    pipeline, client = RedisPipeline(stack.redis_url, 2.0), Redis.from_url(stack.redis_url)
+    yield IdempotencyStore(pipeline, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=86_400_000), client
+    pipeline.close()
     await client.aclose()
 
 

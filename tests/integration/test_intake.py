@@ -9,11 +9,11 @@ import uuid
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.idempotency import Decision, IdempotencyStore
 from gateway.metrics import Metrics
+from gateway.redis_pipeline import RedisPipeline
 from tests.conftest import transaction
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
@@ -174,13 +174,13 @@ async def test_409_in_flight_with_retry_after(client, stack, log, unique):
     # leave the key pending in Redis, exactly as the first of two concurrent requests does while it produces
     # (the test client runs the app on its own event loop, so this test brings its own Redis client)
     prepared = client.app.state.intake.prepare(body, None)
-    redis = Redis.from_url(stack.redis_url)
+    redis = RedisPipeline(stack.redis_url, 2.0)
     try:
         decision, _ = await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
             prepared.reservation
         )
     finally:
-        await redis.aclose()
+        redis.close()
     assert decision is Decision.NEW
     response = await client.post(URL, content=body, headers=JSON)
     assert_problem(response, 409, "request-in-flight")
@@ -286,6 +286,7 @@ async def test_503_redis_down_and_nothing_reaches_kafka(stack, log, unique, tmp_
             assert (await client.post(URL, json=transaction(unique), headers=JSON)).status_code == 503
     finally:
         server.kill()
+        server.wait(10)
     assert log.records(f"txn_{unique}b") == []
     assert len(log.records(f"txn_{unique}")) == 1
 
