@@ -42,6 +42,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "queue.buffering.max.messages": settings.queue_max_messages,
         "message.timeout.ms": settings.delivery_timeout_ms,
         "socket.connection.setup.timeout.ms": min(settings.delivery_timeout_ms, 5000),
+        "socket.nagle.disable": True,  # a record is one small write: send it now, not after an ACK
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": 1000,
         "topic.metadata.refresh.interval.ms": 30_000,

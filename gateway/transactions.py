@@ -180,8 +180,12 @@ async def submit_transaction(request: Request) -> Response[bytes]:
         raise
     request.scope.setdefault("state", {})["transaction_id"] = outcome.transaction_id  # for the access log
     metrics.tally(metrics.intake, "replayed" if outcome.replayed else "accepted").inc()
+    timing = outcome.timing.header()
     if outcome.replayed:
         return Response(
-            outcome.body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"}
+            outcome.body,
+            status_code=200,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true", "Server-Timing": timing},
         )
-    return Response(outcome.body, status_code=202, media_type="application/json")
+    return Response(outcome.body, status_code=202, media_type="application/json", headers={"Server-Timing": timing})

@@ -104,6 +104,24 @@ async def test_amount_stays_exact_through_to_kafka(client, log, unique):
     assert json.loads(record.value())["transaction"]["amount"] == "12345678.91"
 
 
+def stages(response) -> dict[str, float]:
+    """The Server-Timing header as {stage: milliseconds}."""
+    metrics = [m.strip().split(";dur=") for m in response.headers["server-timing"].split(",")]
+    return {name: float(duration) for name, duration in metrics}
+
+
+async def test_server_timing_gives_each_stage(client, unique):
+    accepted = await client.post(URL, json=transaction(unique), headers=JSON)
+    assert accepted.status_code == 202
+    timing = stages(accepted)
+    assert list(timing) == ["decode", "validate", "redis", "kafka"]
+    assert all(ms > 0 for ms in timing.values()), timing
+    assert timing["kafka"] > timing["decode"]  # a broker round trip outlasts parsing 300 bytes
+    replayed = await client.post(URL, json=transaction(unique), headers=JSON)
+    assert replayed.status_code == 200
+    assert stages(replayed)["kafka"] == 0 and stages(replayed)["redis"] > 0  # a replay never touches Kafka
+
+
 async def test_200_exact_resubmission_is_byte_identical_every_time(client, log, unique):
     first = await client.post(URL, json=transaction(unique), headers=JSON)
     assert first.status_code == 202
