@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .DEFAULT_GOAL := help
 
@@ -19,11 +20,18 @@ $(STAMP): pyproject.toml setup.py fastcore/_core.py
 
 install: $(STAMP) ## Make the virtual environment, install, build the Cython extension
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
 run: install ## Serve the gateway on :8000 (starts local Redis and Kafka unless configured)
 	@deploy/run.sh
 
 test: install ## Run every test against real Redis and Kafka (started here when not running)
 	@deploy/test.sh
+
+bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min)
+	@deploy/bench.sh $(BENCH_ARGS)
 
 stack-up: install ## Start the local Redis and Kafka and leave them running
 	@deploy/stack.sh up >/dev/null
@@ -39,4 +47,4 @@ lint: install ## ruff and mypy
 clean: stack-down ## Remove the environment, the stack's data and build products
 	rm -rf $(VENV) .stack build fastcore/_core.c fastcore/*.so *.egg-info
 
-.PHONY: help install run test stack-up stack-down lint clean
+.PHONY: help install run test bench stack-up stack-down lint clean

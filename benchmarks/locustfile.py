@@ -11,6 +11,8 @@ Environment:
   BENCH_MIX       weights, e.g. "new=8,replay=1,invalid=1" (default "new=1")
   BENCH_USER_RPS  requests per second per user (constant throughput); unset or 0: as fast as possible
   BENCH_HDR_DIR   where each Locust process writes its exact latencies (HDR histograms) at the end
+  BENCH_EXPECT    one status every scenario must get, instead of each scenario's own (for the ceiling,
+                  which answers 202 to everything)
 
 Locust rounds response times under 100 ms to whole milliseconds in its own statistics, so every
 response time is also recorded exactly, in microseconds, into an HDR histogram per scenario, and the
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -33,7 +36,15 @@ HEADERS = {"Content-Type": "application/json"}
 EXPECTED = {"new": 202, "replay": 200, "invalid": 422}
 
 # (currency, minor units, weight): roughly the mix of a cross-border payments book
-CURRENCIES = [("USD", 2, 40), ("EUR", 2, 25), ("GBP", 2, 15), ("JPY", 0, 8), ("CHF", 2, 5), ("CAD", 2, 4), ("AUD", 2, 3)]
+CURRENCIES = [
+    ("USD", 2, 40),
+    ("EUR", 2, 25),
+    ("GBP", 2, 15),
+    ("JPY", 0, 8),
+    ("CHF", 2, 5),
+    ("CAD", 2, 4),
+    ("AUD", 2, 3),
+]
 WINDOWS = [("t1", 50), ("t0", 25), ("rtgs", 10), (None, 15)]  # None: the router chooses
 
 
@@ -49,6 +60,8 @@ def parse_mix(text: str) -> dict[str, int]:
 
 
 MIX = parse_mix(os.environ.get("BENCH_MIX", "new=1"))
+if os.environ.get("BENCH_EXPECT"):
+    EXPECTED = dict.fromkeys(EXPECTED, int(os.environ["BENCH_EXPECT"]))
 USER_RPS = float(os.environ.get("BENCH_USER_RPS") or 0)
 
 
@@ -59,12 +72,15 @@ class Recorder:
         self.latency: dict[str, HdrHistogram] = {}
         self.stages: dict[str, HdrHistogram] = {}
         self.errors: dict[str, int] = {}
+        self.first = self.last = 0.0  # wall-clock seconds of the first and the last response
 
     @staticmethod
     def _histogram() -> HdrHistogram:
         return HdrHistogram(1, 60_000_000, 3)  # 1 µs .. 60 s, 3 significant digits
 
     def record(self, name: str, micros: int, server_timing: str | None) -> None:
+        self.last = time.time()
+        self.first = self.first or self.last - micros / 1e6
         histogram = self.latency.get(name) or self.latency.setdefault(name, self._histogram())
         histogram.record_value(max(1, micros))
         if server_timing:  # "decode;dur=0.012, redis;dur=0.101" (milliseconds)
@@ -76,6 +92,7 @@ class Recorder:
 
     def failed(self, name: str) -> None:
         self.errors[name] = self.errors.get(name, 0) + 1
+        self.last = time.time()
 
     def dump(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,6 +100,8 @@ class Recorder:
             "latency": {n: h.encode().decode() for n, h in self.latency.items()},
             "stages": {n: h.encode().decode() for n, h in self.stages.items()},
             "errors": self.errors,
+            "first": self.first,
+            "last": self.last,
         }
         (directory / f"hdr-{os.getpid()}.json").write_text(json.dumps(document))
 
@@ -133,7 +152,9 @@ class Partner(FastHttpUser):
         n = next(self._counter)
         (source, units), (destination, _) = random.choices(_CURRENCY_VALUES, _CURRENCY_WEIGHTS, k=2)
         window = random.choices(_WINDOW_VALUES, _WINDOW_WEIGHTS)[0]
-        whole = random.choice((random.randint(1, 999), random.randint(1_000, 99_999), random.randint(100_000, 2_000_000)))
+        whole = random.choice(
+            (random.randint(1, 999), random.randint(1_000, 99_999), random.randint(100_000, 2_000_000))
+        )
         amount = str(whole) if units == 0 else f"{whole}.{random.randint(0, 10**units - 1):0{units}d}"
         document = {
             "transaction_id": f"bench-{self._prefix}-{n}",

@@ -1,19 +1,44 @@
-"""Micro-benchmark: fastcore validate + route per transaction, compiled extension vs its pure-Python twin.
+"""Micro-benchmark: validate + route per transaction, fastcore compiled vs its pure-Python twin vs Pydantic v2.
 
-    .venv/bin/python benchmarks/micro_fastcore.py [--number N]
+    .venv/bin/python benchmarks/micro_fastcore.py [--number N] [--json]
 
-Prints microseconds per transaction (the best and the median of 15 repeats: this kind of shared
-virtual machine is noisy, and the best is the least disturbed) and the ratio, for a valid
-transaction and for one that fails four rules.
+Microseconds per transaction, the best and the median of 15 repeats (this kind of shared virtual
+machine is noisy, and the best is the least disturbed):
+
+- fastcore: `validate` + `route` on the decoded fields, as the gateway calls them;
+- twin: the same source, interpreted;
+- pydantic: `TransactionModel.model_validate` on the same fields as a dict (the model of the peer,
+  benchmarks/peers/pydantic_model.py: the same rules, and no routing at all);
+- from raw JSON bytes: msgspec decode + fastcore, against `model_validate_json`.
+
+Cases: a valid transaction, and one that breaks four rules (fastcore lists them all).
 """
 
 import argparse
+import contextlib
+import json
 import timeit
+from collections.abc import Callable
 from datetime import date
 
 import fastcore
+from benchmarks.peers.pydantic_model import TransactionModel
 from gateway.routing import load_rules
+from gateway.schemas import REQUEST_DECODER
 
+FIELDS = (
+    "transaction_id",
+    "amount",
+    "source_currency",
+    "destination_currency",
+    "source_account",
+    "destination_account",
+    "counterparty_id",
+    "idempotency_key",
+    None,  # the Idempotency-Key header
+    "settlement_window",
+    "metadata",
+)
 VALID = (
     "txn_000001",
     b"250.00",
@@ -31,8 +56,21 @@ INVALID = ("txn 1", b"-250.001", "usd", "XAU", "acct_usa_88", "acct_usa_88", "cp
 NOW = 1_790_000_000.0
 
 
-def per_transaction_us(impl, fields, number: int) -> tuple[float, float]:
-    """Best and median microseconds for one validate (+ route when valid) call, as the gateway calls them."""
+def as_document(fields: tuple) -> dict:
+    """The request body the fields came from (amount as its JSON text's value)."""
+    document = {name: value for name, value in zip(FIELDS, fields, strict=True) if name and value is not None}
+    document["amount"] = fields[1].decode()
+    return document
+
+
+def timed(call: Callable[[], object], number: int) -> tuple[float, float]:
+    """Best and median microseconds per call over 15 repeats."""
+    runs = sorted(t / number * 1e6 for t in timeit.repeat(call, number=number, repeat=15))
+    return runs[0], runs[len(runs) // 2]
+
+
+def fastcore_call(impl, fields: tuple) -> Callable[[], None]:
+    """One validate (+ route when valid), as the gateway makes them."""
     policy = impl.Policy("1000000000", [("USD", "RUB")])
     rules = load_rules(None, date(2026, 1, 1), impl)
     validate, route, failed = impl.validate, impl.route, fastcore.ValidationFailed
@@ -44,25 +82,83 @@ def per_transaction_us(impl, fields, number: int) -> tuple[float, float]:
             return
         route(rules, instruction.requested_window, fields[2], fields[3], instruction.amount_minor, NOW)
 
-    runs = sorted(t / number * 1e6 for t in timeit.repeat(once, number=number, repeat=15))
-    return runs[0], runs[len(runs) // 2]
+    return once
 
 
-def main() -> None:
-    """Run both cases through both implementations and print a small table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--number", type=int, default=200_000)
-    args = parser.parse_args()
+def from_json_call(body: bytes) -> Callable[[], None]:
+    """msgspec decode of the raw body, then fastcore."""
+    policy = fastcore.Policy("1000000000", [("USD", "RUB")])
+    rules = load_rules(None, date(2026, 1, 1))
+
+    def once() -> None:
+        r = REQUEST_DECODER.decode(body)
+        try:
+            instruction = fastcore.validate(
+                policy, r.transaction_id, bytes(r.amount), r.source_currency, r.destination_currency,
+                r.source_account, r.destination_account, r.counterparty_id, r.idempotency_key, None,
+                r.settlement_window, r.metadata,
+            )  # fmt: skip
+        except fastcore.ValidationFailed:
+            return
+        fastcore.route(rules, instruction.requested_window, r.source_currency, r.destination_currency,
+                       instruction.amount_minor, NOW)  # fmt: skip
+
+    return once
+
+
+def pydantic_call(validate: Callable[[object], object], value: object) -> Callable[[], None]:
+    def once() -> None:
+        with contextlib.suppress(ValueError):  # pydantic's ValidationError is a ValueError
+            validate(value)
+
+    return once
+
+
+def measure(number: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{case: {implementation: {"best_us", "median_us"}}} and the ratios the targets use."""
     if not fastcore.COMPILED:
         raise SystemExit("the compiled extension is not loaded: run `make install` first")
     twin = fastcore.load_twin()
-    print(f"{'case':<8} {'compiled µs best/median':>24} {'twin µs best/median':>20} {'speed-up':>9}")
-    for name, fields in (("valid", VALID), ("invalid", INVALID)):
-        compiled = per_transaction_us(fastcore, fields, args.number)
-        twin_us = per_transaction_us(twin, fields, args.number // 10)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for case, fields in (("valid", VALID), ("invalid", INVALID)):
+        document = as_document(fields)
+        body = json.dumps(document).encode()
+        row = {
+            "fastcore": timed(fastcore_call(fastcore, fields), number),
+            "twin": timed(fastcore_call(twin, fields), number // 10),
+            "pydantic": timed(pydantic_call(TransactionModel.model_validate, document), number // 10),
+            "fastcore_from_json": timed(from_json_call(body), number),
+            "pydantic_from_json": timed(pydantic_call(TransactionModel.model_validate_json, body), number // 10),
+        }
+        results[case] = {name: {"best_us": best, "median_us": median} for name, (best, median) in row.items()}
+        fc = row["fastcore"][0]
+        results[case]["ratios"] = {
+            "twin_over_fastcore": row["twin"][0] / fc,
+            "pydantic_over_fastcore": row["pydantic"][0] / fc,
+            "pydantic_json_over_fastcore_json": row["pydantic_from_json"][0] / row["fastcore_from_json"][0],
+        }
+    return results
+
+
+def main() -> None:
+    """Print a table (or the JSON the bench report embeds)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=200_000)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    results = measure(args.number)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    names = ("fastcore", "twin", "pydantic", "fastcore_from_json", "pydantic_from_json")
+    print(f"{'µs per transaction, best / median':<36}" + "".join(f"{n:>22}" for n in names))
+    for case, row in results.items():
+        cells = "".join(f"{row[n]['best_us']:>11.3f} / {row[n]['median_us']:<8.3f}" for n in names)
+        print(f"{case:<36}{cells}")
+        ratios = row["ratios"]
         print(
-            f"{name:<8} {compiled[0]:>12.3f} / {compiled[1]:<9.3f} {twin_us[0]:>8.3f} / {twin_us[1]:<9.3f}"
-            f" {twin_us[0] / compiled[0]:>8.1f}x"
+            f"{'':<36}twin {ratios['twin_over_fastcore']:.1f}x, pydantic {ratios['pydantic_over_fastcore']:.1f}x, "
+            f"from JSON pydantic {ratios['pydantic_json_over_fastcore_json']:.1f}x slower than fastcore"
         )
 
 

@@ -1,8 +1,12 @@
--- wrk script: every request a new transaction (unique id and idempotency key per thread and counter).
--- wrk -t1 -c1 -d10s -s benchmarks/wrk_new_transactions.lua http://127.0.0.1:8000
--- `prefix` is a global so that setup() can give every thread its own through thread:set.
+-- wrk script: every request a new transaction, with a mix of currencies, amounts and windows.
+--   wrk -t1 -c1 -d10s --latency -s benchmarks/wrk_new_transactions.lua http://127.0.0.1:8000
+-- Ids and idempotency keys are unique per run, thread and request. `prefix` is a global so that
+-- setup() can give every thread its own through thread:set.
 local counter = 0
 local threads = 0
+local currencies = {"USD", "USD", "USD", "EUR", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD"}
+local windows = {',"settlement_window":"t1"', ',"settlement_window":"t1"', ',"settlement_window":"t0"',
+                 ',"settlement_window":"rtgs"', ''}
 
 function setup(thread)
   threads = threads + 1
@@ -12,9 +16,13 @@ end
 function request()
   counter = counter + 1
   local id = prefix .. "-" .. counter
-  local body = '{"transaction_id":"wrk-' .. id .. '","amount":"250.00","source_currency":"USD",'
-    .. '"destination_currency":"GBP","source_account":"acct-' .. (counter % 97) .. '",'
-    .. '"destination_account":"acct_uk_99","counterparty_id":"cparty_london",'
-    .. '"idempotency_key":"wrk-' .. id .. '","settlement_window":"t1"}'
+  local source = currencies[counter % #currencies + 1]
+  local destination = currencies[(counter * 7) % #currencies + 1]
+  local amount = tostring(counter % 99991 + 1)
+  if source ~= "JPY" then amount = amount .. "." .. string.format("%02d", counter % 100) end
+  local body = '{"transaction_id":"wrk-' .. id .. '","amount":"' .. amount .. '","source_currency":"' .. source
+    .. '","destination_currency":"' .. destination .. '","source_account":"acct_' .. (counter % 4999) .. '",'
+    .. '"destination_account":"acct_dst_' .. (counter % 4993) .. '","counterparty_id":"cparty_' .. (counter % 199)
+    .. '","idempotency_key":"wrk-' .. id .. '"' .. windows[counter % #windows + 1] .. '}'
   return wrk.format("POST", "/api/v1/transactions/", {["Content-Type"] = "application/json"}, body)
 end

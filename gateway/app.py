@@ -14,13 +14,14 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 import fastcore
 from gateway import __version__
 from gateway.errors import ConfigurationError
+from gateway.fast_lane import FastLane
 from gateway.health import Readiness, health, ready
 from gateway.health import metrics as metrics_endpoint
 from gateway.idempotency import IdempotencyStore
 from gateway.intake import Intake
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import Metrics
-from gateway.observability import RequestObservability
+from gateway.observability import RequestObservability, RequestRecorder
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.producer import SettlementProducer, ensure_topics
 from gateway.redis_pipeline import RedisPipeline
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(settings.log_level)
     metrics = Metrics()
     access_log = AccessLog(settings.access_log)
+    recorder = RequestRecorder(metrics, access_log)
     readiness = Readiness(settings.ready_cache_ms / 1000)
 
     @asynccontextmanager
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.intake = Intake(
             settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
         )
+        fast_lane.intake = app.state.intake
         # What start-up made lives as long as the worker: keep it out of every garbage collection.
         gc.collect()
         gc.freeze()
@@ -110,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[submit_transaction, health, ready, metrics_endpoint],
-        middleware=[RequestObservability(metrics, access_log)],
+        middleware=[RequestObservability(recorder)],
         lifespan=[telemetry, redis_client, kafka_producer, intake_service],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
@@ -124,6 +127,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # gateway.logs owns logging: JSON lines
         debug=False,
     )
+    # Well-formed submissions skip Litestar's routing and request machinery (see gateway.fast_lane).
+    fast_lane = FastLane(app.asgi_handler, metrics, recorder, settings.max_body_bytes, settings.retry_after_seconds)
+    app.asgi_handler = fast_lane
     app.state.settings = settings
     app.state.policy = policy
     app.state.rules = rules

@@ -24,15 +24,35 @@ def request_id_of(scope: Scope) -> bytes:
     return ids.request_id().encode()
 
 
-class RequestObservability(ASGIMiddleware):
-    """Time every request, label it by route template, echo its request id, log one access line."""
-
-    scopes = ("http",)  # type: ignore[assignment]
+class RequestRecorder:
+    """What every finished request leaves behind: its duration in the histogram and an access line."""
 
     def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self._durations: dict[tuple[str, str, int], TallyHistogram] = {}
+
+    def finish(
+        self, method: str, route: str, status: int, duration: float, request_id: str, transaction_id: str | None
+    ) -> None:
+        key = (method, route, status)
+        histogram = self._durations.get(key)
+        if histogram is None:
+            histogram = self._durations[key] = self.metrics.tally_histogram(
+                self.metrics.http_duration, method, route, str(status)
+            )
+        histogram.observe(duration)
+        if self.access_log.enabled:
+            self.access_log.request(method, route, status, duration, request_id, transaction_id)
+
+
+class RequestObservability(ASGIMiddleware):
+    """Time every request Litestar serves, label it by route template, echo its request id, log it."""
+
+    scopes = ("http",)  # type: ignore[assignment]
+
+    def __init__(self, recorder: RequestRecorder) -> None:
+        self.recorder = recorder
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
@@ -51,17 +71,11 @@ class RequestObservability(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_with_request_id)
         finally:
-            duration = time.perf_counter() - started
-            route = scope.get("path_template") or "unmatched"
-            method = scope["method"]  # type: ignore[typeddict-item]
-            key = (method, route, status)
-            histogram = self._durations.get(key)
-            if histogram is None:
-                histogram = self._durations[key] = self.metrics.tally_histogram(
-                    self.metrics.http_duration, method, route, str(status)
-                )
-            histogram.observe(duration)
-            if self.access_log.enabled:
-                self.access_log.request(
-                    method, route, status, duration, state["request_id"], state.get("transaction_id")
-                )
+            self.recorder.finish(
+                scope["method"],  # type: ignore[typeddict-item]
+                scope.get("path_template") or "unmatched",
+                status,
+                time.perf_counter() - started,
+                state["request_id"],
+                state.get("transaction_id"),
+            )

@@ -30,13 +30,12 @@ CAUSES: dict[str, tuple[int, str]] = {
 log = logging.getLogger("gateway.problems")
 
 
-def problem(
-    cause: str,
-    detail: str,
-    errors: list[tuple[str, str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[bytes]:
-    """A problem+json response for `cause`."""
+# causes the partner should retry after a pause (the header gives GATEWAY_RETRY_AFTER_SECONDS)
+RETRY_LATER = frozenset({"request-in-flight", "dependency-unavailable"})
+
+
+def problem_body(cause: str, detail: str, errors: list[tuple[str, str, str]] | None = None) -> tuple[int, bytes]:
+    """(status, problem+json body) for `cause`."""
     status, title = CAUSES[cause]
     body = Problem(
         type=PROBLEM_BASE + cause,
@@ -45,23 +44,39 @@ def problem(
         detail=detail,
         errors=[FieldError(*e) for e in errors] if errors else None,
     )
-    return Response(ENCODER.encode(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return status, ENCODER.encode(body)
+
+
+def problem(
+    cause: str,
+    detail: str,
+    errors: list[tuple[str, str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """A problem+json response for `cause`."""
+    status, body = problem_body(cause, detail, errors)
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def unavailable_detail(exc: DependencyUnavailable) -> str:
+    """What the partner is told when Redis or Kafka cannot take the request (the cause is logged)."""
+    log.warning("%s unavailable: %s", exc.dependency, exc.detail)
+    return f"{exc.dependency} is unavailable; retry later"
 
 
 def refused(request: Request, exc: Refused) -> Response[bytes]:
     """Exception handler: a refused request."""
     headers = None
-    if exc.cause == "request-in-flight":
+    if exc.cause in RETRY_LATER:
         headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
     return problem(exc.cause, exc.detail, exc.errors, headers)
 
 
 def unavailable(request: Request, exc: DependencyUnavailable) -> Response[bytes]:
     """Exception handler: Redis or Kafka cannot take the request; never a false 202."""
-    log.warning("%s unavailable: %s", exc.dependency, exc.detail)
     return problem(
         "dependency-unavailable",
-        f"{exc.dependency} is unavailable; retry later",
+        unavailable_detail(exc),
         headers={"Retry-After": str(request.app.state.settings.retry_after_seconds)},
     )
 

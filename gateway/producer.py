@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -68,6 +67,8 @@ class SettlementProducer:
         self._thread: threading.Thread | None = None
         self._running = False
         self._reports: list[Report] = []
+        self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Delivery]]] = []
+        self._send_scheduled = False
         self._delivery = metrics.tally_histogram(metrics.kafka_delivery)
 
     def start(self) -> None:
@@ -117,27 +118,43 @@ class SettlementProducer:
             else:
                 future.set_result(Delivery(message.topic(), message.partition(), message.offset()))  # type: ignore[attr-defined]
 
-    async def produce(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Delivery:
-        """Send one record and return where the broker stored it; DependencyUnavailable otherwise."""
+    async def produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Delivery:
+        """Send one record and return where the broker stored it; DependencyUnavailable otherwise.
+
+        Records of one event-loop tick are handed to librdkafka together at the end of the tick, so
+        its broker thread wakes once for all of them and sends them in one request."""
         assert self._loop is not None, "producer not started"
         future: asyncio.Future[Delivery] = self._loop.create_future()
-        started = time.perf_counter()
-
-        def on_delivery(error: KafkaError | None, message: object) -> None:
-            # Runs in the poll thread (inside poll() or the final flush()), the only thread that
-            # also swaps `_reports`, so no lock is needed.
-            self._reports.append((future, error, message, time.perf_counter() - started))
-
-        try:
-            self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
-        except BufferError:
-            self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
-            raise DependencyUnavailable("kafka", "local producer queue is full") from None
-        except KafkaException as exc:
-            code = exc.args[0].name() if exc.args else "unknown"
-            self._metrics.tally(self._metrics.kafka_delivery_errors, code).inc()
-            raise DependencyUnavailable("kafka", exc.args[0].str() if exc.args else "produce failed") from None
+        self._outbox.append((topic, key, value, headers, future))
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self._loop.call_soon(self._send_outbox)
         return await future
+
+    def _send_outbox(self) -> None:
+        self._send_scheduled = False
+        outbox, self._outbox = self._outbox, []
+        produce = self._producer.produce
+        for topic, key, value, headers, future in outbox:
+            if future.done():
+                continue  # its request was cancelled before anything was sent
+            started = time.perf_counter()
+
+            def on_delivery(error: KafkaError | None, message: object, future=future, started=started) -> None:
+                # Runs in the poll thread (inside poll() or the final flush()), the only thread that
+                # also swaps `_reports`, so no lock is needed.
+                self._reports.append((future, error, message, time.perf_counter() - started))
+
+            try:
+                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
+            except BufferError:
+                self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
+                future.set_exception(DependencyUnavailable("kafka", "local producer queue is full"))
+            except KafkaException as exc:
+                code = exc.args[0].name() if exc.args else "unknown"
+                self._metrics.tally(self._metrics.kafka_delivery_errors, code).inc()
+                reason = exc.args[0].str() if exc.args else "produce failed"
+                future.set_exception(DependencyUnavailable("kafka", reason))
 
     def queue_depth(self) -> int:
         """Records waiting in the local queue or in flight to the broker."""

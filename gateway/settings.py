@@ -23,7 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     topic_partitions: int = 3
     topic_replication: int = 1
     delivery_timeout_ms: int = 5000
-    linger_ms: int = 0
+    linger_ms: float = 0.0
     queue_max_messages: int = 100_000
     compression: str = "lz4"
     redis_timeout_ms: int = 1000

@@ -8,7 +8,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, Operation
 
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.intake import Intake
+from gateway.intake import Intake, Outcome
+from gateway.metrics import Metrics
 from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.schemas import REQUEST_SCHEMA, Accepted, AcceptedMetadata, Deduped, DedupedMetadata, Problem
 
@@ -139,7 +140,7 @@ RESPONSES = {
 }
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     if content_type is None:
         return False
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -156,36 +157,45 @@ def _is_json(content_type: str | None) -> bool:
     status_code=202,
 )
 async def submit_transaction(request: Request) -> Response[bytes]:
-    """Accept one transaction: 202 new, 200 replay, or a problem."""
+    """Accept one transaction: 202 new, 200 replay, or a problem.
+
+    The fast lane (gateway.fast_lane) answers the common case, a JSON body of declared length within
+    the limit, before Litestar sees it; this handler takes every other POST (a chunked body, a wrong
+    or missing content type, a body over the limit) and documents the operation."""
     headers = request.headers
     metrics = request.app.state.metrics
     try:
-        if not _is_json(headers.get("content-type")):
+        if not is_json(headers.get("content-type")):
             raise Refused("unsupported-media-type", "send the transaction as application/json")
         intake: Intake = request.app.state.intake
         body = await request.body()
         outcome = await intake.submit(body, headers.get("idempotency-key"), headers.get("traceparent"))
-    except Refused as exc:
-        metrics.tally(metrics.intake, exc.cause.replace("-", "_")).inc()
-        if exc.errors:
-            for field, code, _ in exc.errors:
-                metrics.tally(metrics.validation_errors, field, code).inc()
-        raise
-    except DependencyUnavailable:
-        metrics.tally(metrics.intake, "dependency_unavailable").inc()
+    except (Refused, DependencyUnavailable) as exc:
+        count_refusal(metrics, exc)
         raise
     except HTTPException as exc:
         if exc.status_code == 413:
             metrics.tally(metrics.intake, "body_too_large").inc()
         raise
     request.scope.setdefault("state", {})["transaction_id"] = outcome.transaction_id  # for the access log
+    status, extra = answer(metrics, outcome)
+    return Response(outcome.body, status_code=status, media_type="application/json", headers=dict(extra))
+
+
+def count_refusal(metrics: Metrics, exc: Refused | DependencyUnavailable) -> None:
+    """Count a refused submission by cause, and each broken validation rule."""
+    if isinstance(exc, DependencyUnavailable):
+        metrics.tally(metrics.intake, "dependency_unavailable").inc()
+        return
+    metrics.tally(metrics.intake, exc.cause.replace("-", "_")).inc()
+    for field, code, _ in exc.errors or ():
+        metrics.tally(metrics.validation_errors, field, code).inc()
+
+
+def answer(metrics: Metrics, outcome: Outcome) -> tuple[int, list[tuple[str, str]]]:
+    """Count a submission that succeeded; its status and the headers beyond the content type."""
     metrics.tally(metrics.intake, "replayed" if outcome.replayed else "accepted").inc()
-    timing = outcome.timing.header()
+    timing = ("Server-Timing", outcome.timing.header())
     if outcome.replayed:
-        return Response(
-            outcome.body,
-            status_code=200,
-            media_type="application/json",
-            headers={"Idempotent-Replayed": "true", "Server-Timing": timing},
-        )
-    return Response(outcome.body, status_code=202, media_type="application/json", headers={"Server-Timing": timing})
+        return 200, [("Idempotent-Replayed", "true"), timing]
+    return 202, [timing]

@@ -27,7 +27,7 @@ from benchmarks.peers.pydantic_model import TransactionModel
 REDIS_URL = os.environ.get("GATEWAY_REDIS_URL", "redis://127.0.0.1:16379/0")
 BOOTSTRAP = os.environ.get("GATEWAY_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 TOPIC_PREFIX = os.environ.get("PEER_TOPIC_PREFIX", "settlement.")
-PENDING_MS, DONE_MS = 30_000, 86_400_000
+PENDING_MS, DONE_MS = 30_000, int(os.environ.get("GATEWAY_IDEMPOTENCY_TTL_SECONDS", 86_400)) * 1000
 
 state: dict = {}
 
@@ -47,8 +47,9 @@ app = FastAPI(lifespan=lifespan)
 
 
 def problem(status: int, title: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"title": title, "status": status}, status_code=status, headers=headers,
-                        media_type="application/problem+json")
+    return JSONResponse(
+        {"title": title, "status": status}, status_code=status, headers=headers, media_type="application/problem+json"
+    )
 
 
 @app.post("/api/v1/transactions/", status_code=202)

@@ -34,7 +34,13 @@ class TransactionModel(BaseModel):
     counterparty_id: Identifier
     idempotency_key: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")] | None = None
     settlement_window: Literal["rtgs", "t0", "t1"] | None = None
-    metadata: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]], Field(max_length=16)] | None = None
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]],
+            Field(max_length=16),
+        ]
+        | None
+    ) = None
 
     @field_validator("amount", mode="before")
     @classmethod

@@ -1,0 +1,558 @@
+"""`make bench`: the gateway, the peer and the ceiling under identical Locust load, in one run.
+
+    .venv/bin/python -m benchmarks.run [--smoke] [--out DIR] [--servers gateway,peer,ceiling]
+                                       [--soak-seconds N] [--targets FILE]
+
+Needs the local stack's Redis and Kafka (GATEWAY_REDIS_URL, GATEWAY_KAFKA_BOOTSTRAP; deploy/bench.sh
+brings them up). Each server runs alone, with one worker per core, and goes through the same phases:
+
+  one_connection_new     1 user, new transactions back to back: unloaded latency
+  one_connection_replay  1 user, exact resubmissions (not for the ceiling, which has no state)
+  steady                 a fixed rate of new transactions (1,000/s), spread over 20 users
+  steps                  closed-loop users stepped up, new transactions as fast as they are answered
+  wrk                    single-connection latency and stepped connections again, from wrk (C, not
+                         Python): a cross-check of Locust, and a load Locust cannot run out of CPU for
+
+The maximum sustained throughput is the best step, of either tool, with under 0.1% errors.
+
+then, for the gateway only, a soak at half its maximum throughput that samples every worker's resident
+memory. Latencies are exact (HDR histograms in microseconds, see locustfile.py). The report goes to
+OUT/<timestamp>.json with a plot OUT/<timestamp>.png; the verdict against targets.toml is printed and
+is the exit status. `--smoke` runs a 10-second version against the gateway only and gates nothing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from hdrh.histogram import HdrHistogram
+
+from gateway.producer import ensure_topics
+from gateway.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+MAX_ERROR_RATE = 0.001  # a step counts as sustained below 0.1% errors
+
+
+@dataclass
+class Plan:
+    """Durations and loads of every phase."""
+
+    warmup_seconds: int = 3
+    one_connection_seconds: int = 15
+    replay_seconds: int = 10
+    steady_rate: int = 1000
+    steady_users: int = 20
+    steady_seconds: int = 20
+    steps: tuple[int, ...] = (4, 16, 48, 96)
+    step_seconds: int = 12
+    wrk_seconds: int = 10
+    wrk_connections: tuple[int, ...] = (16, 64, 128)
+    soak_seconds: int = 600
+    micro_number: int = 200_000
+    smoke: bool = False
+
+
+SMOKE = Plan(
+    warmup_seconds=1, one_connection_seconds=2, replay_seconds=2, steady_rate=100, steady_users=4,
+    steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000, smoke=True,
+)  # fmt: skip
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """One of the three contenders: how to start it, and where it listens."""
+
+    name: str
+    command: list[str]
+    port: int
+    ready_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    stateful: bool = True  # answers replays with 200 and invalid requests with 422
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_dir: Path) -> None:
+        log = open(log_dir / f"{self.name}.log", "wb")  # noqa: SIM115 (lives as long as the process)
+        self.process = subprocess.Popen(
+            self.command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name} exited at start-up; see {log.name}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{self.name} did not become ready in 60 s; see {log.name}")
+
+    def workers(self) -> list[int]:
+        """Process ids of the worker processes (children of the server's main process)."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server]:
+    """The gateway, the peer (FastAPI, Pydantic, uvicorn, redis.asyncio, aiokafka) and the ceiling."""
+    ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "900"}  # keys of a run expire instead of filling Redis
+    granian = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
+    granian += ["--no-ws", "--log-level", "warning"]
+    return {
+        "gateway": Server(
+            "gateway",
+            [*granian, "--port", str(port_base + 1), "--factory", "gateway.app:create_app"],
+            port_base + 1,
+            "/ready",
+            {**ttl, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        ),
+        "peer": Server(
+            "peer",
+            [
+                str(BIN / "uvicorn"),
+                "benchmarks.peers.fastapi_peer:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port_base + 2),
+                "--workers",
+                str(workers),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            port_base + 2,
+            "/docs",
+            {**ttl, "PEER_TOPIC_PREFIX": "peer."},
+        ),
+        "ceiling": Server(
+            "ceiling",
+            [*granian, "--port", str(port_base + 3), "benchmarks.peers.bare_granian:app"],
+            port_base + 3,
+            "/",
+            stateful=False,
+        ),
+    }
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+def percentiles_us(histogram: HdrHistogram) -> dict[str, float]:
+    return {f"p{p:g}": float(histogram.get_value_at_percentile(p)) for p in PERCENTILES} | {
+        "max": float(histogram.get_max_value()),
+        "mean": round(histogram.get_mean_value(), 1),
+    }
+
+
+def curve(histogram: HdrHistogram) -> list[tuple[float, int]]:
+    """(percentile, µs) points for the plot, denser towards the tail."""
+    points = [50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99]
+    return [(p, histogram.get_value_at_percentile(p)) for p in points]
+
+
+def locust(
+    url: str, users: int, seconds: int, mix: str, user_rps: float = 0, expect: int | None = None
+) -> dict[str, Any]:
+    """One headless Locust run; exact latencies from its HDR files."""
+    with tempfile.TemporaryDirectory() as hdr_dir:
+        env = {**os.environ, "BENCH_MIX": mix, "BENCH_USER_RPS": str(user_rps), "BENCH_HDR_DIR": hdr_dir}
+        if expect is not None:
+            env["BENCH_EXPECT"] = str(expect)
+        command = [
+            str(BIN / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
+            "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "5",
+            "--only-summary", "--loglevel", "WARNING",
+        ]  # fmt: skip
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 120, cwd=ROOT)
+        documents = [json.loads(p.read_text()) for p in Path(hdr_dir).glob("hdr-*.json")]
+    if not documents:
+        raise SystemExit(f"Locust recorded nothing (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    latency: dict[str, HdrHistogram] = {}
+    stages: dict[str, HdrHistogram] = {}
+    errors: dict[str, int] = {}
+    for document in documents:
+        for target, encoded in ((latency, document["latency"]), (stages, document["stages"])):
+            for name, text in encoded.items():
+                histogram = HdrHistogram.decode(text.encode())
+                if name in target:
+                    target[name].add(histogram)
+                else:
+                    target[name] = histogram
+        for name, count in document["errors"].items():
+            errors[name] = errors.get(name, 0) + count
+    first = min(d["first"] for d in documents)
+    last = max(d["last"] for d in documents)
+    measured = [n for n in latency if n != "seed"]
+    ok = sum(latency[n].get_total_count() for n in measured)
+    failed = sum(c for n, c in errors.items() if n != "seed")
+    result = {
+        "users": users,
+        "seconds": round(last - first, 2),
+        "requests": ok + failed,
+        "errors": failed,
+        "error_rate": failed / max(1, ok + failed),
+        "rps": round((ok + failed) / max(1e-9, last - first), 1),
+        "latency_us": {n: percentiles_us(latency[n]) for n in measured},
+        "curve_us": {n: curve(latency[n]) for n in measured},
+        "server_timing_us": {n: percentiles_us(h) for n, h in stages.items()},
+    }
+    if failed:
+        sample = re.findall(r"(?m)^.*(?:expected|Error|error).*$", run.stdout + run.stderr)[:5]
+        result["error_sample"] = sample
+    return result
+
+
+def wrk(url: str, connections: int, seconds: int) -> dict[str, Any]:
+    """wrk with the new-transaction script: throughput and its latency percentiles (ms -> µs)."""
+    command = ["wrk", "-t1" if connections == 1 else "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command += ["-s", str(HERE / "wrk_new_transactions.lua"), url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+    units = {"us": 1, "ms": 1000, "s": 1_000_000}
+    latency = {
+        f"p{p}": float(value) * units[unit]
+        for p, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE)
+    }
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    return {
+        "connections": connections,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "latency_us": latency,
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / max(1, requests),
+    }
+
+
+def rss_sampler(server: Server, samples: list[tuple[float, dict[int, int]]], stop: threading.Event) -> None:
+    """Every 5 s: the resident memory (KiB) of each worker process."""
+    started = time.monotonic()
+    while not stop.wait(5):
+        sizes = {}
+        for pid in server.workers():
+            status = Path(f"/proc/{pid}/status")
+            if status.exists():
+                match = re.search(r"VmRSS:\s+(\d+) kB", status.read_text())
+                if match:
+                    sizes[pid] = int(match.group(1))
+        samples.append((round(time.monotonic() - started, 1), sizes))
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+def measure_server(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
+    """Every phase against one running server."""
+    expect = None if server.stateful else 202
+    result: dict[str, Any] = {}
+    locust(server.url, 4, plan.warmup_seconds, "new=1", expect=expect)
+    log(f"  {server.name}: one connection, new transactions")
+    result["one_connection_new"] = locust(server.url, 1, plan.one_connection_seconds, "new=1", expect=expect)
+    if server.stateful:
+        log(f"  {server.name}: one connection, replays")
+        result["one_connection_replay"] = locust(server.url, 1, plan.replay_seconds, "replay=1")
+    log(f"  {server.name}: steady {plan.steady_rate}/s")
+    result["steady"] = locust(
+        server.url, plan.steady_users, plan.steady_seconds, "new=1", plan.steady_rate / plan.steady_users, expect
+    )
+    steps = []
+    for users in plan.steps:
+        log(f"  {server.name}: {users} users, closed loop")
+        step = locust(server.url, users, plan.step_seconds, "new=1", expect=expect)
+        steps.append(step)
+        if step["error_rate"] >= MAX_ERROR_RATE:
+            break
+    result["steps"] = steps
+    if plan.wrk_seconds:
+        log(f"  {server.name}: wrk, one connection and stepped connections")
+        result["wrk_one_connection"] = wrk(server.url, 1, plan.wrk_seconds)
+        result["wrk_steps"] = [wrk(server.url, connections, plan.wrk_seconds) for connections in plan.wrk_connections]
+    # The most capable load generator shows the server's capacity: Locust, being Python, may run out
+    # of CPU before a fast server does.
+    sustained = [s["rps"] for s in steps + result.get("wrk_steps", []) if s["error_rate"] < MAX_ERROR_RATE]
+    result["max_sustained_rps"] = max(sustained, default=0.0)
+    result["max_sustained_rps_locust"] = max((s["rps"] for s in steps if s["error_rate"] < MAX_ERROR_RATE), default=0.0)
+    return result
+
+
+def soak(server: Server, rate: float, seconds: int) -> dict[str, Any]:
+    """New transactions at `rate` for `seconds`, sampling every worker's resident memory."""
+    samples: list[tuple[float, dict[int, int]]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=rss_sampler, args=(server, samples, stop), daemon=True)
+    sampler.start()
+    users = 32
+    try:
+        load = locust(server.url, users, seconds, "new=1", rate / users)
+    finally:
+        stop.set()
+        sampler.join()
+    growth = {}
+    for pid in samples[-1][1] if samples else {}:
+        series = [s[pid] for _, s in samples if pid in s]
+        settled = series[len(series) // 10 : len(series) // 10 + 3] or series[:1]  # after the first tenth
+        baseline = sorted(settled)[len(settled) // 2]
+        growth[str(pid)] = round((series[-1] - baseline) / baseline, 4)
+    return {"rate": rate, "load": load, "rss_kib": samples, "growth": growth}
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    memory = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    packages = ("granian", "litestar", "msgspec", "confluent-kafka", "redis", "hiredis", "fastapi", "pydantic")
+    packages += ("uvicorn", "aiokafka", "locust")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu.group(1) if cpu else "unknown",
+        "memory_gib": round(int(memory.group(1)) / 2**20, 1) if memory else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: metadata.version(name) for name in packages if _installed(name)},
+        "note": "load generator, Redis, Kafka and the server share these cores",
+    }
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of targets.toml against what was measured."""
+    found = report["servers"]
+    verdicts: list[dict[str, Any]] = []
+
+    def gate(name: str, measured: float | None, target: float, higher_is_better: bool, unit: str) -> None:
+        passed = measured is not None and (measured >= target if higher_is_better else measured <= target)
+        verdicts.append({"target": name, "measured": measured, "limit": target, "unit": unit, "passed": passed})
+
+    gateway = found.get("gateway", {})
+    ratios = report.get("ratios", {})
+    t = targets["throughput"]
+    gate("throughput vs peer", ratios.get("gateway_over_peer"), t["min_ratio_to_peer"], True, "x")
+    gate("throughput vs ceiling", ratios.get("gateway_over_ceiling"), t["min_fraction_of_ceiling"], True, "fraction")
+    t = targets["one_connection"]
+    new = gateway.get("one_connection_new", {}).get("latency_us", {}).get("new", {})
+    replay = gateway.get("one_connection_replay", {}).get("latency_us", {}).get("replay", {})
+    gate("one connection, new, p50", _ms(new.get("p50")), t["new_p50_ms"], False, "ms")
+    gate("one connection, new, p99", _ms(new.get("p99")), t["new_p99_ms"], False, "ms")
+    gate("one connection, replay, p50", _ms(replay.get("p50")), t["replay_p50_ms"], False, "ms")
+    t = targets["steady"]
+    steady = gateway.get("steady", {})
+    gate(f"steady {t['rate']}/s, p99", _ms(steady.get("latency_us", {}).get("new", {}).get("p99")), t["p99_ms"],
+         False, "ms")  # fmt: skip
+    gate(f"steady {t['rate']}/s, errors", steady.get("errors"), t["max_errors"], False, "requests")
+    achieved = steady.get("rps")
+    gate(f"steady {t['rate']}/s, rate held", achieved, t["rate"] * 0.95, True, "requests/s")
+    t = targets["micro"]
+    micro = report.get("micro", {}).get("valid", {})
+    gate("fastcore validate + route", micro.get("fastcore", {}).get("best_us"), t["max_us"], False, "µs")
+    gate("fastcore vs Pydantic", micro.get("ratios", {}).get("pydantic_over_fastcore"), t["min_ratio_to_pydantic"],
+         True, "x")  # fmt: skip
+    t = targets["memory"]
+    growth = report.get("soak", {}).get("growth")
+    gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
+         "fraction")  # fmt: skip
+    return verdicts
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else round(us / 1000, 3)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency percentile curves, throughput steps and the soak's memory, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    colors = {"gateway": "tab:blue", "peer": "tab:red", "ceiling": "tab:gray"}
+    for axis, phase, title in (
+        (axes[0][0], "one_connection_new", "One connection, new transactions"),
+        (axes[0][1], "steady", f"Steady {report['plan']['steady_rate']}/s, new transactions"),
+    ):
+        for name, result in report["servers"].items():
+            points = result.get(phase, {}).get("curve_us", {}).get("new")
+            if points:
+                xs = [1 / (1 - p / 100) for p, _ in points]
+                axis.plot(xs, [us / 1000 for _, us in points], marker="o", label=name, color=colors.get(name))
+        axis.set_xscale("log")
+        axis.set_xticks([2, 10, 100, 1000, 10000], ["p50", "p90", "p99", "p99.9", "p99.99"])
+        axis.set_ylabel("latency, ms")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    axis = axes[1][0]
+    for name, result in report["servers"].items():
+        steps = result.get("steps", [])
+        axis.plot([s["users"] for s in steps], [s["rps"] for s in steps], marker="o", label=f"{name} (Locust)",
+                  color=colors.get(name))  # fmt: skip
+        steps = result.get("wrk_steps", [])
+        axis.plot([s["connections"] for s in steps], [s["rps"] for s in steps], marker="s", linestyle="--",
+                  label=f"{name} (wrk)", color=colors.get(name))  # fmt: skip
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("closed-loop users / connections")
+    axis.set_ylabel("requests/s (new transactions)")
+    axis.set_title("Throughput as load steps up")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    axis = axes[1][1]
+    samples = report.get("soak", {}).get("rss_kib", [])
+    pids = sorted({pid for _, sizes in samples for pid in sizes})
+    for pid in pids:
+        axis.plot([t for t, s in samples if pid in s], [s[pid] / 1024 for _, s in samples if pid in s],
+                  label=f"worker {pid}")  # fmt: skip
+    axis.set_xlabel("seconds")
+    axis.set_ylabel("resident memory, MiB")
+    axis.set_title("Gateway workers during the soak" if pids else "Soak not run")
+    axis.grid(True, alpha=0.3)
+    if pids:
+        axis.legend()
+    fig.suptitle(f"Settlement gateway benchmark, {report['started']}, {report['machine']['cpus']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="10 seconds, gateway only, no gating")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--servers", default="gateway,peer,ceiling")
+    parser.add_argument("--soak-seconds", type=int, default=None, help="0 skips the soak")
+    parser.add_argument("--targets", type=Path, default=HERE / "targets.toml")
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "8100")))
+    args = parser.parse_args()
+    plan = SMOKE if args.smoke else Plan()
+    if args.soak_seconds is not None:
+        plan.soak_seconds = args.soak_seconds
+    names = ["gateway"] if args.smoke else args.servers.split(",")
+    targets = tomllib.loads(args.targets.read_text())
+    plan.steady_rate = targets["steady"]["rate"] if not args.smoke else plan.steady_rate
+    if plan.wrk_seconds and shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (deploy/bench.sh installs it from apt)")
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+        "machine": machine(),
+        "plan": asdict(plan),
+        "servers": {},
+    }
+    settings = Settings.from_env()
+    ensure_topics(msgspec.structs.replace(settings, topic_prefix="peer."))  # the peer writes to its own topics
+    with tempfile.TemporaryDirectory() as scratch:
+        contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch) / "metrics")
+        for name in names:
+            server = contenders[name]
+            log(f"{name}: starting")
+            server.start(Path(scratch))
+            try:
+                report["servers"][name] = measure_server(server, plan, log)
+                if name == "gateway" and plan.soak_seconds:
+                    rate = report["servers"]["gateway"]["max_sustained_rps"] / 2
+                    log(f"  gateway: soak at {rate:.0f}/s for {plan.soak_seconds} s")
+                    report["soak"] = soak(server, rate, plan.soak_seconds)
+            finally:
+                server.stop()
+    log("micro-benchmark")
+    from benchmarks.micro_fastcore import measure
+
+    report["micro"] = measure(plan.micro_number)
+    best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
+    if "gateway" in best:
+        report["ratios"] = {
+            f"gateway_over_{other}": round(best["gateway"] / best[other], 3)
+            for other in ("peer", "ceiling")
+            if best.get(other)
+        }
+    report["gates"] = [] if args.smoke else gates(report, targets)
+    report["verdict"] = "smoke" if args.smoke else ("pass" if all(g["passed"] for g in report["gates"]) else "fail")
+    json_path = args.out / f"{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    plot(report, args.out / f"{stamp}.png")
+    print_summary(report, json_path)
+    return 0 if report["verdict"] in ("pass", "smoke") else 1
+
+
+def print_summary(report: dict[str, Any], path: Path) -> None:
+    print(f"\nreport: {path} (plot: {path.with_suffix('.png')})")
+    print(f"{'server':<9} {'max rps':>9} {'1-conn p50/p99 µs':>20} {'steady p50/p99/p99.9 µs':>26} {'wrk max rps':>12}")
+    for name, r in report["servers"].items():
+        one = r["one_connection_new"]["latency_us"].get("new", {})
+        steady = r["steady"]["latency_us"].get("new", {})
+        wrk_rps = max((w["rps"] for w in r.get("wrk_steps", [])), default="-")
+        print(
+            f"{name:<9} {r['max_sustained_rps']:>9.0f} {one.get('p50', 0):>9.0f} / {one.get('p99', 0):<8.0f}"
+            f" {steady.get('p50', 0):>8.0f} / {steady.get('p99', 0):>6.0f} / {steady.get('p99.9', 0):<8.0f}"
+            f" {wrk_rps:>12}"
+        )
+    for name, ratio in report.get("ratios", {}).items():
+        print(f"{name}: {ratio}")
+    for g in report["gates"]:
+        print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
+    print(f"verdict: {report['verdict']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make bench`: the same stack as `make test` (reused when running), wrk from apt when missing, then
+# benchmarks/run.py (the gateway, the peer and the ceiling under identical load, the report, the plot
+# and the verdict against benchmarks/targets.toml). Stops what it started; exits with the verdict.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+if ! command -v wrk >/dev/null; then
+  say "installing wrk (apt)"
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q wrk >&2; else sudo apt-get install -y -q wrk >&2; fi
+fi
+started=$("$ROOT/deploy/stack.sh" up)
+cleanup() { [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started; }
+trap cleanup EXIT
+set -a
+eval "$("$ROOT/deploy/stack.sh" env)"
+set +a
+cd "$ROOT"
+"$ROOT/.venv/bin/python" -m benchmarks.run "$@"

@@ -1,0 +1,38 @@
+"""A 10-second smoke of the benchmark harness (make bench's benchmarks/run.py): it drives a real gateway
+with Locust, records exact latencies and Server-Timing stages, and writes its report and plot. No gating."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.e2e.conftest import ROOT, free_port
+
+
+def test_bench_harness_smoke(stack, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path), "--port-base", str(free_port())],
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    [report_path] = tmp_path.glob("*.json")
+    assert report_path.with_suffix(".png").stat().st_size > 10_000
+    report = json.loads(report_path.read_text())
+    assert report["verdict"] == "smoke" and report["gates"] == []
+    gateway = report["servers"]["gateway"]
+    for phase, scenario in (("one_connection_new", "new"), ("one_connection_replay", "replay"), ("steady", "new")):
+        result = gateway[phase]
+        assert result["requests"] > 0 and result["errors"] == 0, (phase, result)
+        latency = result["latency_us"][scenario]
+        # exact, in microseconds: not Locust's whole milliseconds
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p99.9"] <= latency["max"], latency
+        assert latency["p50"] % 1000 != 0 or latency["p90"] % 1000 != 0, latency
+    stages = gateway["one_connection_new"]["server_timing_us"]
+    assert set(stages) == {"decode", "validate", "redis", "kafka"}
+    assert stages["kafka"]["p50"] > 0
+    assert gateway["max_sustained_rps"] > 0
+    assert report["micro"]["valid"]["fastcore"]["best_us"] > 0
