@@ -58,7 +58,7 @@ MAX_ERROR_RATE = 0.001  # a step counts as sustained below 0.1% errors
 class Plan:
     """Durations and loads of every phase."""
 
-    warmup_seconds: int = 3
+    warmup_seconds: int = 10  # also warms the broker's JIT for whichever server goes first
     one_connection_seconds: int = 15
     replay_seconds: int = 10
     steady_rate: int = 1000

@@ -51,6 +51,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# one broker on a developer's machine: a thread per core is plenty, and fewer threads switch less
+num.network.threads=1
+num.io.threads=$(nproc)
 PROPS
   cat >"$KAFKA_HOME/log4j2.properties" <<PROPS
 status = warn
