@@ -134,7 +134,7 @@ class Server:
 
 def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server]:
     """The gateway, the peer (FastAPI, Pydantic, uvicorn, redis.asyncio, aiokafka) and the ceiling."""
-    ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "900"}  # keys of a run expire instead of filling Redis
+    ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "300"}  # keys of a run expire instead of filling Redis
     granian = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
     granian += ["--no-ws", "--log-level", "warning"]
     return {
