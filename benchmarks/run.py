@@ -67,7 +67,7 @@ class Plan:
     steps: tuple[int, ...] = (4, 16, 48, 96)
     step_seconds: int = 12
     wrk_seconds: int = 10
-    wrk_connections: tuple[int, ...] = (16, 64, 128)
+    wrk_connections: tuple[int, ...] = (16, 64, 128, 256)
     soak_seconds: int = 600
     micro_number: int = 200_000
     smoke: bool = False
