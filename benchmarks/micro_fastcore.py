@@ -23,44 +23,22 @@ from datetime import date
 
 import fastcore
 from benchmarks.peers.pydantic_model import TransactionModel
+from gateway.intake import validation_fields
 from gateway.routing import load_rules
 from gateway.schemas import REQUEST_DECODER
+from gateway.transactions import SEED_EXAMPLE
 
-FIELDS = (
-    "transaction_id",
-    "amount",
-    "source_currency",
-    "destination_currency",
-    "source_account",
-    "destination_account",
-    "counterparty_id",
-    "idempotency_key",
-    None,  # the Idempotency-Key header
-    "settlement_window",
-    "metadata",
-)
-VALID = (
-    "txn_000001",
-    b"250.00",
-    "USD",
-    "GBP",
-    "acct_usa_88",
-    "acct_uk_99",
-    "cparty_london",
-    "idemp_key_101",
-    None,
-    "t1",
-    None,
-)
-INVALID = ("txn 1", b"-250.001", "usd", "XAU", "acct_usa_88", "acct_usa_88", "cparty_london", "k", None, "t1", None)
+VALID = {**SEED_EXAMPLE, "amount": "250.00"}  # the seed's transaction, amount as a decimal string
+INVALID = {
+    **VALID,
+    "transaction_id": "txn 1",
+    "amount": "-250.001",
+    "source_currency": "usd",
+    "destination_currency": "XAU",
+    "destination_account": "acct_usa_88",
+    "idempotency_key": "k",
+}
 NOW = 1_790_000_000.0
-
-
-def as_document(fields: tuple) -> dict:
-    """The request body the fields came from (amount as its JSON text's value)."""
-    document = {name: value for name, value in zip(FIELDS, fields, strict=True) if name and value is not None}
-    document["amount"] = fields[1].decode()
-    return document
 
 
 def timed(call: Callable[[], object], number: int) -> tuple[float, float]:
@@ -89,19 +67,22 @@ def from_json_call(body: bytes) -> Callable[[], None]:
     """msgspec decode of the raw body, then fastcore."""
     policy = fastcore.Policy("1000000000", [("USD", "RUB")])
     rules = load_rules(None, date(2026, 1, 1))
+    validate, route, failed = fastcore.validate, fastcore.route, fastcore.ValidationFailed
 
     def once() -> None:
         r = REQUEST_DECODER.decode(body)
         try:
-            instruction = fastcore.validate(
-                policy, r.transaction_id, bytes(r.amount), r.source_currency, r.destination_currency,
-                r.source_account, r.destination_account, r.counterparty_id, r.idempotency_key, None,
-                r.settlement_window, r.metadata,
-            )  # fmt: skip
-        except fastcore.ValidationFailed:
+            instruction = validate(policy, *validation_fields(r, None))
+        except failed:
             return
-        fastcore.route(rules, instruction.requested_window, r.source_currency, r.destination_currency,
-                       instruction.amount_minor, NOW)  # fmt: skip
+        route(
+            rules,
+            instruction.requested_window,
+            r.source_currency,
+            r.destination_currency,
+            instruction.amount_minor,
+            NOW,
+        )
 
     return once
 
@@ -120,9 +101,9 @@ def measure(number: int) -> dict[str, dict[str, dict[str, float]]]:
         raise SystemExit("the compiled extension is not loaded: run `make install` first")
     twin = fastcore.load_twin()
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for case, fields in (("valid", VALID), ("invalid", INVALID)):
-        document = as_document(fields)
+    for case, document in (("valid", VALID), ("invalid", INVALID)):
         body = json.dumps(document).encode()
+        fields = validation_fields(REQUEST_DECODER.decode(body), None)
         row = {
             "fastcore": timed(fastcore_call(fastcore, fields), number),
             "twin": timed(fastcore_call(twin, fields), number // 10),

@@ -9,11 +9,6 @@ if ! command -v wrk >/dev/null; then
   say "installing wrk (apt)"
   if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q wrk >&2; else sudo apt-get install -y -q wrk >&2; fi
 fi
-started=$("$ROOT/deploy/stack.sh" up)
-cleanup() { [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started; }
-trap cleanup EXIT
-set -a
-eval "$("$ROOT/deploy/stack.sh" env)"
-set +a
+use_stack
 cd "$ROOT"
 "$ROOT/.venv/bin/python" -m benchmarks.run "$@"

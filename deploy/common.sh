@@ -27,3 +27,13 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$pidfile"
 }
+
+# use_stack: bring the local stack up (or reuse what runs or is configured), stop on exit only what
+# this script started, and export the GATEWAY_* variables that point at it. For run.sh, test.sh, bench.sh.
+use_stack() {
+  started=$("$ROOT/deploy/stack.sh" up)
+  trap '[ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started' EXIT
+  set -a
+  eval "$("$ROOT/deploy/stack.sh" env)"
+  set +a
+}

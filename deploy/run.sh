@@ -4,13 +4,8 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-started=$("$ROOT/deploy/stack.sh" up)
-cleanup() { [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started; }
-trap cleanup EXIT
+use_stack
 trap 'exit 130' INT TERM
-set -a
-eval "$("$ROOT/deploy/stack.sh" env)"
-set +a
 # one metrics folder per run: every worker writes there and a scrape sums them
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$STACK_DIR/metrics}
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"

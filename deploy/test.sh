@@ -4,11 +4,6 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-started=$("$ROOT/deploy/stack.sh" up)
-cleanup() { [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started; }
-trap cleanup EXIT
-set -a
-eval "$("$ROOT/deploy/stack.sh" env)"
-set +a
+use_stack
 cd "$ROOT"
 "$ROOT/.venv/bin/python" -m pytest "$@"

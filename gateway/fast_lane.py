@@ -108,7 +108,7 @@ class FastLane:
         else:
             status, extra = answer(self._metrics, outcome)
             payload, transaction_id = outcome.body, outcome.transaction_id
-            headers = [_JSON, *((name.lower().encode(), value.encode()) for name, value in extra)]
+            headers = [_JSON, *extra]
         headers.append((b"content-length", str(len(payload)).encode()))
         headers.append((b"x-request-id", request_id))
         await send({"type": "http.response.start", "status": status, "headers": headers})

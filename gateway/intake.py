@@ -20,7 +20,15 @@ from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccep
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
 from gateway.metrics import Metrics
 from gateway.producer import SettlementProducer
-from gateway.schemas import ENCODER, REQUEST_DECODER, Accepted, AcceptedMetadata, Deduped, DedupedMetadata
+from gateway.schemas import (
+    ENCODER,
+    REQUEST_DECODER,
+    Accepted,
+    AcceptedMetadata,
+    Deduped,
+    DedupedMetadata,
+    TransactionRequest,
+)
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.intake")
@@ -62,6 +70,23 @@ class Outcome(msgspec.Struct, frozen=True):
 
 def _instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
+    """The arguments of `fastcore.validate` after the policy, in its order."""
+    return (
+        request.transaction_id,
+        bytes(request.amount),
+        request.source_currency,
+        request.destination_currency,
+        request.source_account,
+        request.destination_account,
+        request.counterparty_id,
+        request.idempotency_key,
+        idempotency_header,
+        request.settlement_window,
+        request.metadata,
+    )
 
 
 def decode(body: bytes):  # -> TransactionRequest
@@ -106,20 +131,7 @@ class Intake:
         request = decode(body)
         decoded = perf_counter()
         try:
-            instruction = fastcore.validate(
-                self._policy,
-                request.transaction_id,
-                bytes(request.amount),
-                request.source_currency,
-                request.destination_currency,
-                request.source_account,
-                request.destination_account,
-                request.counterparty_id,
-                request.idempotency_key,
-                idempotency_header,
-                request.settlement_window,
-                request.metadata,
-            )
+            instruction = fastcore.validate(self._policy, *validation_fields(request, idempotency_header))
         except fastcore.ValidationFailed as exc:
             raise Refused("validation-failed", "the transaction breaks one or more rules", exc.errors) from None
         now = self._clock()

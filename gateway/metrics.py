@@ -198,19 +198,18 @@ class Metrics:
 
     def tally(self, metric: Counter, *labels: str) -> Tally:
         """This process's tally of one labelled counter (made once, then reused)."""
-        key = (id(metric), labels)
-        tally = self._tallies.get(key)
-        if tally is None:
-            tally = self._tallies[key] = Tally(metric.labels(*labels) if labels else metric)
-        return tally  # type: ignore[return-value]
+        return self._tally(Tally, metric, labels)  # type: ignore[return-value]
 
     def tally_histogram(self, metric: Histogram, *labels: str) -> TallyHistogram:
         """This process's tally of one labelled histogram (made once, then reused)."""
+        return self._tally(TallyHistogram, metric, labels)  # type: ignore[return-value]
+
+    def _tally(self, kind: type, metric: Counter | Histogram, labels: tuple[str, ...]) -> Tally | TallyHistogram:
         key = (id(metric), labels)
         tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[key] = TallyHistogram(metric.labels(*labels) if labels else metric)
-        return tally  # type: ignore[return-value]
+            tally = self._tallies[key] = kind(metric.labels(*labels) if labels else metric)
+        return tally
 
     def publish(self) -> None:
         """Add every tally to the shared samples."""

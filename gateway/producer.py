@@ -156,10 +156,6 @@ class SettlementProducer:
                 reason = exc.args[0].str() if exc.args else "produce failed"
                 future.set_exception(DependencyUnavailable("kafka", reason))
 
-    def queue_depth(self) -> int:
-        """Records waiting in the local queue or in flight to the broker."""
-        return len(self._producer)
-
     def check(self, timeout: float) -> list[str]:
         """Blocking: ask a broker for metadata; return what is wrong (empty when healthy)."""
         try:
