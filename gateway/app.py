@@ -18,6 +18,7 @@ from gateway.fast_lane import FastLane
 from gateway.health import Readiness, health, ready
 from gateway.health import metrics as metrics_endpoint
 from gateway.idempotency import IdempotencyStore
+from gateway.in_doubt import DoubtResolver, LogReader
 from gateway.intake import Intake
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import Metrics
@@ -65,15 +66,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
         client = RedisPipeline(settings.redis_url, settings.redis_timeout_ms / 1000)
         app.state.redis = client
-        app.state.idempotency = IdempotencyStore(
+        store = app.state.idempotency = IdempotencyStore(
             client,
             metrics,
             pending_ttl_ms=settings.pending_ttl_seconds * 1000,
             done_ttl_ms=settings.idempotency_ttl_seconds * 1000,
+            stale_after_ms=settings.in_doubt_after_ms,
         )
         try:
             yield
         finally:
+            # completions still on their way (Redis was down or slow) go out before the connection closes
+            await store.drain(settings.redis_timeout_ms / 1000 + 2)
             client.close()
 
     @asynccontextmanager
@@ -95,6 +99,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 log.error("shutdown: %d records were not confirmed by Kafka", left)
 
     @asynccontextmanager
+    async def in_doubt_resolver(app: Litestar) -> AsyncIterator[None]:
+        resolver = DoubtResolver(settings, app.state.idempotency, metrics, LogReader(settings))
+        app.state.idempotency.on_doubt = resolver.watch
+        resolver.start()
+        app.state.in_doubt = resolver
+        try:
+            yield
+        finally:
+            await resolver.close()
+
+    @asynccontextmanager
     async def intake_service(app: Litestar) -> AsyncIterator[None]:
         app.state.intake = Intake(
             settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
@@ -114,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[submit_transaction, health, ready, metrics_endpoint],
         middleware=[RequestObservability(recorder)],
-        lifespan=[telemetry, redis_client, kafka_producer, intake_service],
+        lifespan=[telemetry, redis_client, kafka_producer, in_doubt_resolver, intake_service],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -18,6 +18,11 @@ class DependencyUnavailable(GatewayError):
         self.detail = detail
 
 
+class DeliveryInDoubt(DependencyUnavailable):
+    """Kafka did not confirm a record that may nevertheless have been written (a delivery timeout, a
+    lost connection, no report in time). Its reservation stays locked until the log says which."""
+
+
 class Refused(GatewayError):
     """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields."""
 

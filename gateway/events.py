@@ -6,6 +6,7 @@ by idempotency key and transaction id, because Redis is only the fast first chec
 
 import hashlib
 import re
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -52,6 +53,11 @@ class TransactionAccepted(msgspec.Struct, frozen=True):
     routing: Routing
     event_type: str = EVENT_TYPE
     schema_version: int = SCHEMA_VERSION
+
+
+def instant(epoch: float) -> str:
+    """Unix seconds as the ISO 8601 UTC instant the events and answers carry (`...T09:30:00.123Z`)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _CANONICAL = msgspec.json.Encoder(order="sorted")

@@ -4,6 +4,11 @@ Keys carry the partner in a hash tag, so the scripts touch one cluster slot:
 `idem:{partner}:<sha256 of the idempotency key>` and `txn:{partner}:<transaction_id>`.
 The scripts run with EVALSHA on the worker's pipelined connection, which sends the source again
 when Redis lost it (SCRIPT FLUSH, restart), so no request sees NOSCRIPT.
+
+A pending reservation names the record it is about to produce (event id, topic, time), so that
+when it stays pending too long (its worker died, the delivery was in doubt, the completion was
+lost) any worker can settle it from the Kafka log (gateway.in_doubt). A completion that Redis did
+not take is sent again until it does; shutdown waits for the ones still on their way.
 """
 
 import asyncio
@@ -11,8 +16,9 @@ import enum
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import DependencyUnavailable
 from gateway.metrics import Metrics
@@ -41,27 +47,63 @@ class Decision(enum.Enum):
 class Reservation:
     """The Redis keys and values of one submission, computed once per request."""
 
-    __slots__ = ("fingerprint", "idem_key", "key_digest", "txn_key")
+    __slots__ = ("event_id", "fingerprint", "idem_key", "key_digest", "reserved_at_ms", "topic", "txn_key")
 
-    def __init__(self, partner: str, idempotency_key: str, transaction_id: str, fingerprint: str) -> None:
+    def __init__(
+        self,
+        partner: str,
+        idempotency_key: str,
+        transaction_id: str,
+        fingerprint: str,
+        event_id: str = "",
+        topic: str = "",
+    ) -> None:
         self.key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
         self.idem_key = f"idem:{{{partner}}}:{self.key_digest}"
         self.txn_key = f"txn:{{{partner}}}:{transaction_id}"
         self.fingerprint = fingerprint
+        self.event_id = event_id  # the record this reservation is about to produce
+        self.topic = topic
+        self.reserved_at_ms = 0  # set by `reserve`
+
+
+class PendingRecord(NamedTuple):
+    """What a pending reservation says about its record: enough to look for it in the log."""
+
+    event_id: str
+    topic: str
+    reserved_at_ms: int
+
+
+# takes a reservation whose record may or may not be in the log, and settles it from the log
+DoubtWatcher = Callable[[Reservation, PendingRecord], None]
 
 
 class IdempotencyStore:
     """The `reserve`, `complete` and `release` scripts on the worker's Redis pipeline."""
 
-    def __init__(self, redis: RedisPipeline, metrics: Metrics, *, pending_ttl_ms: int, done_ttl_ms: int) -> None:
+    def __init__(
+        self,
+        redis: RedisPipeline,
+        metrics: Metrics,
+        *,
+        pending_ttl_ms: int,
+        done_ttl_ms: int,
+        stale_after_ms: int | None = None,
+    ) -> None:
         self._redis = redis
         self._metrics = metrics
         self._pending_ttl_ms = pending_ttl_ms
         self._done_ttl_ms = done_ttl_ms
+        self._stale_after_ms = stale_after_ms
+        self.on_doubt: DoubtWatcher | None = None  # set by the app: the in-doubt resolver
         scripts = ("reserve", "complete", "release")
         self._duration = {name: metrics.tally_histogram(metrics.redis_duration, name) for name in scripts}
         self._errors = {name: metrics.tally(metrics.redis_errors, name) for name in scripts}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsent: list[tuple[Reservation, bytes, asyncio.Future[bool]]] = []  # completions to send again
+        self._resender: asyncio.Task[None] | None = None
+        self._completing: set[asyncio.Future[bool]] = set()
 
     async def _run(self, name: str, script: Script, r: Reservation, args: list[Any]) -> Any:
         started = time.perf_counter()
@@ -77,36 +119,59 @@ class IdempotencyStore:
         return reply
 
     async def reserve(self, r: Reservation) -> tuple[Decision, bytes | None]:
-        """Claim the key when new; otherwise say why not (a replay carries the stored response)."""
-        reply = await self._run("reserve", RESERVE, r, [r.fingerprint, r.key_digest, self._pending_ttl_ms])
-        return Decision(reply[0]), (reply[1] if len(reply) > 1 else None)
+        """Claim the key when new; otherwise say why not (a replay carries the stored response).
+
+        A key found pending for longer than the in-doubt horizon (its owner may be gone) is handed to
+        `on_doubt`, which settles it from the log."""
+        r.reserved_at_ms = now_ms = int(time.time() * 1000)
+        reply = await self._run(
+            "reserve", RESERVE, r, [r.fingerprint, r.key_digest, self._pending_ttl_ms, r.event_id, r.topic, now_ms]
+        )
+        decision = Decision(reply[0])
+        if decision is Decision.IN_FLIGHT:
+            reserved_at = int(reply[1])
+            stale = self._stale_after_ms is not None and now_ms - reserved_at > self._stale_after_ms
+            if stale and self.on_doubt is not None and reply[2]:
+                self.on_doubt(r, PendingRecord(reply[2].decode(), reply[3].decode(), reserved_at))
+            return decision, None
+        return decision, (reply[1] if len(reply) > 1 else None)
 
     def complete(self, r: Reservation, response: bytes) -> "asyncio.Future[bool]":
         """Mark the key done with the response replays will get: sent with this tick's pipeline write,
         and not waited for by the intake.
 
         Called once Kafka has the record, before the 202 goes out, so the command reaches Redis ahead
-        of the partner's answer and a replay finds the key done. The future says whether the entry
-        was ours (False also when Redis failed; that is logged and counted, never raised: Kafka has
-        the record whatever happens here, and consumers de-duplicate by idempotency key)."""
+        of the partner's answer and a replay finds the key done. When Redis does not take it (the
+        connection dropped, Redis restarts), it is sent again, with back-off, until Redis does: the
+        key stays pending meanwhile, so a retry gets 409 and never a second acceptance. The future
+        says whether the entry was ours once recorded (False also when shutdown gave up on it)."""
         assert self._loop is not None, "reserve first"
         outcome: asyncio.Future[bool] = self._loop.create_future()
+        self._completing.add(outcome)
+        outcome.add_done_callback(self._completing.discard)
+        self._send_complete(r, response, outcome)
+        return outcome
+
+    def _send_complete(self, r: Reservation, response: bytes, outcome: "asyncio.Future[bool]") -> None:
         started = time.perf_counter()
 
         def failed(error: BaseException) -> None:
             self._errors["complete"].inc()
-            log.error(
-                "could not complete %s after Kafka accepted: %s; it stays pending until it expires", r.idem_key, error
-            )
-            outcome.set_result(False)
+            if not self._unsent:
+                log.warning("could not complete %s: %s; sending it again when Redis answers", r.idem_key, error)
+            self._unsent.append((r, response, outcome))
+            if self._resender is None or self._resender.done():
+                assert self._loop is not None
+                self._resender = self._loop.create_task(self._resend())
 
         def recorded(reply: "asyncio.Future[Any]") -> None:
             if (error := reply.exception()) is not None:
                 return failed(error)
             self._duration["complete"].observe(time.perf_counter() - started)
             if not reply.result():
-                log.error("idempotency key %s changed hands while its record was produced", r.idem_key)
-            outcome.set_result(bool(reply.result()))
+                log.warning("idempotency key %s was already settled when its completion arrived", r.idem_key)
+            if not outcome.done():
+                outcome.set_result(bool(reply.result()))
 
         try:
             sent = self._redis.run_script(
@@ -116,7 +181,48 @@ class IdempotencyStore:
             failed(exc)
         else:
             sent.add_done_callback(recorded)
-        return outcome
+
+    async def _resend(self) -> None:
+        """Send the completions Redis did not take again, reconnecting with back-off, until none is left."""
+        pause = 0.05
+        while self._unsent:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            try:
+                await self._redis.connect()
+            except RedisUnavailable:
+                continue
+            batch, self._unsent = self._unsent, []
+            self._metrics.tally(self._metrics.completes_retried).inc(len(batch))
+            for r, response, outcome in batch:
+                if not outcome.done():
+                    self._send_complete(r, response, outcome)  # a failure puts it back in _unsent
+            if not self._unsent:
+                log.info("completions sent again: %d", len(batch))
+
+    async def drain(self, timeout: float) -> int:
+        """Shutdown: wait up to `timeout` seconds for every completion still on its way; return how many
+        were given up (their keys stay pending and are settled from the log when retried)."""
+        waiting = list(self._completing)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        left = [outcome for outcome in self._completing if not outcome.done()]
+        for outcome in left:
+            outcome.set_result(False)
+        if self._resender is not None:
+            self._resender.cancel()
+        self._unsent.clear()
+        if left:
+            log.error("shutdown: %d completions could not reach Redis; those keys are settled from the log", len(left))
+        return len(left)
+
+    def hold_in_doubt(self, r: Reservation) -> None:
+        """Keep `r` (reserved by this worker) locked after its delivery came out in doubt, and have
+        it settled from the log; without a resolver it stays pending until its TTL."""
+        if self.on_doubt is not None:
+            self.on_doubt(r, PendingRecord(r.event_id, r.topic, r.reserved_at_ms))
+        else:
+            log.error("delivery of %s in doubt and no resolver: it stays pending until it expires", r.idem_key)
 
     async def release(self, r: Reservation) -> bool:
         """Drop our pending reservation so a retry starts afresh; False when there was none."""

@@ -1,13 +1,14 @@
 """Intake of one transaction: decode, validate and route, reserve, produce, complete.
 
-Nothing is acknowledged before Kafka has the record. A failed produce releases the reservation, so
-the partner's retry is new again; Redis down means nothing is produced at all (fail closed).
+Nothing is acknowledged before Kafka has the record. A produce that certainly never reached the
+broker (queue full, refused at once) releases the reservation, so the partner's retry is new again;
+one whose outcome is in doubt (a delivery timeout or error) keeps it locked until the log says
+whether the record is there (gateway.in_doubt). Redis down means nothing is produced (fail closed).
 """
 
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from time import perf_counter
 from typing import NamedTuple
 
@@ -15,8 +16,16 @@ import msgspec
 
 import fastcore
 from gateway import ids
-from gateway.errors import DependencyUnavailable, Refused
-from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
+from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused
+from gateway.events import (
+    EVENT_ENCODER,
+    Routing,
+    Transaction,
+    TransactionAccepted,
+    cloudevents_headers,
+    fingerprint,
+    instant,
+)
 from gateway.idempotency import Decision, IdempotencyStore, Reservation
 from gateway.metrics import Metrics
 from gateway.producer import SettlementProducer
@@ -25,9 +34,8 @@ from gateway.schemas import (
     REQUEST_DECODER,
     Accepted,
     AcceptedMetadata,
-    Deduped,
-    DedupedMetadata,
     TransactionRequest,
+    replay_answer,
 )
 from gateway.settings import Settings
 
@@ -66,10 +74,6 @@ class Outcome(msgspec.Struct, frozen=True):
     replayed: bool
     body: bytes
     timing: Timing
-
-
-def _instant(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
@@ -158,12 +162,18 @@ class Intake:
             settlement_window=instruction.requested_window,
             metadata=request.metadata,
         )
+        event_id = ids.uuid7()
         reservation = Reservation(
-            self._partner, instruction.idempotency_key, request.transaction_id, fingerprint(transaction)
+            self._partner,
+            instruction.idempotency_key,
+            request.transaction_id,
+            fingerprint(transaction),
+            event_id,
+            self._settings.topic(routing.window),
         )
         event = TransactionAccepted(
-            event_id=ids.uuid7(),
-            occurred_at=_instant(now),
+            event_id=event_id,
+            occurred_at=instant(now),
             partner=self._partner,
             idempotency_key=instruction.idempotency_key,
             fingerprint=reservation.fingerprint,
@@ -198,22 +208,25 @@ class Intake:
     async def _settle(
         self, reservation: Reservation, event: TransactionAccepted, traceparent: str | None, timing: Timing
     ) -> Outcome:
-        topic = self._settings.topic(event.routing.window)
         started = perf_counter()
         try:
             delivery = await self._producer.produce(
-                topic,
+                reservation.topic,
                 event.transaction.source_account.encode(),
                 EVENT_ENCODER.encode(event),
                 cloudevents_headers(event, traceparent),
             )
+        except DeliveryInDoubt:
+            # The record may be in the log: releasing now could let the retry write it twice.
+            self._store.hold_in_doubt(reservation)
+            raise
         except DependencyUnavailable:
             try:
                 await self._store.release(reservation)
             except DependencyUnavailable:
                 log.error("could not release %s after a failed produce; it expires by itself", reservation.idem_key)
             raise
-        accepted_at = _instant(self._clock())
+        accepted_at = instant(delivery.timestamp_ms / 1000)  # the record's own timestamp
         routing = event.routing
         accepted = Accepted(
             transaction_id=event.transaction.transaction_id,
@@ -229,17 +242,8 @@ class Intake:
                 accepted_at=accepted_at,
             ),
         )
-        replay = Deduped(
-            transaction_id=event.transaction.transaction_id,
-            metadata=DedupedMetadata(
-                original_batch=routing.batch,
-                window=routing.window,
-                value_date=routing.value_date,
-                topic=delivery.topic,
-                partition=delivery.partition,
-                offset=delivery.offset,
-                accepted_at=accepted_at,
-            ),
+        replay = replay_answer(
+            event.transaction.transaction_id, routing, delivery.topic, delivery.partition, delivery.offset, accepted_at
         )
         self._store.complete(reservation, ENCODER.encode(replay))  # sent with this tick's Redis write
         self._metrics.tally(self._metrics.routing, routing.window, routing.reason).inc()

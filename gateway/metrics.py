@@ -158,6 +158,27 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.kafka_poll_errors = Counter(
+            "settlement_kafka_poll_errors",
+            "Exceptions raised in the producer's poll thread (a callback failed; polling went on)",
+            registry=reg,
+        )
+        self.kafka_fatal_errors = Counter(
+            "settlement_kafka_fatal_errors",
+            "Fatal errors of the idempotent producer (each replaces the worker's producer)",
+            registry=reg,
+        )
+        self.in_doubt = Counter(
+            "settlement_in_doubt_resolutions",
+            "Reservations whose delivery was in doubt, resolved by reading the log",
+            ["outcome"],
+            registry=reg,
+        )
+        self.completes_retried = Counter(
+            "settlement_redis_completes_retried",
+            "Completions that failed once and were sent again after Redis came back",
+            registry=reg,
+        )
         self.kafka_broker_rtt = Gauge(
             "settlement_kafka_broker_rtt_seconds",
             "Average broker round-trip time over the last statistics interval (librdkafka)",

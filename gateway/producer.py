@@ -11,14 +11,16 @@ import json
 import logging
 import threading
 import time
-from typing import NamedTuple
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway.errors import DependencyUnavailable
+from gateway.errors import DeliveryInDoubt, DependencyUnavailable
 from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.settings import REPORT_GRACE_MS, Settings
 
 
 class Delivery(NamedTuple):
@@ -27,6 +29,7 @@ class Delivery(NamedTuple):
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int  # the record's timestamp in the log (set by librdkafka at produce)
 
 
 def producer_config(settings: Settings) -> dict[str, object]:
@@ -55,20 +58,37 @@ def producer_config(settings: Settings) -> dict[str, object]:
 # (future of the request, error or None, the message, seconds from produce to the report)
 Report = tuple["asyncio.Future[Delivery]", KafkaError | None, object, float]
 
+log = logging.getLogger("gateway.kafka")
+
 
 class SettlementProducer:
-    """One Kafka producer per worker process, started and stopped by the app's lifespan."""
+    """One Kafka producer per worker process, started and stopped by the app's lifespan.
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    Outcomes of `produce`: a Delivery; DependencyUnavailable when the record certainly never left
+    this process (queue full, produce refused, the producer failed fatally); DeliveryInDoubt when it
+    was handed to librdkafka and no success came back (a delivery error or timeout, or no report
+    within the delivery timeout plus REPORT_GRACE_MS): it may be in the log.
+
+    The poll thread survives any exception a callback raises, every request has a deadline of its
+    own, and a fatal error of the idempotent producer (reported through `error_cb`) turns readiness
+    to 503 until the thread has replaced the producer with a new one."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, factory: Callable[[dict], Any] = Producer) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._producer = Producer({**producer_config(settings), "stats_cb": self._statistics})
+        self._config = {**producer_config(settings), "stats_cb": self._statistics, "error_cb": self._on_error}
+        self._factory = factory
+        self._producer = factory(self._config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
         self._reports: list[Report] = []
         self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Delivery]]] = []
         self._send_scheduled = False
+        self._deadlines: deque[tuple[float, asyncio.Future[Delivery]]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._wait = (settings.delivery_timeout_ms + REPORT_GRACE_MS) / 1000
+        self.fatal: str | None = None  # the fatal error not yet recovered from
         self._delivery = metrics.tally_histogram(metrics.kafka_delivery)
 
     def start(self) -> None:
@@ -81,11 +101,40 @@ class SettlementProducer:
     def _poll_forever(self) -> None:
         queue, sampled = self._metrics.kafka_queue, 0.0
         while self._running:
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+                if self.fatal is not None:
+                    self._replace()
+                if (now := time.monotonic()) - sampled >= 0.1:
+                    queue.set(len(self._producer))
+                    sampled = now
+            except Exception:
+                # A callback raised (librdkafka re-raises it from poll): count it and go on polling,
+                # or every request of this worker would wait for a report that no thread collects.
+                self._metrics.kafka_poll_errors.inc()
+                log.exception("kafka poll thread: a callback failed; polling goes on")
             self._hand_over()
-            if (now := time.monotonic()) - sampled >= 0.1:
-                queue.set(len(self._producer))
-                sampled = now
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (poll thread). Fatal errors make the producer unusable."""
+        if error.fatal():
+            self._metrics.kafka_fatal_errors.inc()
+            log.critical("kafka producer failed fatally: %s; replacing it", error.str())
+            self.fatal = error.str()
+        else:
+            log.warning("kafka: %s", error.str())
+
+    def _replace(self) -> None:
+        """Poll thread, after a fatal error: fail what the old producer holds (each of those records
+        is in doubt), then produce through a new one."""
+        old, self._producer = self._producer, self._factory(self._config)
+        try:
+            old.purge()
+            old.poll(0)  # serves the reports of the purged records
+        except Exception:
+            log.exception("kafka: could not purge the failed producer")
+        self.fatal = None
+        log.warning("kafka producer replaced after a fatal error")
 
     def _statistics(self, document: str) -> None:
         """librdkafka's statistics (every few seconds, in the poll thread): RTT and batch sizes."""
@@ -102,7 +151,10 @@ class SettlementProducer:
         if self._reports:
             batch, self._reports = self._reports, []
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._resolve_all, batch)
+            try:
+                self._loop.call_soon_threadsafe(self._resolve_all, batch)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                log.warning("kafka: %d delivery reports after the event loop closed", len(batch))
 
     def _resolve_all(self, batch: list["Report"]) -> None:
         """On the event loop: settle the futures of one batch of delivery reports."""
@@ -112,24 +164,43 @@ class SettlementProducer:
             else:
                 self._metrics.tally(self._metrics.kafka_delivery_errors, error.name()).inc()
             if future.done():
-                continue  # the request was cancelled (client went away); the record's fate is in the log
+                continue  # cancelled, or past its deadline: in doubt already; the log tells its fate
             if error is not None:
-                future.set_exception(DependencyUnavailable("kafka", error.str()))
+                future.set_exception(DeliveryInDoubt("kafka", error.str()))
             else:
-                future.set_result(Delivery(message.topic(), message.partition(), message.offset()))  # type: ignore[attr-defined]
+                m: Any = message
+                future.set_result(Delivery(m.topic(), m.partition(), m.offset(), m.timestamp()[1]))
 
     async def produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Delivery:
-        """Send one record and return where the broker stored it; DependencyUnavailable otherwise.
+        """Send one record and return where the broker stored it (see the class for the errors).
 
         Records of one event-loop tick are handed to librdkafka together at the end of the tick, so
         its broker thread wakes once for all of them and sends them in one request."""
         assert self._loop is not None, "producer not started"
+        if self.fatal is not None:
+            raise DependencyUnavailable("kafka", f"the producer failed: {self.fatal}")
         future: asyncio.Future[Delivery] = self._loop.create_future()
         self._outbox.append((topic, key, value, headers, future))
         if not self._send_scheduled:
             self._send_scheduled = True
             self._loop.call_soon(self._send_outbox)
+        self._deadlines.append((time.monotonic() + self._wait, future))
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self._wait, self._sweep)
         return await future
+
+    def _sweep(self) -> None:
+        """Fail, as in doubt, every request whose report is later than its deadline; then sleep until
+        the next deadline. One timer for all requests instead of one each."""
+        self._sweeper = None
+        deadlines, now = self._deadlines, time.monotonic()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(DeliveryInDoubt("kafka", f"no delivery report within {self._wait:g} s"))
+        if deadlines:
+            assert self._loop is not None
+            self._sweeper = self._loop.call_at(self._loop.time() + max(deadlines[0][0] - now, 0.05), self._sweep)
 
     def _send_outbox(self) -> None:
         self._send_scheduled = False
@@ -146,7 +217,7 @@ class SettlementProducer:
                 self._reports.append((future, error, message, time.perf_counter() - started))
 
             try:
-                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
+                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
             except BufferError:
                 self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
                 future.set_exception(DependencyUnavailable("kafka", "local producer queue is full"))
@@ -158,6 +229,13 @@ class SettlementProducer:
 
     def check(self, timeout: float) -> list[str]:
         """Blocking: ask a broker for metadata; return what is wrong (empty when healthy)."""
+        broken = []
+        if self._thread is not None and not self._thread.is_alive():
+            broken.append("kafka: the producer's poll thread stopped")
+        if self.fatal is not None:
+            broken.append(f"kafka: the producer failed: {self.fatal}")
+        if broken:
+            return broken
         try:
             metadata = self._producer.list_topics(timeout=timeout)
         except KafkaException as exc:

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.events import Routing
+
 _IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "description": "active ISO 4217 code with minor units"}
 
@@ -113,6 +115,24 @@ class Deduped(msgspec.Struct, frozen=True):
     metadata: DedupedMetadata
     status: str = "deduped"
     message: str = "Transaction already processed"
+
+
+def replay_answer(
+    transaction_id: str, routing: Routing, topic: str, partition: int, offset: int, accepted_at: str
+) -> Deduped:
+    """The answer every exact resubmission of an accepted transaction gets."""
+    return Deduped(
+        transaction_id=transaction_id,
+        metadata=DedupedMetadata(
+            original_batch=routing.batch,
+            window=routing.window,
+            value_date=routing.value_date,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            accepted_at=accepted_at,
+        ),
+    )
 
 
 class FieldError(msgspec.Struct, frozen=True):

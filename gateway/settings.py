@@ -12,6 +12,8 @@ import msgspec
 from gateway.errors import ConfigurationError
 
 PREFIX = "GATEWAY_"
+# how long past the delivery timeout a request may wait for its delivery report before it is in doubt
+REPORT_GRACE_MS = 500
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,7 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     compression: str = "lz4"
     redis_timeout_ms: int = 1000
     idempotency_ttl_seconds: int = 86_400
-    pending_ttl_seconds: int = 30
+    pending_ttl_seconds: int = 86_400
+    in_doubt_margin_ms: int = 5000
     retry_after_seconds: int = 1
     partner: str = "default"
     max_body_bytes: int = 65_536
@@ -50,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "redis_timeout_ms",
             "idempotency_ttl_seconds",
             "pending_ttl_seconds",
+            "in_doubt_margin_ms",
             "retry_after_seconds",
             "max_body_bytes",
             "ready_timeout_ms",
@@ -63,17 +67,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"{PREFIX}LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.linger_ms < 0:
             raise ConfigurationError(f"{PREFIX}LINGER_MS must not be negative")
-        # A reservation must outlive the longest produce, or a retry could race a late delivery.
-        if self.pending_ttl_seconds * 1000 <= self.delivery_timeout_ms:
+        # A reservation must outlive the moment its record's fate can be read from the log, or a
+        # retry could race a late delivery.
+        if self.pending_ttl_seconds * 1000 <= self.in_doubt_after_ms:
             raise ConfigurationError(
                 f"{PREFIX}PENDING_TTL_SECONDS ({self.pending_ttl_seconds}) must exceed "
-                f"{PREFIX}DELIVERY_TIMEOUT_MS ({self.delivery_timeout_ms} ms)"
+                f"{PREFIX}DELIVERY_TIMEOUT_MS + {PREFIX}IN_DOUBT_MARGIN_MS ({self.in_doubt_after_ms} ms)"
             )
         if self.compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
             raise ConfigurationError(f"{PREFIX}COMPRESSION must be one of none, gzip, snappy, lz4, zstd")
         self.fixed_epoch()  # validates GATEWAY_FIXED_TIME
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    @property
+    def in_doubt_after_ms(self) -> int:
+        """How long a reservation may stay pending before its record's fate is read from the log: the
+        delivery timeout, the producer's report grace and the margin."""
+        return self.delivery_timeout_ms + REPORT_GRACE_MS + self.in_doubt_margin_ms
 
     @property
     def blocked_currency_pairs(self) -> list[tuple[str, str]]:

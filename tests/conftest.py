@@ -1,6 +1,8 @@
 """Shared fixtures. Integration and e2e tests use the real Redis and Kafka named by GATEWAY_* (make test
 exports the local stack's); when either cannot be reached the run fails loudly instead of skipping."""
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -63,6 +65,26 @@ def kafka_outage(stack: Settings):
     finally:
         if _kafka_script("status").returncode != 0:
             restart()
+
+
+@pytest.fixture
+def kafka_pause(stack: Settings):
+    """Freeze the local stack's broker (SIGSTOP) for the test body: connections stay open and requests
+    sit unanswered in its socket buffers. Yields a function that resumes it (SIGCONT); resumed after
+    the test in any case."""
+    pidfile = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "kafka.pid"
+    if not pidfile.exists():
+        pytest.fail("this test pauses Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGSTOP)
+
+    def resume() -> None:
+        os.kill(pid, signal.SIGCONT)
+
+    try:
+        yield resume
+    finally:
+        resume()
 
 
 def transaction(unique: str, **changes) -> dict:

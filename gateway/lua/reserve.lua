@@ -1,19 +1,23 @@
 -- reserve: decide in one round trip what an idempotent submission is, and claim it when new.
--- KEYS[1]  idem:{partner}:<key digest>     hash: fp, state (pending|done), response
+-- KEYS[1]  idem:{partner}:<key digest>     hash: fp, state (pending|done), response; while pending
+--                                          also ev, topic, at (the record it is about to produce)
 -- KEYS[2]  txn:{partner}:<transaction_id>  string: digest of the idempotency key that owns the id
 -- ARGV[1]  fingerprint of the canonical transaction
 -- ARGV[2]  digest of the idempotency key
--- ARGV[3]  pending TTL, milliseconds (outlives the producer's delivery timeout)
--- returns  {'new'} | {'replay', response} | {'in_flight'} | {'mismatch'} | {'txn_taken'}
-local entry = redis.call('HMGET', KEYS[1], 'fp', 'state', 'response')
+-- ARGV[3]  pending TTL, milliseconds (outlives any resolution of an in-doubt delivery)
+-- ARGV[4]  event id of the record to be produced
+-- ARGV[5]  topic it goes to
+-- ARGV[6]  now, Unix milliseconds (the gateway's clock, for the age of a pending reservation)
+-- returns  {'new'} | {'replay', response} | {'in_flight', at, ev, topic} | {'mismatch'} | {'txn_taken'}
+local entry = redis.call('HMGET', KEYS[1], 'fp', 'state', 'response', 'at', 'ev', 'topic')
 if entry[1] then
   if entry[1] ~= ARGV[1] then return {'mismatch'} end
   if entry[2] == 'done' then return {'replay', entry[3]} end
-  return {'in_flight'}
+  return {'in_flight', entry[4] or '0', entry[5] or '', entry[6] or ''}
 end
 local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[2] then return {'txn_taken'} end
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'pending')
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'pending', 'ev', ARGV[4], 'topic', ARGV[5], 'at', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return {'new'}
