@@ -30,6 +30,9 @@ run: install ## Serve the gateway on :8000 (starts local Redis and Kafka unless 
 test: install ## Run every test against real Redis and Kafka (started here when not running)
 	@deploy/test.sh
 
+chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS
+	@deploy/chaos.sh $(CHAOS_ARGS)
+
 bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min)
 	@deploy/bench.sh $(BENCH_ARGS)
 
@@ -47,4 +50,4 @@ lint: install ## ruff and mypy
 clean: stack-down ## Remove the environment, the stack's data and build products
 	rm -rf $(VENV) .stack build fastcore/_core.c fastcore/*.so *.egg-info
 
-.PHONY: help install run test bench stack-up stack-down lint clean
+.PHONY: help install run test chaos bench stack-up stack-down lint clean

@@ -132,6 +132,10 @@ class Server:
             self.process.wait()
 
 
+# the gateway is served as `make run` serves it: a worker that dies is replaced (deploy/run.sh)
+RESPAWN = ["--respawn-failed-workers", "--respawn-interval", "5"]
+
+
 def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server]:
     """The gateway, the peer (FastAPI, Pydantic, uvicorn, redis.asyncio, aiokafka) and the ceiling."""
     ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "300"}  # keys of a run expire instead of filling Redis
@@ -140,7 +144,7 @@ def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server
     return {
         "gateway": Server(
             "gateway",
-            [*granian, "--port", str(port_base + 1), "--factory", "gateway.app:create_app"],
+            [*granian, "--port", str(port_base + 1), "--factory", "gateway.app:create_app", *RESPAWN],
             port_base + 1,
             "/ready",
             {**ttl, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},

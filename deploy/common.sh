@@ -5,6 +5,12 @@ STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 STACK_KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 STACK_KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
 STACK_REDIS_PORT=${STACK_REDIS_PORT:-16379}
+# Network faults (deploy/toxiproxy.sh): the broker's third listener, FAULTS, is reached only through
+# toxiproxy's `kafka` proxy and advertises the proxy, so a client bootstrapped there stays behind it.
+STACK_KAFKA_FAULTS_PORT=${STACK_KAFKA_FAULTS_PORT:-19096}
+STACK_KAFKA_PROXY_PORT=${STACK_KAFKA_PROXY_PORT:-19095}
+STACK_REDIS_PROXY_PORT=${STACK_REDIS_PROXY_PORT:-16380}
+STACK_TOXIPROXY_PORT=${STACK_TOXIPROXY_PORT:-18474}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 
 say() { printf '[stack] %s\n' "$*" >&2; }
@@ -32,7 +38,8 @@ stop_pid() {
 # this script started, and export the GATEWAY_* variables that point at it. For run.sh, test.sh, bench.sh.
 use_stack() {
   started=$("$ROOT/deploy/stack.sh" up)
-  trap '[ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started' EXIT
+  # toxiproxy, which tests may have started in front of the stack, goes with the stack it fronts
+  trap '[ -z "$started" ] || "$ROOT/deploy/stack.sh" down toxiproxy $started' EXIT
   set -a
   eval "$("$ROOT/deploy/stack.sh" env)"
   set +a

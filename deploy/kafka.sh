@@ -4,6 +4,8 @@
 #   deploy/kafka.sh start    fetch if needed, format storage on first start, start, wait for metadata
 #   deploy/kafka.sh stop     stop the broker cleanly (SIGTERM, then SIGKILL after a grace period)
 #   deploy/kafka.sh status   exit 0 when our broker is running
+# Listeners: PLAINTEXT on STACK_KAFKA_PORT for everyone; FAULTS on STACK_KAFKA_FAULTS_PORT, advertised as
+# toxiproxy's kafka proxy (STACK_KAFKA_PROXY_PORT), for network-fault tests (deploy/toxiproxy.sh).
 # Needs Java 17+ and Maven. Logs: .stack/kafka/logs/server.log.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -36,11 +38,12 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$STACK_KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$STACK_KAFKA_PORT,CONTROLLER://127.0.0.1:$STACK_KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$STACK_KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$STACK_KAFKA_PORT,CONTROLLER://127.0.0.1:$STACK_KAFKA_CONTROLLER_PORT,FAULTS://127.0.0.1:$STACK_KAFKA_FAULTS_PORT
+# FAULTS is reached through toxiproxy and tells its clients to come back the same way
+advertised.listeners=PLAINTEXT://127.0.0.1:$STACK_KAFKA_PORT,FAULTS://127.0.0.1:$STACK_KAFKA_PROXY_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,FAULTS:PLAINTEXT
 log.dirs=$KAFKA_HOME/data
 num.partitions=3
 auto.create.topics.enable=false
@@ -77,10 +80,11 @@ JAVA_ARGS=(-Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.hea
 format_storage() {
   [ -f "$KAFKA_HOME/data/meta.properties" ] && return 0
   local cluster_id
-  # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding.
+  # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding (it may begin with "-",
+  # hence --cluster-id=ID rather than -t ID).
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   say "formatting KRaft storage (cluster $cluster_id)"
-  java "${JAVA_ARGS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_HOME/server.properties" \
+  java "${JAVA_ARGS[@]}" kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$KAFKA_HOME/server.properties" \
     >>"$KAFKA_HOME/logs/format.log" 2>&1 || die "formatting Kafka storage failed; see $KAFKA_HOME/logs/format.log"
 }
 

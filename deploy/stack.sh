@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local stack: Redis and Kafka for tests, benchmarks and `make run`.
 #   deploy/stack.sh up             start what is needed; print the names of the services it started
-#   deploy/stack.sh down [NAMES]   stop the named services (default: both)
+#   deploy/stack.sh down [NAMES]   stop the named services (default: toxiproxy when running, Kafka, Redis)
 #   deploy/stack.sh env            print the GATEWAY_* variables that point at the local stack
 # A service is not started when GATEWAY_KAFKA_BOOTSTRAP / GATEWAY_REDIS_URL point elsewhere.
 set -euo pipefail
@@ -22,7 +22,7 @@ up() {
 
 down() {
   local name
-  for name in "${@:-kafka redis}"; do
+  for name in "${@:-toxiproxy kafka redis}"; do
     for service in $name; do "$ROOT/deploy/$service.sh" stop; done
   done
 }
@@ -34,5 +34,5 @@ case "${1:-}" in
     echo "GATEWAY_KAFKA_BOOTSTRAP=${GATEWAY_KAFKA_BOOTSTRAP:-127.0.0.1:$STACK_KAFKA_PORT}"
     echo "GATEWAY_REDIS_URL=${GATEWAY_REDIS_URL:-redis://127.0.0.1:$STACK_REDIS_PORT/0}"
     ;;
-  *) die "usage: $0 up|down [kafka] [redis]|env" ;;
+  *) die "usage: $0 up|down [toxiproxy] [kafka] [redis]|env" ;;
 esac

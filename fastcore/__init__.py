@@ -40,6 +40,7 @@ Instruction = _impl.Instruction
 Routing = _impl.Routing
 validate = _impl.validate
 route = _impl.route
+duplicate_members = _impl.duplicate_members
 WINDOWS = _impl.WINDOWS
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "RoutingUnavailable",
     "Rules",
     "ValidationFailed",
+    "duplicate_members",
     "load_twin",
     "route",
     "validate",

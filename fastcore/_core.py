@@ -6,6 +6,8 @@ The tests run every case through both and compare. Plain values in, plain values
 fastcore's own errors raised.
 """
 
+import json
+
 import cython
 
 from fastcore.currencies import CURRENCIES
@@ -593,3 +595,181 @@ def route(
     routing.batch = f"{window}-{compact}-{destination_currency}"  # one allocation, unlike chained +
     routing.reason = reason
     return routing
+
+
+# --- duplicate member names (I-JSON, RFC 7493 section 2.3) -------------------------------------------------
+
+# The member names of the open objects are compared byte by byte, their spans kept in C arrays of this
+# many slots (a stack: a nested object's names follow its parent's and are dropped when it closes).
+NAME_SLOTS = cython.declare(cython.Py_ssize_t, 64)
+# An object with more names than this, an escaped name or no free slot compares its names as unescaped
+# text in a set instead, so a body of thousands of names stays linear.
+NAMES_COMPARED_MAX = cython.declare(cython.Py_ssize_t, 16)
+# What each byte is to the scan: 0 nothing, 1 a quote, 2 an opening, 3 a closing bracket, 4 a comma.
+_BYTE_KINDS = bytes(
+    1 if b == 34 else 2 if b in (91, 123) else 3 if b in (93, 125) else 4 if b == 44 else 0 for b in range(256)
+)
+
+
+@cython.cclass
+class _Container:
+    """One open object or array of the member scan; `parent` is the container that holds it."""
+
+    parent = cython.declare(object)
+    is_object = cython.declare(cython.bint)
+    base = cython.declare(cython.Py_ssize_t)  # the slot of its first member name
+    names = cython.declare(set)  # its unescaped member names once compared as text; None before
+    name_start = cython.declare(cython.Py_ssize_t)  # its latest member name, for paths
+    name_end = cython.declare(cython.Py_ssize_t)
+    name_escaped = cython.declare(cython.bint)
+    index = cython.declare(cython.Py_ssize_t)  # an array's current element, for paths
+
+
+@cython.cfunc
+def _open(parent, is_object: cython.bint, base: cython.Py_ssize_t) -> _Container:
+    container: _Container = _Container.__new__(_Container)  # cheaper than calling __init__
+    container.parent = parent
+    container.is_object = is_object
+    container.base = base
+    container.names = None
+    container.name_start = 0
+    container.name_end = 0
+    container.name_escaped = False
+    container.index = 0
+    return container
+
+
+@cython.cfunc
+def _member_name(body: bytes, start: cython.Py_ssize_t, end: cython.Py_ssize_t, escaped: cython.bint) -> str:
+    """The text of the member name between the quotes at start - 1 and end, escapes resolved."""
+    text: str = body[start:end].decode("utf-8", "surrogateescape")
+    if not escaped:
+        return text
+    try:
+        return json.loads('"' + text + '"')
+    except ValueError:  # not valid JSON after all: the raw text is as good a name as any
+        return text
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(check=False)
+def _same_bytes(
+    data: cython.p_uchar, a: cython.Py_ssize_t, b: cython.Py_ssize_t, length: cython.Py_ssize_t
+) -> cython.bint:
+    k: cython.Py_ssize_t
+    for k in range(length):
+        if data[a + k] != data[b + k]:
+            return False
+    return True
+
+
+@cython.cfunc
+def _path(container: _Container, body: bytes) -> str:
+    """Where `container`'s latest member name is: `amount`, `metadata.invoice`, `items[2].id`."""
+    parts: list = []
+    current: _Container = container
+    while current is not None:
+        if current.is_object:
+            name: str = _member_name(body, current.name_start, current.name_end, current.name_escaped)
+            parts.append(name if current.parent is None else "." + name)
+        else:
+            parts.append(f"[{current.index}]")
+        current = current.parent
+    parts.reverse()
+    return "".join(parts)
+
+
+def duplicate_members(body: bytes) -> tuple:
+    """The paths of member names that occur twice in one object, anywhere in the JSON `body`; () when none.
+
+    Names are compared after unescaping (`"\\u0061"` is `"a"`), as every JSON parser reads them, so a
+    body that parsers could read differently is caught (I-JSON, RFC 7493). A path joins names with `.`
+    and array indices in brackets: `amount`, `metadata.invoice`, `items[2].id`; each is listed once,
+    in the order the repeats occur. `body` should be valid JSON (the gateway scans what msgspec has
+    decoded); anything else gives some answer without error and without reading past the end.
+    """
+    data: cython.p_uchar = body
+    table: bytes = _BYTE_KINDS  # held, so the pointer below stays valid
+    kinds: cython.p_uchar = table
+    n: cython.Py_ssize_t = len(body)
+    starts: cython.Py_ssize_t[64]  # NAME_SLOTS spans of member names, on the C stack
+    ends: cython.Py_ssize_t[64]
+    if not cython.compiled:  # the interpreter has no C arrays (and Cython drops this branch)
+        starts = [0] * NAME_SLOTS
+        ends = [0] * NAME_SLOTS
+    used: cython.Py_ssize_t = 0
+    i: cython.Py_ssize_t = 0
+    k: cython.Py_ssize_t
+    c: cython.int
+    kind: cython.int
+    start: cython.Py_ssize_t
+    length: cython.Py_ssize_t
+    escaped: cython.bint
+    repeated: cython.bint
+    name_expected: cython.bint = False
+    top: _Container = None
+    found: dict = None
+    while i < n:
+        kind = kinds[data[i]]
+        if kind == 0:  # whitespace, a colon, a number, true, false, null
+            i += 1
+            continue
+        if kind == 1:  # '"': skip the string; it is a member name where one is expected
+            i += 1
+            start = i
+            escaped = False
+            while i < n:
+                c = data[i]
+                if c == 34:
+                    break
+                if c == 92:  # '\\' escapes the next byte
+                    escaped = True
+                    i += 1
+                i += 1
+            if i > n:
+                i = n  # a trailing backslash in broken input
+            if name_expected and top is not None:
+                name_expected = False
+                top.name_start = start
+                top.name_end = i
+                top.name_escaped = escaped
+                repeated = False
+                if top.names is None and not escaped and used < NAME_SLOTS and used - top.base < NAMES_COMPARED_MAX:
+                    # unescaped UTF-8 names are equal exactly when their bytes are
+                    length = i - start
+                    for k in range(top.base, used):
+                        if ends[k] - starts[k] == length and _same_bytes(data, starts[k], start, length):
+                            repeated = True
+                            break
+                    if not repeated:
+                        starts[used] = start
+                        ends[used] = i
+                        used += 1
+                else:
+                    if top.names is None:
+                        top.names = set()
+                        for k in range(top.base, used):
+                            top.names.add(_member_name(body, starts[k], ends[k], False))
+                    name: str = _member_name(body, start, i, escaped)
+                    repeated = name in top.names
+                    top.names.add(name)
+                if repeated:
+                    if found is None:
+                        found = {}
+                    found[_path(top, body)] = None  # a dict keeps the order and lists each path once
+        elif kind == 2:  # '{' or '['
+            top = _open(top, data[i] == 123, used)
+            name_expected = top.is_object
+        elif kind == 3:  # '}' or ']'
+            if top is not None:
+                used = top.base
+                top = top.parent
+            name_expected = False
+        elif top is not None:  # ','
+            if top.is_object:
+                name_expected = True
+            else:
+                top.index += 1
+        i += 1
+    return () if found is None else tuple(found)

@@ -2,20 +2,82 @@
 
 import asyncio
 import time
+from typing import Literal
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from gateway import SERVICE_NAME, __version__
 from gateway.metrics import CONTENT_TYPE
+from gateway.openapi import DocumentedOperation
+from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.producer import SettlementProducer
 from gateway.redis_pipeline import RedisUnavailable, ReplyError
+from gateway.schemas import ENCODER
 from gateway.settings import Settings
 
-_HEALTHY = msgspec.json.encode({"status": "healthy", "service": SERVICE_NAME, "version": __version__})
+CheckResult = Literal["ok", "down"]
 
 
-@get("/health", summary="Liveness", tags=["operations"], include_in_schema=True)
+class Health(msgspec.Struct, frozen=True):
+    """200 from /health."""
+
+    status: Literal["healthy"]
+    service: str
+    version: str
+
+
+class Checks(msgspec.Struct, frozen=True):
+    """What /ready found of each dependency."""
+
+    redis: CheckResult
+    kafka: CheckResult
+
+
+class Ready(msgspec.Struct, frozen=True):
+    """200 from /ready."""
+
+    status: Literal["ready"]
+    checks: Checks
+
+
+class NotReady(msgspec.Struct, frozen=True, omit_defaults=True):
+    """503 from /ready: RFC 9457 problem details; `checks` and `problems` name what is down (absent when
+    the reason is that shutdown has begun)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    checks: Checks | None = None
+    problems: list[str] | None = None
+
+
+def not_ready(cause: str, detail: str, checks: Checks | None = None, problems: list[str] | None = None) -> NotReady:
+    status, title = CAUSES[cause]
+    return NotReady(PROBLEM_BASE + cause, title, status, detail, checks, problems)
+
+
+_HEALTHY = ENCODER.encode(Health("healthy", SERVICE_NAME, __version__))
+_SHUTTING_DOWN = ENCODER.encode(not_ready("shutting-down", "the gateway is shutting down"))
+
+
+@get(
+    "/health",
+    summary="Liveness",
+    tags=["operations"],
+    operation_class=DocumentedOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=Health,
+            description="The process serves HTTP",
+            generate_examples=False,
+            examples=[Example(summary="healthy", value=Health("healthy", SERVICE_NAME, __version__))],
+        )
+    },
+)
 async def health() -> Response[bytes]:
     """Liveness: the process serves HTTP. Never touches Redis or Kafka."""
     return Response(_HEALTHY, media_type="application/json")
@@ -46,7 +108,7 @@ class Readiness:
     async def verdict(self, request: Request) -> tuple[int, bytes]:
         """(status, body) from cache, or from a fresh check of Redis and Kafka."""
         if self.shutting_down:
-            return 503, msgspec.json.encode({"status": "shutting_down"})
+            return 503, _SHUTTING_DOWN
         async with self._lock:  # concurrent probes share one check
             if time.monotonic() - self._checked_at < self.cache_seconds:
                 return self._verdict
@@ -55,27 +117,69 @@ class Readiness:
             redis_problems, kafka_problems = await asyncio.gather(
                 _check_redis(request, timeout), _check_kafka(request.app.state.producer, timeout)
             )
-            checks = {"redis": "down" if redis_problems else "ok", "kafka": "down" if kafka_problems else "ok"}
-            problems = redis_problems + kafka_problems
-            if problems:
-                body = {"status": "unavailable", "checks": checks, "problems": problems}
-                self._verdict = (503, msgspec.json.encode(body))
+            checks = Checks("down" if redis_problems else "ok", "down" if kafka_problems else "ok")
+            down = [name for name, problems in (("redis", redis_problems), ("kafka", kafka_problems)) if problems]
+            if down:
+                detail = f"{' and '.join(down)} {'is' if len(down) == 1 else 'are'} down"
+                body = not_ready("not-ready", detail, checks, redis_problems + kafka_problems)
+                self._verdict = (503, ENCODER.encode(body))
             else:
-                self._verdict = (200, msgspec.json.encode({"status": "ready", "checks": checks}))
+                self._verdict = (200, ENCODER.encode(Ready("ready", checks)))
             self._checked_at = time.monotonic()
             return self._verdict
 
 
-@get("/ready", summary="Readiness", tags=["operations"])
+_DOWN_EXAMPLE = not_ready(
+    "not-ready",
+    "kafka is down",
+    Checks("ok", "down"),
+    ["kafka: Failed to get metadata: Local: Broker transport failure"],
+)
+
+
+@get(
+    "/ready",
+    summary="Readiness",
+    tags=["operations"],
+    operation_class=DocumentedOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=Ready,
+            description="Redis and Kafka answer",
+            generate_examples=False,
+            examples=[Example(summary="ready", value=Ready("ready", Checks("ok", "ok")))],
+        ),
+        503: ResponseSpec(
+            data_container=NotReady,
+            description="Redis or Kafka is down, or shutdown has begun (with Retry-After)",
+            media_type=MEDIA_TYPE,
+            generate_examples=False,
+            examples=[
+                Example(summary=_DOWN_EXAMPLE.title, value=_DOWN_EXAMPLE),
+                Example(summary="Shutting down", value=not_ready("shutting-down", "the gateway is shutting down")),
+            ],
+        ),
+    },
+)
 async def ready(request: Request) -> Response[bytes]:
     """Readiness: Redis answers PING and a Kafka broker serves metadata with the window topics; 503 as
     soon as shutdown begins."""
     status, body = await request.app.state.readiness.verdict(request)
-    headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)} if status != 200 else None
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    if status == 200:
+        return Response(body, media_type="application/json")
+    headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE)
+@get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
+    media_type=CONTENT_TYPE,
+    operation_class=DocumentedOperation,
+    response_description="Prometheus text exposition format",
+)
 async def metrics(request: Request) -> Response[bytes]:
     """Prometheus text format, summed over every worker process."""
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+    # The content type as a header: given as the media type, Litestar would add a second charset.
+    return Response(request.app.state.metrics.exposition(), headers={"content-type": CONTENT_TYPE})

@@ -16,6 +16,7 @@ import msgspec
 
 import fastcore
 from gateway import ids
+from gateway.decoding import decode
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused
 from gateway.events import (
     EVENT_ENCODER,
@@ -31,7 +32,6 @@ from gateway.metrics import Metrics
 from gateway.producer import SettlementProducer
 from gateway.schemas import (
     ENCODER,
-    REQUEST_DECODER,
     Accepted,
     AcceptedMetadata,
     TransactionRequest,
@@ -91,20 +91,6 @@ def validation_fields(request: TransactionRequest, idempotency_header: str | Non
         request.settlement_window,
         request.metadata,
     )
-
-
-def decode(body: bytes):  # -> TransactionRequest
-    """Decode the raw body; Refused as malformed JSON (400) or the wrong shape (422)."""
-    try:
-        return REQUEST_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        try:
-            msgspec.json.decode(body)  # is the JSON itself well formed?
-        except msgspec.DecodeError as syntax:
-            raise Refused("malformed-json", f"the body is not valid JSON: {syntax}") from None
-        raise Refused("invalid-shape", str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
 
 
 class Intake:

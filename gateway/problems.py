@@ -6,6 +6,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from gateway.errors import DependencyUnavailable, Refused
+from gateway.observability import request_id_of
 from gateway.schemas import ENCODER, FieldError, Problem
 
 PROBLEM_BASE = "https://settlement-gateway.example/problems/"
@@ -24,6 +25,8 @@ CAUSES: dict[str, tuple[int, str]] = {
     "validation-failed": (422, "Validation failed"),
     "idempotency-key-reused": (422, "Idempotency key reused with another payload"),
     "dependency-unavailable": (503, "Service unavailable"),
+    "not-ready": (503, "Not ready"),
+    "shutting-down": (503, "Shutting down"),
     "internal-error": (500, "Internal error"),
 }
 
@@ -84,18 +87,26 @@ def unavailable(request: Request, exc: DependencyUnavailable) -> Response[bytes]
 _HTTP_CAUSES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type"}
 
 
+def _with_request_id(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """The headers of an error answer, with X-Request-ID when no route took the request (404, 405): the
+    middleware that sets it on every other answer runs only for a matched route."""
+    if "request_id" in request.scope.get("state", {}):
+        return headers
+    return {**(headers or {}), "X-Request-ID": request_id_of(request.scope).decode()}
+
+
 def http_error(request: Request, exc: HTTPException) -> Response[bytes]:
     """Exception handler: the framework's own HTTP errors, in the same problem format."""
     cause = _HTTP_CAUSES.get(exc.status_code)
     if cause is None:
         return internal_error(request, exc)
-    return problem(cause, exc.detail or CAUSES[cause][1], headers=exc.headers)
+    return problem(cause, exc.detail or CAUSES[cause][1], headers=_with_request_id(request, exc.headers))
 
 
 def internal_error(request: Request, exc: Exception) -> Response[bytes]:
     """Exception handler of last resort: log the trace, tell the partner nothing internal."""
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem("internal-error", "the request could not be processed")
+    return problem("internal-error", "the request could not be processed", headers=_with_request_id(request, None))
 
 
 EXCEPTION_HANDLERS = {

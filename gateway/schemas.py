@@ -9,10 +9,20 @@ from typing import Any
 
 import msgspec
 
+from fastcore.currencies import CURRENCIES
 from gateway.events import Routing
 
 _IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
-_CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "description": "active ISO 4217 code with minor units"}
+_CURRENCY = {
+    "type": "string",
+    "enum": sorted(code for code, (units, fund) in CURRENCIES.items() if units is not None and not fund),
+    "description": "active ISO 4217 code with minor units (fund codes and XAU, XDR, XTS, XXX ... are refused)",
+}
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "pattern": "^[ -~]{1,255}$",
+    "description": "1 to 255 printable ASCII characters",
+}
 
 
 class TransactionRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -45,9 +55,15 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "transaction_id": {**_IDENTIFIER, "description": "the partner's id of the transaction"},
         "amount": {
-            "type": ["number", "string"],
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {
+                    "type": "string",
+                    "pattern": r"^([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)([eE][+-]?0*([12]?[0-9]|30))?$",
+                },
+            ],
             "description": "greater than zero, a JSON number or a decimal string, parsed exactly; at most the "
-            "source currency's minor units and the configured maximum",
+            "source currency's minor units and the configured maximum; exponents within -30 and 30",
             "examples": [250.00, "250.00"],
         },
         "source_currency": {**_CURRENCY, "examples": ["USD"]},
@@ -56,10 +72,9 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "destination_account": {**_IDENTIFIER, "description": "account credited; must differ from source_account"},
         "counterparty_id": _IDENTIFIER,
         "idempotency_key": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 255,
-            "description": "printable ASCII; may come in the Idempotency-Key header instead (required in one)",
+            **IDEMPOTENCY_KEY_SCHEMA,
+            "description": "1 to 255 printable ASCII characters; may come in the Idempotency-Key header instead "
+            "(required in one; both present must be equal)",
         },
         "settlement_window": {"enum": ["rtgs", "t0", "t1"], "description": "absent: the router chooses"},
         "metadata": {

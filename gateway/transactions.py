@@ -1,17 +1,27 @@
 """POST /api/v1/transactions/: the partner's edge. HTTP in, Intake does the work, bytes out."""
 
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example, Operation
+from litestar.openapi.spec import Example
 
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.intake import Intake, Outcome
 from gateway.metrics import Metrics
+from gateway.openapi import DocumentedOperation
 from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
-from gateway.schemas import REQUEST_SCHEMA, Accepted, AcceptedMetadata, Deduped, DedupedMetadata, Problem
+from gateway.schemas import (
+    IDEMPOTENCY_KEY_SCHEMA,
+    REQUEST_SCHEMA,
+    Accepted,
+    AcceptedMetadata,
+    Deduped,
+    DedupedMetadata,
+    Problem,
+    TransactionRequest,
+)
 
 SEED_EXAMPLE = {
     "transaction_id": "txn_001",
@@ -26,8 +36,27 @@ SEED_EXAMPLE = {
 }
 
 
-class TransactionOperation(Operation):
+SERVER_TIMING = {
+    "description": "the server's time per stage in milliseconds (a replay's kafka is 0)",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "pattern": r"^decode;dur=\d+\.\d{3}, validate;dur=\d+\.\d{3}, redis;dur=\d+\.\d{3}, kafka;dur=\d+\.\d{3}$",
+    },
+}
+
+
+class TransactionOperation(DocumentedOperation):
     """Adds the hand-written request body schema: the handler reads raw bytes, so Litestar cannot infer it."""
+
+    response_headers: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        **DocumentedOperation.response_headers,
+        "202": {"Server-Timing": SERVER_TIMING},
+        "200": {
+            "Server-Timing": SERVER_TIMING,
+            "Idempotent-Replayed": {"required": True, "schema": {"type": "string", "const": "true"}},
+        },
+    }
 
     def to_schema(self) -> dict[str, Any]:
         schema = super().to_schema()
@@ -40,7 +69,8 @@ class TransactionOperation(Operation):
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                # HTTP strips the spaces around a header value, so a key sent here neither starts nor ends with one
+                "schema": {**IDEMPOTENCY_KEY_SCHEMA, "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
                 "description": "the idempotency key, instead of the body field; both present must be equal",
             },
             {
@@ -130,7 +160,11 @@ RESPONSES = {
                 {"field": "source_currency", "code": "currency_unknown", "message": "must be an active ISO 4217 code"},
             ],
         ),
-        _problem_example("invalid-shape", "Object contains unknown field `amt`"),
+        _problem_example(
+            "invalid-shape",
+            "Object contains unknown field `amt`",
+            [{"field": "amt", "code": "unknown_field", "message": "is not a field of a transaction"}],
+        ),
         _problem_example("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
     ),
     503: _problems(
@@ -190,7 +224,20 @@ def count_refusal(metrics: Metrics, exc: Refused | DependencyUnavailable) -> Non
         return
     metrics.tally(metrics.intake, exc.cause.replace("-", "_")).inc()
     for field, code, _ in exc.errors or ():
-        metrics.tally(metrics.validation_errors, field, code).inc()
+        metrics.tally(metrics.validation_errors, field_label(field), code).inc()
+
+
+# The `field` label of the metrics takes only these values: a partner chooses unknown field names and
+# metadata keys, and one request must not be able to create a new time series per name.
+FIELD_LABELS = frozenset(TransactionRequest.__struct_fields__) | {""}
+
+
+def field_label(field: str) -> str:
+    """`field` as a bounded metric label: a request field, the whole body (""), or `other`."""
+    if field in FIELD_LABELS:
+        return field
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    return head if head != field and head in FIELD_LABELS else "other"
 
 
 def answer(metrics: Metrics, outcome: Outcome) -> tuple[int, list[tuple[bytes, bytes]]]:

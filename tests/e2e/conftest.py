@@ -1,5 +1,6 @@
 """The running server: Granian with two workers, the way `make run` serves, on a free port."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# A worker that dies is replaced at once, as `make run` and the image do; the interval only paces a
+# graceful respawn (SIGHUP): how long a new worker starts before its predecessor is stopped.
+RESPAWN = ("--respawn-failed-workers", "--respawn-interval", "5")
 
 
 def free_port() -> int:
@@ -34,7 +40,7 @@ class Server:
                 str(Path(sys.executable).with_name("granian")),
                 "--interface", "asgi", "--factory", "gateway.app:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
-                "--workers-kill-timeout", str(kill_timeout),
+                "--workers-kill-timeout", str(kill_timeout), *RESPAWN,
             ],
             env=env,
             cwd=ROOT,
@@ -54,6 +60,31 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"gateway not ready in 60s: {self.log_path.read_text()[-2000:]}")
+
+    def workers(self) -> set[int]:
+        """Process ids of the worker processes: the children of Granian's main process."""
+        pids: set[int] = set()
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the thread or the process just ended
+                pids.update(int(pid) for pid in children.read_text().split())
+        return pids
+
+    def listening_workers(self) -> set[int]:
+        """The workers that hold a socket listening on the port (each binds its own, SO_REUSEPORT)."""
+        sockets = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:  # 0A: LISTEN
+                    sockets.add(f"socket:[{fields[9]}]")
+        listening = set()
+        for pid in self.workers():
+            try:
+                if any(os.readlink(fd) in sockets for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                    listening.add(pid)
+            except OSError:  # the worker just ended, or one of its descriptors closed while read
+                pass
+        return listening
 
     def log_lines(self) -> list[str]:
         """What the gateway wrote so far, a line each."""

@@ -32,6 +32,10 @@ async def test_ready_names_redis_when_it_is_down(stack):
         assert response.status_code == 503
         assert response.json()["checks"] == {"redis": "down", "kafka": "ok"}
         assert response.headers["retry-after"] == str(stack.retry_after_seconds)
+        # RFC 9457, like every other error answer
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("/not-ready") and response.json()["status"] == 503
+        assert response.json()["detail"] == "redis is down"
         assert (await client.get("/health")).status_code == 200
 
 

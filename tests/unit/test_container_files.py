@@ -91,6 +91,7 @@ def test_dockerfile_runtime_is_non_root_granian_with_healthcheck():
     env_names = {token.split("=", 1)[0] for op, args in runtime if op == "ENV" for token in shlex.split(args)}
     assert env_names - {"PYTHONUNBUFFERED", "PROMETHEUS_MULTIPROC_DIR"} <= SETTING_NAMES
     assert "--workers-kill-timeout" in argv, "a bounded graceful shutdown"
+    assert "--respawn-failed-workers" in argv, "a worker that dies is replaced"
 
 
 def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard():

@@ -27,3 +27,23 @@ def test_every_response_code_has_an_example():
         assert status in responses, status
         content = next(iter(responses[status]["content"].values()))
         assert content.get("examples"), f"{status} has no example"
+
+
+def test_probes_document_their_bodies_and_the_503_of_ready():
+    paths = _document()["paths"]
+    health = paths["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health == {"$ref": "#/components/schemas/Health"}
+    ready = paths["/ready"]["get"]["responses"]
+    assert set(ready) == {"200", "503"}
+    assert ready["503"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/NotReady"}
+    assert ready["503"]["headers"]["Retry-After"]["required"] is True
+
+
+def test_every_response_documents_x_request_id_and_every_error_is_a_problem():
+    for path, item in _document()["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                where = f"{method.upper()} {path} {status}"
+                assert response["headers"]["X-Request-ID"]["required"] is True, where
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], where

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make chaos`: the long fault suite (tests/faults/chaos.py) on the local stack, with Toxiproxy in
+# front of Redis and Kafka. Stops what it started; exits non-zero when any fault lost or re-accepted
+# a transaction, answered an unexpected status or hung.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+[ -z "${GATEWAY_REDIS_URL:-}${GATEWAY_KAFKA_BOOTSTRAP:-}" ] \
+  || die "make chaos kills Redis and Kafka, so it runs on the local stack only: unset GATEWAY_REDIS_URL and GATEWAY_KAFKA_BOOTSTRAP"
+use_stack
+toxiproxy_started=""
+if ! "$ROOT/deploy/toxiproxy.sh" status; then
+  "$ROOT/deploy/toxiproxy.sh" start
+  toxiproxy_started=1
+fi
+trap '[ -z "$toxiproxy_started" ] || "$ROOT/deploy/toxiproxy.sh" stop; [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started' EXIT
+cd "$ROOT"
+"$ROOT/.venv/bin/python" -m tests.faults.chaos "$@"

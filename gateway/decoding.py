@@ -1,0 +1,99 @@
+"""Decoding a partner's raw body into a TransactionRequest, and saying precisely what is wrong with it.
+
+Malformed JSON is a 400; a body of the wrong shape is a 422 whose `errors` name each field: unknown
+members, members of the wrong type, and member names given twice in one object (refused, because
+parsers disagree on which value wins: I-JSON, RFC 7493; found by `fastcore.duplicate_members`).
+"""
+
+import re
+
+import msgspec
+
+import fastcore
+from gateway.errors import Refused
+from gateway.schemas import REQUEST_DECODER, TransactionRequest
+
+# msgspec's ValidationError messages: "Object contains unknown field `amt`", "Expected `object`, got
+# `array`", "Object missing required field `x`", each ending in " - at `$.metadata`" unless about the
+# top. The path is made of the Struct's own names, indices and `[...]`, so it never holds a backtick,
+# while an unknown name may hold anything: the path is the last " - at `$...`".
+_AT_PATH = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`", re.DOTALL)
+_EXPECTED = re.compile(r"Expected `(?P<expected>[^`]*)`, got `(?P<got>[^`]*)`", re.DOTALL)
+_UNKNOWN = "Object contains unknown field `"
+_MISSING = "Object missing required field `"
+_JSON_TYPES = {
+    "object": "a JSON object",
+    "array": "an array",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
+}
+_REQUEST_FIELDS = frozenset(TransactionRequest.__struct_fields__)
+
+
+def _json_type(name: str) -> str:
+    """msgspec's `object | null` as "a JSON object or null"."""
+    return " or ".join(_JSON_TYPES.get(part.strip(), part.strip()) for part in name.split("|"))
+
+
+def shape_errors(message: str, document: object) -> list[tuple[str, str, str]]:
+    """The field errors of a msgspec ValidationError `message`, as (field, code, message).
+
+    `document` is the body decoded untyped: it names every unknown top-level member (msgspec names
+    only the first). A field is a path without msgspec's `$`: `metadata`, `items[0].id`; "" is the
+    body as a whole (a body that is not an object)."""
+    if message.startswith(_UNKNOWN) and message.endswith("`") and isinstance(document, dict):
+        unknown = [name for name in document if name not in _REQUEST_FIELDS]
+        if message[len(_UNKNOWN) : -1] in unknown:  # about the top, whatever the name holds
+            return [(name, "unknown_field", "is not a field of a transaction") for name in unknown]
+    at = _AT_PATH.fullmatch(message)
+    text, path = (at["text"], at["path"].removeprefix(".")) if at else (message, "")
+    for prefix, code, explanation in (
+        (_UNKNOWN, "unknown_field", "is not a field of a transaction"),
+        (_MISSING, "required", "is required"),
+    ):
+        if text.startswith(prefix) and text.endswith("`"):
+            name = text[len(prefix) : -1]
+            return [(f"{path}.{name}" if path else name, code, explanation)]
+    expected = _EXPECTED.fullmatch(text)
+    if expected:
+        wanted, got = _json_type(expected["expected"]), _json_type(expected["got"])
+        return [(path, "invalid_type", f"must be {wanted}, not {got}")]
+    return [(path, "invalid_value", text)]
+
+
+def _duplicate_errors(paths: tuple) -> list[tuple[str, str, str]]:
+    return [(path, "duplicate_field", "appears more than once in its object (I-JSON, RFC 7493)") for path in paths]
+
+
+def _too_deep() -> Refused:
+    # msgspec stops at its depth limit with RecursionError, on JSON that is well formed so far
+    return Refused(
+        "invalid-shape", "the body is nested too deeply", [("", "too_deeply_nested", "is nested too deeply")]
+    )
+
+
+def decode(body: bytes):  # -> TransactionRequest
+    """Decode the raw body; Refused as malformed JSON (400) or the wrong shape (422), which includes
+    a member name given twice in one object: parsers disagree on which value wins (RFC 7493)."""
+    try:
+        request = REQUEST_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        try:
+            document = msgspec.json.decode(body)  # is the JSON itself well formed?
+        except msgspec.DecodeError as syntax:
+            raise Refused("malformed-json", f"the body is not valid JSON: {syntax}") from None
+        except RecursionError:
+            raise _too_deep() from None
+        errors = shape_errors(str(exc), document) + _duplicate_errors(fastcore.duplicate_members(body))
+        raise Refused("invalid-shape", str(exc), errors) from None
+    except msgspec.DecodeError as exc:
+        raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    duplicates = fastcore.duplicate_members(body)
+    if duplicates:
+        raise Refused("invalid-shape", "a member name appears twice in one object", _duplicate_errors(duplicates))
+    return request

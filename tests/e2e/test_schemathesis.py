@@ -1,0 +1,140 @@
+"""Schemathesis against the running gateway (two Granian workers, the real Redis and Kafka), driven by
+the OpenAPI document the gateway serves.
+
+Two `st run`s go at once, one per core, with the same seed: positive mode (what the document allows:
+its examples, the coverage phase's boundary values, then fuzzing) and negative mode (what it
+forbids: wrong types, missing and unknown fields, broken patterns, other media types). Every answer is
+checked for a server error and against the document: its status, media type, headers and body. The
+test fails on any such failure, on a run that did not complete, on fewer than MIN_REQUESTS requests,
+on an operation no request reached, and on a 4xx/5xx answer that is not RFC 9457 problem+json.
+"""
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+SEED = 20261129
+MAX_EXAMPLES = 1000  # fuzzed cases per operation in each mode; only the POST has that many to give
+MIN_REQUESTS = 2000
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
+MODES = ("positive", "negative")
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def start_run(url: str, mode: str, out: Path) -> subprocess.Popen:
+    """`st run` in the background; its JSON run report and NDJSON event stream go to `out`."""
+    out.mkdir()
+    command = [
+        str(Path(sys.executable).with_name("st")), "run", url + "/docs/openapi.json",
+        "--checks", ",".join(CHECKS),
+        "--mode", mode,
+        "--seed", str(SEED),
+        "--max-examples", str(MAX_EXAMPLES),
+        "--generation-database", "none",  # nothing replayed from earlier runs: the seed alone decides
+        "--request-timeout", "10",
+        "--no-color",
+        "--report", "json,ndjson",
+        "--report-json-path", str(out / "run.json"),
+        "--report-ndjson-path", str(out / "events.ndjson"),
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interactions(events: Path) -> list[dict]:
+    """Every request the run sent and the answer it got, with the operation it was made for."""
+    sent = []
+    for line in events.read_text().splitlines():
+        event = json.loads(line)
+        finished = event.get("ScenarioFinished")
+        if finished is None:
+            continue
+        recorder = finished["recorder"]
+        for interaction in recorder.get("interactions", {}).values():  # none in a skipped scenario
+            sent.append({"operation": recorder["label"], **interaction})
+    return sent
+
+
+def documented_operations(url: str) -> set[str]:
+    """'METHOD /path' of every operation in the served document."""
+    with urllib.request.urlopen(url + "/docs/openapi.json", timeout=10) as response:
+        document = json.load(response)
+    return {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
+
+
+def body_of(response: dict) -> bytes:
+    content = response.get("content") or {}
+    if "$base64" in content:
+        return base64.b64decode(content["$base64"])
+    return (content.get("string") or "").encode()
+
+
+@pytest.mark.timeout(300)  # about 50 s on two cores; the runs themselves are given 240 s
+def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(server, tmp_path):
+    operations = documented_operations(server.url)
+    started = time.monotonic()
+    runs: dict[str, subprocess.Popen] = {}
+    outputs = {}
+    try:
+        for mode in MODES:
+            runs[mode] = start_run(server.url, mode, tmp_path / mode)
+        for mode, process in runs.items():
+            outputs[mode], _ = process.communicate(timeout=240)
+    finally:
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    elapsed = time.monotonic() - started
+
+    sent: list[dict] = []
+    for mode, process in runs.items():
+        output = outputs[mode]
+        report = json.loads((tmp_path / mode / "run.json").read_text())
+        assert process.returncode == 0 and report["exit_code"] == 0, f"schemathesis, {mode} mode:\n{output[-12000:]}"
+        assert report["complete"] and report["seed"] == SEED, output[-4000:]
+        assert report["failures"] == [] and report["errors"] == [], output[-12000:]
+        assert report["operations"]["errored"] == 0 and report["operations"]["selected"] == len(operations)
+        sent += interactions(tmp_path / mode / "events.ndjson")
+
+    # every operation got requests of its own method, and answers
+    exercised = Counter(i["operation"] for i in sent if i["operation"].startswith(i["request"]["method"] + " "))
+    assert set(exercised) == operations, (operations, exercised)
+    assert len(sent) >= MIN_REQUESTS, f"only {len(sent)} requests: {exercised}"
+    unanswered = [i["request"] for i in sent if i["response"] is None]
+    assert not unanswered, unanswered[:3]
+
+    statuses = Counter((i["operation"], i["response"]["status_code"]) for i in sent)
+    server_errors = {key: n for key, n in statuses.items() if key[1] >= 500}
+    assert not server_errors, server_errors
+    # the happy path and the partner's mistakes were both reached
+    submit = "POST /api/v1/transactions"
+    assert {202, 200, 400, 415, 422} <= {status for operation, status in statuses if operation == submit}, statuses
+
+    # RFC 9457: every error answer, whichever operation or method, is a problem naming its own status
+    for interaction in sent:
+        response = interaction["response"]
+        if response["status_code"] < 400:
+            continue
+        content_type = response["headers"].get("content-type", [""])[0]
+        assert content_type.split(";")[0] == PROBLEM_MEDIA_TYPE, interaction
+        problem = json.loads(body_of(response))
+        assert problem["status"] == response["status_code"] and problem["type"] and problem["title"], interaction
+        assert response["headers"].get("x-request-id"), interaction
+
+    print(
+        f"schemathesis: {len(sent)} requests, {len(exercised)} operations {dict(exercised)}, "
+        f"statuses {dict(sorted(Counter(i['response']['status_code'] for i in sent).items()))}, {elapsed:.1f} s"
+    )

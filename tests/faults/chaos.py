@@ -1,0 +1,529 @@
+"""The fault suite: the real gateway under steady load while its dependencies die, then an audit of Kafka.
+
+    python -m tests.faults.chaos [--hold SECONDS] [--connections N] [--faults a,b] [--out DIR]
+
+Many connections submit new transactions the way a careful partner does: a 503 or an in-flight 409
+is retried with the same body after `Retry-After`, a lost connection or a timeout likewise, until a
+202 or 200 settles it; now and then an acknowledged transaction is sent again (it must answer 200)
+or its id is sent under a new idempotency key (it must answer 409). Meanwhile each fault in turn is
+injected, held, and taken back with the project's own scripts: SIGKILL and SIGSTOP/SIGCONT of the
+Kafka broker, SIGKILL of Redis, SIGKILL of a Granian worker, and through Toxiproxy latency, resets
+and a dead peer between the gateway and Redis or Kafka.
+
+Then every window topic is read from the start, and for each fault the report gives: acknowledged
+(transactions answered 202 or 200), lost (acknowledged, not in Kafka at the coordinates given),
+re-accepted (a second 202 for an acknowledged key or transaction id), duplicate records (one
+transaction more than once in Kafka), unexpected answers (5xx other than 503 + Retry-After, any
+status a submission must never get), hangs (answers slower than the delivery timeout plus one
+second) and the seconds until /ready answered 200 again after the dependency was back.
+
+Needs the local stack (deploy/stack.sh) and Toxiproxy (deploy/toxiproxy.sh); `make chaos` and the
+short suite in `make test` (tests/faults/test_faults.py) start what is missing.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.kafka_log import read_topic
+from tests.toxiproxy import Toxiproxy
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+WINDOWS = ("rtgs", "t0", "t1")
+STEADY = ("warm-up", "before-", "after")  # the phases without a fault (prefixes)
+CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD")
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def is_fault(phase: str) -> bool:
+    return not phase.startswith(STEADY) and phase != "steady load between faults"
+
+
+# -- the partner's HTTP client ----------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; any failure closes it and the next request reconnects."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, dict[str, str], bytes]:
+        try:
+            async with asyncio.timeout(timeout):
+                if self._writer is None:
+                    self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+                assert self._reader is not None
+                self._writer.write(
+                    b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+                )
+                head = await self._reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split(" ", 2)[1])
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                payload = await self._reader.readexactly(int(headers["content-length"]))
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, payload
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+        self._reader = self._writer = None
+
+
+# -- what happened ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    phase: str
+    status: int
+    seconds: float
+    retry_after: bool
+    problem: str
+
+
+@dataclass
+class Acceptance:
+    """A 202 or 200 for one transaction, with where the answer says the record is."""
+
+    key: str
+    status: int
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Ledger:
+    """Everything the partners saw, per transaction and per answer."""
+
+    answers: list[Answer] = field(default_factory=list)
+    phase_of: dict[str, str] = field(default_factory=dict)  # transaction id -> phase it was first sent in
+    accepted: dict[str, list[Acceptance]] = field(default_factory=lambda: defaultdict(list))
+    refusals: Counter = field(default_factory=Counter)
+    unsettled: set[str] = field(default_factory=set)
+    connection_errors: Counter = field(default_factory=Counter)
+
+
+class Partner:
+    """Many connections submitting transactions as a careful partner does (see the module)."""
+
+    def __init__(self, port: int, partner: str, connections: int, give_up_seconds: float, hang_seconds: float) -> None:
+        self.port = port
+        self.partner = partner
+        self.connections = connections
+        self.give_up = give_up_seconds
+        self.timeout = hang_seconds + 5  # a client waits longer than a hang, so a hang is measured, not cut
+        self.ledger = Ledger()
+        self.phase = "warm-up"
+        self.sending = True
+        self.retrying: set[str] = set()  # transactions told to come back, not settled yet
+        self._sequence = 0
+
+    def _transaction(self) -> tuple[str, dict]:
+        self._sequence += 1
+        txn = f"{self.phase}-{self._sequence}-{uuid.uuid4().hex[:6]}"
+        window = random.choice((*WINDOWS, None))
+        body = {
+            "transaction_id": txn,
+            "amount": f"{random.randint(1, 99999)}.{random.randint(0, 99):02d}",
+            "source_currency": "USD",
+            "destination_currency": random.choice(CURRENCIES),
+            "source_account": f"acct-{random.randint(1, 500)}",
+            "destination_account": "acct-dest",
+            "counterparty_id": "cparty-chaos",
+            "idempotency_key": f"key-{txn}",
+        }
+        if window is not None:
+            body["settlement_window"] = window
+        return txn, body
+
+    def _in_fault(self, txn: str) -> None:
+        """A transaction sent or answered while a fault is on belongs to that fault."""
+        if is_fault(self.phase) and not is_fault(self.ledger.phase_of[txn]):
+            self.ledger.phase_of[txn] = self.phase
+
+    async def _send(self, connection: Connection, body: dict) -> tuple[int, dict[str, str], dict]:
+        self._in_fault(body["transaction_id"])
+        started = time.monotonic()
+        try:
+            status, headers, payload = await connection.post(
+                "/api/v1/transactions/", json.dumps(body).encode(), self.timeout
+            )
+        finally:
+            self._in_fault(body["transaction_id"])  # sent before the fault, answered during it
+        document = json.loads(payload) if payload else {}
+        problem = document.get("type", "").rsplit("/", 1)[-1] if status >= 400 else ""
+        self.ledger.answers.append(
+            Answer(self.phase, status, time.monotonic() - started, "retry-after" in headers, problem)
+        )
+        return status, headers, document
+
+    async def settle(self, connection: Connection, txn: str, body: dict) -> None:
+        """Submit until a 202 or 200 (or a refusal a retry cannot change); give up after `give_up`."""
+        deadline = time.monotonic() + self.give_up
+        try:
+            await self._settle(connection, txn, body, deadline)
+        finally:
+            self.retrying.discard(txn)
+
+    async def _settle(self, connection: Connection, txn: str, body: dict, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                status, headers, document = await self._send(connection, body)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, KeyError, ValueError) as exc:
+                self.ledger.connection_errors[self.phase] += 1
+                self.ledger.answers.append(Answer(self.phase, 0, 0.0, False, type(exc).__name__))
+                self.retrying.add(txn)
+                await asyncio.sleep(0.5)
+                continue
+            if status in (200, 202):
+                meta = document["metadata"]
+                self.ledger.accepted[txn].append(
+                    Acceptance(body["idempotency_key"], status, meta["topic"], meta["partition"], meta["offset"])
+                )
+                return
+            if status == 503 or (status == 409 and document.get("type", "").endswith("request-in-flight")):
+                self.retrying.add(txn)
+                await asyncio.sleep(float(headers.get("retry-after", "1")))
+                continue
+            self.ledger.refusals[(self.phase, status, document.get("type", ""))] += 1
+            return
+        self.ledger.unsettled.add(txn)
+
+    async def _connection_loop(self, index: int) -> None:
+        connection = Connection(self.port)
+        try:
+            while self.sending:
+                txn, body = self._transaction()
+                self.ledger.phase_of[txn] = self.phase
+                await self.settle(connection, txn, body)
+                if not self.ledger.accepted.get(txn):
+                    continue
+                roll = random.random()
+                if roll < 0.1:  # the exact resubmission: must answer 200, never a second 202
+                    await self.settle(connection, txn, body)
+                elif roll < 0.15:  # the same transaction id under a new key: must answer 409
+                    await self.settle(connection, txn, {**body, "idempotency_key": f"again-{txn}"})
+        finally:
+            connection.close()
+
+    async def settled(self, limit: float) -> float:
+        """Wait until no transaction is being retried (at most `limit` seconds); return the seconds waited."""
+        started = time.monotonic()
+        while self.retrying and time.monotonic() - started < limit:
+            await asyncio.sleep(0.1)
+        return round(time.monotonic() - started, 2)
+
+    async def run(self, until: asyncio.Event) -> None:
+        loops = [asyncio.create_task(self._connection_loop(i)) for i in range(self.connections)]
+        await until.wait()
+        self.sending = False  # no new transactions; the ones in progress settle
+        await asyncio.gather(*loops)
+
+
+# -- the stack and its faults -----------------------------------------------------------------------
+
+
+def _script(name: str, command: str) -> None:
+    done = subprocess.run([str(ROOT / "deploy" / f"{name}.sh"), command], capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        raise RuntimeError(f"deploy/{name}.sh {command} failed: {done.stderr[-2000:]}")
+
+
+def _pid(name: str) -> int:
+    return int((STACK_DIR / name / f"{name}.pid").read_text())
+
+
+def gateway_workers(gateway_pid: int) -> list[int]:
+    """The Granian worker processes of a gateway (its children)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{gateway_pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        children.extend(int(pid) for pid in text)
+    return sorted(children)
+
+
+@dataclass
+class Fault:
+    name: str
+    what: str
+    inject: Callable[[], None]
+    recover: Callable[[], None]
+
+
+def faults(toxiproxy: Toxiproxy, gateway_pid: int) -> list[Fault]:
+    """Every fault the suite injects, in the order it runs them."""
+
+    def kill_worker() -> None:
+        os.kill(random.choice(gateway_workers(gateway_pid)), signal.SIGKILL)
+
+    def toxic(proxy: str, kind: str, **attributes: int) -> tuple[Callable[[], None], Callable[[], None]]:
+        def inject() -> None:
+            toxiproxy.add_toxic(proxy, kind, attributes, stream="downstream")
+            toxiproxy.add_toxic(proxy, kind, attributes, stream="upstream")
+
+        return inject, toxiproxy.reset
+
+    kafka_pid = lambda: _pid("kafka")  # noqa: E731 (read when the fault runs: a restart changes it)
+    return [
+        Fault("kafka-sigkill", "SIGKILL the broker, restart it", lambda: os.kill(kafka_pid(), signal.SIGKILL),
+              lambda: _script("kafka", "start")),
+        Fault("kafka-sigstop", "SIGSTOP the broker, SIGCONT it", lambda: os.kill(kafka_pid(), signal.SIGSTOP),
+              lambda: os.kill(kafka_pid(), signal.SIGCONT)),
+        Fault("redis-sigkill", "SIGKILL Redis, restart it", lambda: os.kill(_pid("redis"), signal.SIGKILL),
+              lambda: _script("redis", "start")),
+        Fault("worker-sigkill", "SIGKILL a Granian worker (respawned)", kill_worker, lambda: None),
+        Fault("redis-latency", "Toxiproxy: +300 ms each way to Redis",
+              *toxic("redis", "latency", latency=300, jitter=100)),
+        Fault("redis-reset", "Toxiproxy: Redis connections reset", *toxic("redis", "reset_peer", timeout=0)),
+        Fault("redis-dead-peer", "Toxiproxy: Redis stops answering", *toxic("redis", "timeout", timeout=0)),
+        Fault("kafka-latency", "Toxiproxy: +300 ms each way to Kafka",
+              *toxic("kafka", "latency", latency=300, jitter=100)),
+        Fault("kafka-reset", "Toxiproxy: Kafka connections reset", *toxic("kafka", "reset_peer", timeout=0)),
+        Fault("kafka-dead-peer", "Toxiproxy: Kafka stops answering", *toxic("kafka", "timeout", timeout=0)),
+    ]  # fmt: skip
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def wait_ready(url: str, limit: float) -> float | None:
+    """Seconds until /ready answers 200; None when it did not within `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if await asyncio.to_thread(ready, url):
+            return round(time.monotonic() - started, 2)
+        await asyncio.sleep(0.2)
+    return None
+
+
+# -- the audit --------------------------------------------------------------------------------------
+
+
+Coordinates = tuple[str, int, int]  # topic, partition, offset
+
+
+def read_log(partner: str, bootstrap: str, topic_prefix: str) -> dict[str, list[Coordinates]]:
+    """Every record of `partner` in every window topic, read from the start, by transaction id."""
+    records: dict[str, list[Coordinates]] = defaultdict(list)
+    for window in WINDOWS:
+        for record in read_topic(bootstrap, topic_prefix + window):
+            try:
+                event = json.loads(record.value())
+            except ValueError:
+                continue  # not an event of the gateway's (another test's record)
+            if isinstance(event, dict) and event.get("partner") == partner:
+                records[event["transaction"]["transaction_id"]].append(
+                    (record.topic(), record.partition(), record.offset())
+                )
+    return records
+
+
+def audit(ledger: Ledger, records: dict[str, list[Coordinates]], hang_seconds: float) -> dict[str, dict]:
+    """Count, per fault, what the partners were promised against what Kafka holds."""
+    counts = ("acknowledged", "lost", "re_accepted", "duplicate_records", "unexpected", "hangs", "unsettled")
+    report: dict[str, dict] = defaultdict(lambda: {**dict.fromkeys(counts, 0), "answers": Counter()})
+    for txn, phase in ledger.phase_of.items():
+        row = report[phase]
+        acceptances = ledger.accepted.get(txn, [])
+        in_log = records.get(txn, [])
+        if acceptances:
+            row["acknowledged"] += 1
+            if any((a.topic, a.partition, a.offset) not in in_log for a in acceptances):
+                row["lost"] += 1
+            if sum(a.status == 202 for a in acceptances) > 1:
+                row["re_accepted"] += 1
+        if len(in_log) > 1:
+            row["duplicate_records"] += 1
+        if txn in ledger.unsettled:
+            row["unsettled"] += 1
+    for answer in ledger.answers:
+        row = report[answer.phase]
+        row["answers"][answer.status] += 1
+        expected = answer.status in (0, 200, 202, 409) or (answer.status == 503 and answer.retry_after)
+        if not expected:
+            row["unexpected"] += 1
+        if answer.seconds > hang_seconds:
+            row["hangs"] += 1
+    for (phase, status, cause), count in ledger.refusals.items():
+        # a transaction-id conflict is the expected answer to a second key; anything else is not
+        if not (status == 409 and cause.endswith("transaction-id-conflict")):
+            report[phase]["unexpected"] += count
+    steady = report["steady load between faults"]
+    for phase in [p for p in report if not is_fault(p) and p != "steady load between faults"]:
+        for name, value in report.pop(phase).items():
+            steady[name] += value
+    for row in report.values():
+        row["answers"] = {str(k): v for k, v in sorted(row["answers"].items())}
+    return dict(report)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    hold: float = 4.0  # seconds each fault lasts
+    steady: float = 3.0  # seconds of normal load before each fault
+    connections: int = 24
+    only: tuple[str, ...] = ()
+    delivery_timeout_ms: int = 2000
+    in_doubt_margin_ms: int = 1000
+
+
+async def run(options: Options, log_path: Path) -> dict:
+    """Start a gateway through Toxiproxy, run every fault under load, audit; return the report."""
+    from tests.e2e.conftest import Server
+
+    toxiproxy = Toxiproxy()
+    toxiproxy.reset()
+    partner = f"chaos-{uuid.uuid4().hex[:8]}"
+    bootstrap = f"127.0.0.1:{_port('STACK_KAFKA_PORT', 19092)}"
+    env = {
+        **os.environ,
+        "GATEWAY_PARTNER": partner,
+        "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{_port('STACK_REDIS_PROXY_PORT', 16380)}/0",
+        "GATEWAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{_port('STACK_KAFKA_PROXY_PORT', 19095)}",
+        "GATEWAY_DELIVERY_TIMEOUT_MS": str(options.delivery_timeout_ms),
+        "GATEWAY_IN_DOUBT_MARGIN_MS": str(options.in_doubt_margin_ms),
+        "GATEWAY_READY_CACHE_MS": "0",
+        "GATEWAY_ACCESS_LOG": "false",
+        "E2E_LOG": str(log_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics"),
+    }
+    hang = options.delivery_timeout_ms / 1000 + 1.0
+    server = Server(env)
+    client = Partner(server.port, partner, options.connections, give_up_seconds=120, hang_seconds=hang)
+    stop = asyncio.Event()
+    load = asyncio.create_task(client.run(stop))
+    recovery: dict[str, float | None] = {}
+    settle: dict[str, float] = {}  # seconds after /ready until every retried transaction was settled
+    try:
+        for fault in faults(toxiproxy, server.process.pid):
+            if options.only and fault.name not in options.only:
+                continue
+            client.phase = f"before-{fault.name}"
+            if recovery:  # the previous fault's retries settle first, so each fault counts its own
+                settle[list(recovery)[-1]] = await client.settled(90)
+            await asyncio.sleep(options.steady)
+            client.phase = fault.name
+            print(f"[chaos] {fault.name}: {fault.what}", file=sys.stderr, flush=True)
+            await asyncio.to_thread(fault.inject)
+            await asyncio.sleep(options.hold)
+            await asyncio.to_thread(fault.recover)
+            recovery[fault.name] = await wait_ready(server.url, 60)
+            if fault.name == "worker-sigkill":  # a replacement worker serves again
+                await asyncio.sleep(2)
+        client.phase = "after"
+        if recovery:
+            settle[list(recovery)[-1]] = await client.settled(90)
+        await asyncio.sleep(options.steady)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(_pid("kafka"), signal.SIGCONT)  # never leave the broker paused, whatever stopped the run
+        toxiproxy.reset()
+        stop.set()
+        await load
+        server.stop()
+    records = read_log(partner, bootstrap, os.environ.get("GATEWAY_TOPIC_PREFIX", "settlement."))
+    report = audit(client.ledger, records, hang)
+    for name, seconds in recovery.items():
+        report[name]["seconds_to_ready"] = seconds
+        report[name]["seconds_to_settle"] = settle.get(name)
+    duplicates = {txn: coordinates for txn, coordinates in records.items() if len(coordinates) > 1}
+    return {
+        "partner": partner,
+        "gateway_log": str(log_path),
+        "duplicates": dict(sorted(duplicates.items())[:50]),  # for explaining them: grep the gateway log
+        "options": asdict(options),
+        "connection_errors": dict(client.ledger.connection_errors),
+        "faults": report,
+    }
+
+
+def table(result: dict) -> str:
+    """The report as a Markdown table, one row per fault and one for the steady load between them."""
+    rows = [
+        "| fault | acknowledged | lost | re-accepted | duplicate records | unexpected 5xx/4xx | hangs | unsettled "
+        "| s to ready | s to settle | answers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["faults"].items():
+        answers = ", ".join(f"{k if k != '0' else 'no answer'}: {v}" for k, v in row["answers"].items())
+        rows.append(
+            f"| {name} | {row['acknowledged']} | {row['lost']} | {row['re_accepted']} "
+            f"| {row['duplicate_records']} | {row['unexpected']} | {row['hangs']} | {row['unsettled']} "
+            f"| {row.get('seconds_to_ready', '-')} | {row.get('seconds_to_settle', '-')} | {answers} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds each fault lasts")
+    parser.add_argument("--steady", type=float, default=10.0, help="seconds of normal load before each fault")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--faults", default="", help="comma-separated subset of the faults")
+    parser.add_argument("--delivery-timeout-ms", type=int, default=5000)
+    parser.add_argument("--in-doubt-margin-ms", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "faults" / "results")
+    args = parser.parse_args()
+    options = Options(
+        hold=args.hold,
+        steady=args.steady,
+        connections=args.connections,
+        only=tuple(filter(None, args.faults.split(","))),
+        delivery_timeout_ms=args.delivery_timeout_ms,
+        in_doubt_margin_ms=args.in_doubt_margin_ms,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result = asyncio.run(run(options, args.out / f"{stamp}-gateway.log"))
+    (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = table(result)
+    (args.out / f"{stamp}.md").write_text(text + "\n")
+    print(text)
+    bad = any(
+        row["lost"] or row["re_accepted"] or row["unexpected"] or row["hangs"] or row["unsettled"]
+        for row in result["faults"].values()
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The short fault suite of `make test`: every fault of tests/faults/chaos.py, held a few seconds each,
+under load from many connections, against the real Redis, Kafka and Granian; then Kafka is read from
+the start. `make chaos` runs the same suite longer and writes the report the README shows."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.faults.chaos import Options, run, table
+
+
+def _toxiproxy(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "deploy" / "toxiproxy.sh"), command], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def toxiproxy(stack):
+    """Toxiproxy in front of the local Redis and Kafka (installed and started when missing)."""
+    for script in ("kafka", "redis"):
+        if subprocess.run([str(ROOT / "deploy" / f"{script}.sh"), "status"], timeout=30).returncode != 0:
+            pytest.fail(f"the fault suite kills the local stack's {script}, so it needs it running", pytrace=False)
+    started = _toxiproxy("status").returncode != 0
+    if started:
+        done = _toxiproxy("start")
+        assert done.returncode == 0, done.stderr
+    yield
+    if started:
+        _toxiproxy("stop")
+
+
+@pytest.mark.timeout(900)
+async def test_no_fault_loses_or_re_accepts_a_transaction(stack, toxiproxy, tmp_path):
+    result = await run(Options(), tmp_path / "gateway.log")
+    faults = result["faults"]
+    print("\n" + table(result))
+    injected = [name for name in faults if name != "steady load between faults"]
+    assert len(injected) == 10, injected
+    for name, row in faults.items():
+        assert row.get("lost", 0) == 0, (name, row)
+        assert row.get("re_accepted", 0) == 0, (name, row)
+        assert row["unexpected"] == 0, (name, row)
+        assert row["hangs"] == 0, (name, row)
+        assert row.get("unsettled", 0) == 0, (name, row)
+    for name in injected:
+        row = faults[name]
+        assert row["acknowledged"] > 0, (name, row)  # load went on through the fault
+        assert row["seconds_to_ready"] is not None and row["seconds_to_ready"] < 30, (name, row)
+    # the faults were felt: the partners were told to come back later while a dependency was gone
+    for name in ("kafka-sigkill", "kafka-sigstop", "redis-sigkill", "redis-dead-peer", "kafka-dead-peer"):
+        assert faults[name]["answers"].get("503", 0) + faults[name]["answers"].get("409", 0) > 0, (name, faults[name])
