@@ -5,6 +5,12 @@ STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 STACK_KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 STACK_KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
 STACK_REDIS_PORT=${STACK_REDIS_PORT:-16379}
+# PostgreSQL (deploy/postgres.sh): a cluster in PG_HOME, the application's role and database, and the
+# role's password, made on the first start (PG_HOME/password).
+STACK_POSTGRES_PORT=${STACK_POSTGRES_PORT:-15432}
+PG_HOME=$STACK_DIR/postgres
+PG_ROLE=settlement
+PG_DB=settlement
 # Network faults (deploy/toxiproxy.sh): the broker's third listener, FAULTS, is reached only through
 # toxiproxy's `kafka` proxy and advertises the proxy, so a client bootstrapped there stays behind it.
 STACK_KAFKA_FAULTS_PORT=${STACK_KAFKA_FAULTS_PORT:-19096}
@@ -32,6 +38,14 @@ stop_pid() {
   say "$name did not stop in ${grace}s; killing it"
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$pidfile"
+}
+
+# postgres_url: the local PostgreSQL's URL for the application role, with its password once it exists
+# (hex, so nothing in it needs quoting).
+postgres_url() {
+  local password=""
+  [ ! -r "$PG_HOME/password" ] || password=:$(cat "$PG_HOME/password")
+  echo "postgresql://$PG_ROLE$password@127.0.0.1:$STACK_POSTGRES_PORT/$PG_DB"
 }
 
 # use_stack: bring the local stack up (or reuse what runs or is configured), stop on exit only what

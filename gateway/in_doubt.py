@@ -115,7 +115,7 @@ class LogReader:
                     if partition not in ends:
                         continue
                     event_id = next((v for k, v in message.headers() or () if k == "ce_id"), None)
-                    if event_id in wanted:
+                    if event_id in wanted and wanted[event_id] not in found:  # the first copy is the answer
                         found[wanted[event_id]] = self._answer(message)
                     if offset + 1 >= ends[partition]:
                         del ends[partition]
