@@ -24,10 +24,10 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-run: install ## Serve the gateway on :8000 (starts local Redis and Kafka unless configured)
+run: install ## Serve the gateway on :8000 (starts local Redis, Kafka and PostgreSQL unless configured)
 	@deploy/run.sh
 
-test: install ## Run every test against real Redis and Kafka (started here when not running)
+test: install ## Run every test against real Redis, Kafka and PostgreSQL (started here when not running)
 	@deploy/test.sh
 
 chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS
@@ -36,15 +36,15 @@ chaos: install ## The long fault suite: each fault held 30 s under load, Kafka a
 bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min)
 	@deploy/bench.sh $(BENCH_ARGS)
 
-stack-up: install ## Start the local Redis and Kafka and leave them running
+stack-up: install ## Start the local Redis, Kafka and PostgreSQL and leave them running
 	@deploy/stack.sh up >/dev/null
 
-stack-down: ## Stop the local Redis and Kafka
+stack-down: ## Stop the local Redis, Kafka and PostgreSQL
 	@deploy/stack.sh down
 
 lint: install ## ruff and mypy
-	$(BIN)/ruff check gateway fastcore tests tools deploy benchmarks
-	$(BIN)/ruff format --check gateway fastcore tests tools deploy benchmarks
+	$(BIN)/ruff check gateway processor fastcore tests tools deploy benchmarks
+	$(BIN)/ruff format --check gateway processor fastcore tests tools deploy benchmarks
 	$(BIN)/mypy
 
 clean: stack-down ## Remove the environment, the stack's data and build products

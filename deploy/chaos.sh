@@ -13,6 +13,6 @@ if ! "$ROOT/deploy/toxiproxy.sh" status; then
   "$ROOT/deploy/toxiproxy.sh" start
   toxiproxy_started=1
 fi
-trap '[ -z "$toxiproxy_started" ] || "$ROOT/deploy/toxiproxy.sh" stop; [ -z "$started" ] || "$ROOT/deploy/stack.sh" down $started' EXIT
+trap '[ -z "$toxiproxy_started" ] || "$ROOT/deploy/toxiproxy.sh" stop; stop_started' EXIT
 cd "$ROOT"
 "$ROOT/.venv/bin/python" -m tests.faults.chaos "$@"

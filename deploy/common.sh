@@ -48,12 +48,15 @@ postgres_url() {
   echo "postgresql://$PG_ROLE$password@127.0.0.1:$STACK_POSTGRES_PORT/$PG_DB"
 }
 
+# stop_started: stop what use_stack started (a script with more to clean up calls it from its own trap).
+stop_started() { [ -z "${started:-}" ] || "$ROOT/deploy/stack.sh" down toxiproxy $started; }
+
 # use_stack: bring the local stack up (or reuse what runs or is configured), stop on exit only what
 # this script started, and export the GATEWAY_* variables that point at it. For run.sh, test.sh, bench.sh.
 use_stack() {
   started=$("$ROOT/deploy/stack.sh" up)
   # toxiproxy, which tests may have started in front of the stack, goes with the stack it fronts
-  trap '[ -z "$started" ] || "$ROOT/deploy/stack.sh" down toxiproxy $started' EXIT
+  trap stop_started EXIT
   set -a
   eval "$("$ROOT/deploy/stack.sh" env)"
   set +a

@@ -75,7 +75,7 @@ install() {
   id -u "$PG_USER" >/dev/null 2>&1 && return 0
   say "creating the system user $PG_USER to run PostgreSQL (it refuses to run as root)"
   useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
-    --comment "settlement gateway: local PostgreSQL" "$PG_USER" >&2 || die "could not create the system user $PG_USER"
+    --comment "settlement gateway local PostgreSQL" "$PG_USER" >&2 || die "could not create the system user $PG_USER"
 }
 
 # The server's user must reach PG_HOME: the search (x) permission on every directory above it. A repository
@@ -125,7 +125,7 @@ init_cluster() {
   # move with an OS upgrade), with C.UTF-8 character classes; page checksums catch a corrupted disk.
   # pg_hba.conf is replaced below; initdb needs a password-free method here.
   as_pg "$PG_BIN/initdb" -D "$PG_DATA" --encoding=UTF8 --locale=C.UTF-8 --lc-collate=C --data-checksums \
-    --auth-local=peer --auth-host=reject >>"$PG_HOME/initdb.log" 2>&1 \
+    --auth-local=peer --auth-host=reject 2>&1 | as_pg tee "$PG_HOME/initdb.log" >/dev/null \
     || die "initdb failed; see $PG_HOME/initdb.log"
   echo "include 'stack.conf'" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
 }
@@ -168,11 +168,23 @@ running() {
   pid=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) && [ -n "$pid" ] && [ "/proc/$pid/cwd" -ef "$PG_DATA" ]
 }
 
+# leftovers: what remains of a server that was killed, beside which a new one refuses to start: its pid,
+# taken until its parent reaps it, and its children, which outlive it for a moment.
+leftovers() {
+  local pid cwd
+  pid=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && return 0
+  for cwd in /proc/[0-9]*/cwd; do [ "$cwd" -ef "$PG_DATA" ] && return 0; done 2>/dev/null
+  return 1
+}
+
 # The role and database, made on the first start, checked on every one (a start cut short is mended);
 # the password file is authoritative: the role gets its password again.
 ensure_role_and_database() {
   as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKETS" -p "$STACK_POSTGRES_PORT" -d postgres >/dev/null <<SQL \
     || die "could not create the role $PG_ROLE and the database $PG_DB; see $PG_LOG"
+-- the next statement carries the password: it must not reach the log, however long it takes
+SET log_statement = 'none';
+SET log_min_duration_statement = -1;
 SELECT 'CREATE ROLE $PG_ROLE LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE')\gexec
 ALTER ROLE $PG_ROLE LOGIN PASSWORD '$(cat "$PG_HOME/password")';
 SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')\gexec
@@ -186,11 +198,15 @@ start() {
   prepare_home
   init_cluster
   write_config
+  local deadline=$((SECONDS + 10))
+  while leftovers && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   say "starting PostgreSQL $(cluster_major) on 127.0.0.1:$STACK_POSTGRES_PORT as $PG_USER"
   # pg_ctl starts the server in a session of its own: a terminal's Ctrl-C does not reach it
-  as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" -s >&2 \
-    || die "PostgreSQL did not start within ${START_TIMEOUT}s; see $PG_LOG"
-  local deadline=$((SECONDS + START_TIMEOUT))
+  as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" -s >&2 || {
+    tail -n 5 "$PG_LOG" >&2 || true
+    die "PostgreSQL did not start; see $PG_LOG"
+  }
+  deadline=$((SECONDS + START_TIMEOUT))
   until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$STACK_POSTGRES_PORT" -t 2; do
     running || die "PostgreSQL exited during start-up; see $PG_LOG"
     [ $SECONDS -lt $deadline ] || die "PostgreSQL did not accept connections on 127.0.0.1:$STACK_POSTGRES_PORT within ${START_TIMEOUT}s; see $PG_LOG"
@@ -220,7 +236,7 @@ stop() {
 }
 
 case "${1:-}" in
-  install) install ;;
+  install) install && say "PostgreSQL $(basename "$(dirname "$PG_BIN")") in $PG_BIN; the server runs as $PG_USER" ;;
   start) start ;;
   stop) stop ;;
   status) running ;;

@@ -2,6 +2,9 @@
 
 probe.py kafka HOST:PORT   the broker returns cluster metadata with at least one broker
 probe.py redis HOST:PORT   Redis answers PING
+probe.py postgres URL      PostgreSQL logs in and answers SELECT 1 (postgresql://user:password@host:port/db)
+probe.py postgres HOST:PORT  the same as the local stack's role `settlement` on its database `settlement`,
+                           with the password from libpq's PGPASSWORD or password file
 """
 
 import sys
@@ -30,8 +33,23 @@ def redis(address: str) -> bool:
         return False
 
 
+def postgres(target: str) -> bool:
+    """True when PostgreSQL at `target` (a URL, or HOST:PORT of the local stack's database) logs in
+    and answers SELECT 1."""
+    import psycopg
+
+    if "://" not in target:
+        host, _, port = target.rpartition(":")
+        target = f"postgresql://settlement@{host}:{port}/settlement"
+    try:
+        with psycopg.connect(target, connect_timeout=2) as connection:
+            return connection.execute("SELECT 1").fetchone() == (1,)
+    except Exception:
+        return False
+
+
 if __name__ == "__main__":
-    probes = {"kafka": kafka, "redis": redis}
+    probes = {"kafka": kafka, "redis": redis, "postgres": postgres}
     if len(sys.argv) != 3 or sys.argv[1] not in probes:
-        sys.exit(f"usage: {sys.argv[0]} kafka|redis HOST:PORT")
+        sys.exit(f"usage: {sys.argv[0]} kafka|redis HOST:PORT, or postgres URL|HOST:PORT")
     sys.exit(0 if probes[sys.argv[1]](sys.argv[2]) else 1)

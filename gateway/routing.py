@@ -36,6 +36,7 @@ class CurrencyRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rtgs_opens_previous_day: bool | None = None
     t0_cutoff: str | None = None
     high_value: str | None = None
+    settlement_time: str | None = None
 
 
 class RulesFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,7 +76,8 @@ def load_rules_file(path: Path) -> RulesFile:
     return rules
 
 
-def _resolved(rules: RulesFile, code: str | None) -> dict[str, Any]:
+def resolved(rules: RulesFile, code: str | None) -> dict[str, Any]:
+    """One currency's rules, the defaults filling what it leaves out (None: the defaults alone)."""
     own = rules.currencies.get(code) if code else None
     return {
         name: getattr(own, name)
@@ -85,7 +87,8 @@ def _resolved(rules: RulesFile, code: str | None) -> dict[str, Any]:
     }
 
 
-def _clock_time(where: str, key: str, text: str) -> time:
+def clock_time(where: str, key: str, text: str) -> time:
+    """A wall-clock time "HH:MM" of the file; ConfigurationError naming the key otherwise."""
     try:
         hours, minutes = text.split(":")
         return time(int(hours), int(minutes))
@@ -136,9 +139,10 @@ def compile_calendar(where: str, values: dict[str, Any], first: date, last: date
         zone = ZoneInfo(values["time_zone"])
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigurationError(f"{where}.time_zone: {values['time_zone']!r} is not an IANA time zone") from None
-    opening = _clock_time(where, "rtgs_open", values["rtgs_open"])
-    closing = _clock_time(where, "rtgs_close", values["rtgs_close"])
-    cutoff = _clock_time(where, "t0_cutoff", values["t0_cutoff"])
+    opening = clock_time(where, "rtgs_open", values["rtgs_open"])
+    closing = clock_time(where, "rtgs_close", values["rtgs_close"])
+    cutoff = clock_time(where, "t0_cutoff", values["t0_cutoff"])
+    clock_time(where, "settlement_time", values["settlement_time"])  # the processor's; checked here too
     previous_evening = values["rtgs_opens_previous_day"]
     if not previous_evening and opening >= closing:
         raise ConfigurationError(f"{where}: rtgs_open must be before rtgs_close (or set rtgs_opens_previous_day)")
@@ -170,13 +174,13 @@ def compile_rules(rules: RulesFile, today: date, source: str = "settlement rules
     for code in rules.currencies:
         if code not in settleable:
             raise ConfigurationError(f"{source}: currencies.{code} is not a settleable ISO 4217 currency")
-        calendars[code] = compile_calendar(f"{source}: currencies.{code}", _resolved(rules, code), first, last, impl)
-    default = compile_calendar(f"{source}: defaults", _resolved(rules, None), first, last, impl)
+        calendars[code] = compile_calendar(f"{source}: currencies.{code}", resolved(rules, code), first, last, impl)
+    default = compile_calendar(f"{source}: defaults", resolved(rules, None), first, last, impl)
     # every settleable currency gets a threshold, scaled by its own minor units
     high_value = {
         code: high_value_minor(
             f"{source}: currencies.{code}" if code in rules.currencies else f"{source}: defaults",
-            _resolved(rules, code)["high_value"],
+            resolved(rules, code)["high_value"],
             units,
         )
         for code, units in settleable.items()

@@ -21,6 +21,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
+    # the settlement processor's PostgreSQL, read by the status API (the local stack's adds its password)
+    database_url: str = "postgresql://settlement@127.0.0.1:15432/settlement"
     topic_prefix: str = "settlement."
     topic_partitions: int = 3
     topic_replication: int = 1
@@ -79,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         self.fixed_epoch()  # validates GATEWAY_FIXED_TIME
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
 
     @property
     def in_doubt_after_ms(self) -> int:

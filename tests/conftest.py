@@ -1,13 +1,18 @@
 """Shared fixtures. Integration and e2e tests use the real Redis and Kafka named by GATEWAY_* (make test
-exports the local stack's); when either cannot be reached the run fails loudly instead of skipping."""
+exports the local stack's), and the tests of the settlement processor the real PostgreSQL of
+GATEWAY_DATABASE_URL (the `database` fixture); when one cannot be reached the run fails loudly instead of
+skipping."""
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from gateway.settings import Settings
@@ -34,6 +39,33 @@ def stack(settings: Settings) -> Settings:
         if probe.returncode != 0:
             pytest.fail(f"{service} is not reachable at {address}: start the stack (make test does) ", pytrace=False)
     return settings
+
+
+def _stack_database_url() -> str:
+    """The local stack's database URL, with its role's password, as `deploy/stack.sh env` exports it."""
+    printed = subprocess.run(
+        [str(ROOT / "deploy" / "stack.sh"), "env"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    for line in printed.splitlines():
+        name, _, value = line.partition("=")
+        if name == "GATEWAY_DATABASE_URL":
+            return shlex.split(value)[0]
+    raise LookupError("deploy/stack.sh env printed no GATEWAY_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def database() -> str:
+    """The URL of the real PostgreSQL (GATEWAY_DATABASE_URL, else the local stack's), checked once with a
+    real login; a failure here fails every test that needs it."""
+    url = os.environ.get("GATEWAY_DATABASE_URL") or _stack_database_url()
+    try:
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            connection.execute("SELECT 1")
+        return url
+    except psycopg.Error as exc:
+        problem = str(exc)
+    shown = re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)  # not the password
+    pytest.fail(f"PostgreSQL is not reachable at {shown}: {problem} (start the stack: make test does)", pytrace=False)
 
 
 @pytest.fixture

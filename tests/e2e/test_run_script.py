@@ -26,6 +26,7 @@ def run_script(tmp_path: Path, port: int, **extra: str) -> tuple[subprocess.Comp
         STACK_REDIS_PORT=str(free_port()),
         STACK_KAFKA_PORT=str(free_port()),
         STACK_KAFKA_CONTROLLER_PORT=str(free_port()),
+        STACK_POSTGRES_PORT=str(free_port()),
         **extra,
     )
     started = time.monotonic()
@@ -76,6 +77,7 @@ def test_a_served_port_is_refused_naming_the_process_and_nothing_is_started(tmp_
     assert f":{occupied} is already served by {name} (pid {os.getpid()})" in result.stderr, result.stderr
     assert not (tmp_path / "stack").exists(), "it started part of the stack"
     assert not listening(env["STACK_REDIS_PORT"]) and not listening(env["STACK_KAFKA_PORT"])
+    assert not listening(env["STACK_POSTGRES_PORT"])
 
 
 def test_without_ss_the_refusal_still_names_the_port(tmp_path, occupied):
@@ -92,14 +94,16 @@ def test_without_ss_the_refusal_still_names_the_port(tmp_path, occupied):
 
 
 def test_a_free_port_is_not_refused(tmp_path):
-    # run.sh goes on to the stack; with GATEWAY_REDIS_URL and GATEWAY_KAFKA_BOOTSTRAP set it starts
-    # none, and `gateway check` then fails on the bad setting below: past the port check, nothing started
+    # run.sh goes on to the stack; with GATEWAY_REDIS_URL, GATEWAY_KAFKA_BOOTSTRAP and GATEWAY_DATABASE_URL
+    # set it starts none, and `gateway check` then fails on the bad setting below: past the port check,
+    # nothing started
     port = free_port()
     result, _, _ = run_script(
         tmp_path,
         port,
         GATEWAY_REDIS_URL="redis://127.0.0.1:1/0",
         GATEWAY_KAFKA_BOOTSTRAP="127.0.0.1:1",
+        GATEWAY_DATABASE_URL="postgresql://settlement@127.0.0.1:1/settlement",
         GATEWAY_LOG_LEVEL="NOT-A-LEVEL",
     )
     assert result.returncode != 0

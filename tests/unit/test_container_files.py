@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from gateway.settings import PREFIX, Settings
 
@@ -28,10 +29,10 @@ def _dockerfile() -> list[tuple[str, str]]:
     return pairs
 
 
-def test_compose_has_the_three_services_with_healthchecks():
+def test_compose_has_the_four_services_with_healthchecks():
     services = _compose()["services"]
-    assert set(services) >= {"redis", "kafka", "gateway"}
-    for name in ("redis", "kafka", "gateway"):
+    assert set(services) >= {"redis", "kafka", "postgres", "gateway"}
+    for name in ("redis", "kafka", "postgres", "gateway"):
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
 
 
@@ -57,12 +58,40 @@ def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings(
     gateway = _compose()["services"]["gateway"]
     assert gateway["build"] == "."
     assert "8000:8000" in gateway["ports"]
-    for dependency in ("redis", "kafka"):
+    for dependency in ("redis", "kafka", "postgres"):
         assert gateway["depends_on"][dependency]["condition"] == "service_healthy"
     unknown = set(gateway["environment"]) - SETTING_NAMES
     assert not unknown, f"compose sets variables the gateway does not read: {unknown}"
     assert gateway["environment"]["GATEWAY_REDIS_URL"].startswith("redis://redis:")
     Settings.from_env({k: str(v) for k, v in gateway["environment"].items()})  # valid values too
+
+
+def test_compose_postgres_is_the_official_image_with_its_data_in_a_volume():
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    image, _, tag = postgres["image"].partition(":")
+    major = int(tag.split(".")[0].split("-")[0])
+    assert image == "postgres" and major >= 15
+    assert "5432:5432" in postgres["ports"]
+    volume, path = postgres["volumes"][0].split(":")[:2]
+    # the official image keeps its cluster in /var/lib/postgresql/data up to 17, in /var/lib/postgresql from 18
+    assert volume in compose["volumes"] and path == (
+        "/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"
+    )
+    assert not any(flag.replace(" ", "") in ("fsync=off", "synchronous_commit=off") for flag in postgres["command"])
+    env = postgres["environment"]
+    healthcheck = postgres["healthcheck"]["test"]
+    assert healthcheck[:2] == ["CMD", "pg_isready"]
+    assert healthcheck[healthcheck.index("-U") + 1] == env["POSTGRES_USER"]
+    assert healthcheck[healthcheck.index("-d") + 1] == env["POSTGRES_DB"]
+    # the gateway logs in to this service as its user, to its database
+    url = conninfo_to_dict(compose["services"]["gateway"]["environment"]["GATEWAY_DATABASE_URL"])
+    assert (url["host"], url["port"]) == ("postgres", "5432")
+    assert (url["user"], url["password"], url["dbname"]) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
 
 
 def test_dockerfile_is_multi_stage_and_compiles_in_the_build_stage():

@@ -27,6 +27,7 @@ def test_environment_overrides_and_converts():
         ({"GATEWAY_PENDING_TTL_SECONDS": "2"}, "GATEWAY_PENDING_TTL_SECONDS"),
         ({"GATEWAY_COMPRESSION": "brotli"}, "GATEWAY_COMPRESSION"),
         ({"GATEWAY_REDIS_URL": "localhost:6379"}, "GATEWAY_REDIS_URL"),
+        ({"GATEWAY_DATABASE_URL": "127.0.0.1:15432"}, "GATEWAY_DATABASE_URL"),
     ],
 )
 def test_bad_values_name_the_variable(environ, named):

@@ -1,0 +1,69 @@
+"""When a batch closes and settles, from the same rules file as the router (gateway/settlement_rules.toml).
+
+Days and times are the batch currency's (the destination currency, as in the batch id). A batch stops
+receiving at the moment after which the router can no longer assign a transaction to it:
+- t0 of day D: the T0 cut-off on D (the router uses the earlier of both currencies' cut-offs, so this
+  is never too early);
+- t1 of day D: midnight starting D (t1 is the next business day after today);
+- rtgs of day D: the RTGS close on D.
+It closes that moment plus the grace period (records still in flight), by the processor's clock. A t0
+or t1 batch settles on D at the currency's `settlement_time`, or at its close when that is later. An
+rtgs batch's transactions settle one by one (gross): each at its own routing time, or at the RTGS
+opening of D when it came in before it; the batch is settled once it is closed and all of them are.
+"""
+
+from datetime import date, datetime, time, timedelta
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+from gateway.routing import RulesFile, clock_time, default_rules_path, load_rules_file, resolved
+from processor.settings import ProcessorSettings
+
+
+class BatchTimes(NamedTuple):
+    closes_at: datetime  # the moment it closes (cut-off plus grace)
+    settles_at: datetime  # t0/t1: when it settles; rtgs: the opening from which its members settle
+
+
+def parse_batch_id(batch_id: str) -> tuple[str, date, str]:
+    """`t1-20261127-GBP` as ("t1", date(2026, 11, 27), "GBP")."""
+    window, day, currency = batch_id.split("-")
+    return window, date(int(day[:4]), int(day[4:6]), int(day[6:])), currency
+
+
+class SettlementCalendar:
+    """Batch times per (window, value date, currency), from the rules file."""
+
+    def __init__(self, rules: RulesFile, grace: timedelta) -> None:
+        self._rules = rules
+        self._grace = grace
+        self._cache: dict[str, BatchTimes] = {}
+
+    @classmethod
+    def from_settings(cls, settings: ProcessorSettings) -> "SettlementCalendar":
+        rules = load_rules_file(settings.rules_file() or default_rules_path())
+        return cls(rules, timedelta(seconds=settings.close_grace_seconds))
+
+    def batch_times(self, batch_id: str) -> BatchTimes:
+        """When the batch `batch_id` closes and settles."""
+        times = self._cache.get(batch_id)
+        if times is None:
+            times = self._cache[batch_id] = self._compute(*parse_batch_id(batch_id))
+        return times
+
+    def _compute(self, window: str, value_date: date, currency: str) -> BatchTimes:
+        where = f"settlement rules: currencies.{currency}"
+        rules = resolved(self._rules, currency if currency in self._rules.currencies else None)
+        zone = ZoneInfo(rules["time_zone"])
+
+        def at(day: date, key: str) -> datetime:
+            return datetime.combine(day, clock_time(where, key, rules[key]), zone)
+
+        if window == "rtgs":
+            opening_day = value_date - timedelta(days=1) if rules["rtgs_opens_previous_day"] else value_date
+            return BatchTimes(at(value_date, "rtgs_close") + self._grace, at(opening_day, "rtgs_open"))
+        if window == "t0":
+            closes = at(value_date, "t0_cutoff") + self._grace
+        else:
+            closes = datetime.combine(value_date, time(0, 0), zone) + self._grace
+        return BatchTimes(closes, max(at(value_date, "settlement_time"), closes))

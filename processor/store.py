@@ -1,0 +1,438 @@
+"""Settlement state in PostgreSQL: migrations, the fold of one poll batch, the batch lifecycle, the digest.
+
+Every poll batch is applied in one database transaction together with the next offset of each of its
+partitions, and the offsets are compare-and-set: a processor whose partitions were handed to another
+instance meanwhile finds the stored offset moved, and its transaction rolls back (`Fenced`) instead of
+applying the records a second time. So a crash, a kill or a rebalance neither loses nor doubles an
+event, without Kafka transactions.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from processor.calendar import SettlementCalendar, parse_batch_id
+
+log = logging.getLogger("processor.store")
+
+Partition = tuple[str, int]  # topic, partition
+
+
+class Fenced(Exception):
+    """The stored offset of a partition is not where this processor believed: another instance
+    applied those records (a rebalance). Nothing was applied; seek to the stored offsets."""
+
+
+class Incoming(NamedTuple):
+    """One TransactionAccepted record, flattened for COPY."""
+
+    topic: str
+    partition: int
+    kafka_offset: int
+    partner: str
+    transaction_id: str
+    idempotency_key: str
+    event_id: str
+    fingerprint: str
+    amount: str
+    source_currency: str
+    destination_currency: str
+    source_account: str
+    destination_account: str
+    counterparty_id: str
+    settlement_window: str
+    requested_window: str | None
+    value_date: str
+    batch_id: str
+    reason: str
+    occurred_at: datetime
+    accepted_at: datetime
+
+
+class Unreadable(NamedTuple):
+    topic: str
+    partition: int
+    kafka_offset: int
+    reason: str
+
+
+class Applied(NamedTuple):
+    """What one poll batch changed."""
+
+    new: int  # distinct transactions folded in
+    duplicates: int
+    late: int
+    unreadable: int
+
+
+class BatchEvent(NamedTuple):
+    sequence: int
+    batch_id: str
+    event_type: str
+    event_id: str
+    occurred_at: datetime
+    payload: dict
+
+
+_COLUMNS = Incoming._fields
+MIGRATIONS = "migrations"
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = resources.files("processor").joinpath(MIGRATIONS)
+    files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), f.read_text()) for name, f in files]
+
+
+class SettlementStore:
+    """One connection to PostgreSQL, working in `schema` (the live one, or a replay's)."""
+
+    def __init__(self, url: str, schema: str, calendar: SettlementCalendar) -> None:
+        self._url = url
+        self.schema = schema
+        self._calendar = calendar
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._known_batches: set[str] = set()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def migrate(self, fresh: bool = False) -> list[str]:
+        """Create the schema when missing (dropped first when `fresh`) and apply the migrations it lacks,
+        in order, each in its own transaction; return the versions applied. Instances starting together
+        take turns (an advisory lock)."""
+        conn, schema = self._conn, sql.Identifier(self.schema)
+        applied: list[str] = []
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"processor-migrate:{self.schema}",))
+            if fresh:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version text PRIMARY KEY, applied_at timestamptz NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, text in _migrations():
+                if version in done:
+                    continue
+                conn.execute(sql.SQL(text))  # a trusted file of the package, many statements
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
+                applied.append(version)
+        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        conn.execute(_INCOMING)
+        return applied
+
+    # -- the fold --------------------------------------------------------------------------------
+
+    def stored_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The next offset of each partition that has one."""
+        wanted = list(partitions)
+        rows = self._conn.execute(
+            "SELECT topic, partition, next_offset FROM consumed WHERE (topic, partition) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::int[]))",
+            ([t for t, _ in wanted], [p for _, p in wanted]),
+        )
+        return {(topic, partition): offset for topic, partition, offset in rows}
+
+    def apply(
+        self,
+        records: Sequence[Incoming],
+        unreadable: Sequence[Unreadable],
+        positions: dict[Partition, tuple[int | None, int]],
+        now: datetime,
+    ) -> Applied:
+        """Fold one poll batch and move each partition from its expected stored offset (None: none stored
+        yet) to its next one, in one transaction. Raises Fenced (nothing applied) when another processor
+        moved an offset meanwhile."""
+        conn = self._conn
+        with conn.transaction():
+            for (topic, partition), (expected, following) in positions.items():
+                if expected is None:
+                    moved = conn.execute(
+                        "INSERT INTO consumed VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (topic, partition, following)
+                    ).rowcount
+                else:
+                    moved = conn.execute(
+                        "UPDATE consumed SET next_offset = %s WHERE topic = %s AND partition = %s AND next_offset = %s",
+                        (following, topic, partition, expected),
+                    ).rowcount
+                if moved != 1:
+                    raise Fenced(f"{topic}[{partition}] is no longer at {expected}")
+            self._open_batches({r.batch_id for r in records}, now)
+            with conn.cursor() as cursor:
+                with cursor.copy(
+                    sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)))
+                ) as copy:
+                    for record in records:
+                        copy.write_row(record)
+                new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
+                cursor.execute(_EARLIER_COPIES)
+                duplicates = cursor.execute(_DUPLICATES).rowcount
+            if unreadable:
+                conn.cursor().executemany(
+                    "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
+                )
+        return Applied(int(new or 0), duplicates, int(late or 0), len(unreadable))
+
+    def _open_batches(self, batch_ids: set[str], now: datetime) -> None:
+        unknown = batch_ids - self._known_batches
+        if not unknown:
+            return
+        rows = []
+        for batch_id in sorted(unknown):
+            window, value_date, currency = parse_batch_id(batch_id)
+            times = self._calendar.batch_times(batch_id)
+            rows.append((batch_id, window, value_date, currency, times.closes_at, times.settles_at, now))
+        self._conn.cursor().executemany(
+            "INSERT INTO batches (batch_id, settlement_window, value_date, currency, status, closes_at, settles_at,"
+            " opened_at) VALUES (%s, %s, %s, %s, 'open', %s, %s, %s) ON CONFLICT DO NOTHING",
+            rows,
+        )
+        self._known_batches |= unknown
+
+    # -- the batch lifecycle -------------------------------------------------------------------------
+
+    def advance(self, now: datetime, event_id: Any) -> dict[str, int]:
+        """Close the batches whose cut-off and grace have passed (freezing count, totals and net
+        positions), settle the rtgs transactions due and the batches whose settlement time has come,
+        and queue a BatchClosed or BatchSettled event for each, all in one transaction. `event_id()`
+        makes the events' ids. Returns how many of each it did."""
+        conn = self._conn
+        done = {"closed": 0, "settled": 0, "rtgs_settled": 0}
+        with conn.transaction():
+            due = conn.execute(
+                "SELECT batch_id FROM batches WHERE status = 'open' AND closes_at <= %s ORDER BY closes_at, batch_id "
+                "FOR UPDATE",
+                (now,),
+            ).fetchall()
+            for (batch_id,) in due:
+                frozen = self._freeze(batch_id, now)
+                self._queue(batch_id, "BatchClosed", event_id(), now, frozen)
+                done["closed"] += 1
+            done["rtgs_settled"] = conn.execute(
+                "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' AND NOT late "
+                "AND settlement_window = 'rtgs' AND settles_at <= %s",
+                (now, now),
+            ).rowcount
+            settling = conn.execute(
+                """SELECT batch_id FROM batches b WHERE status = 'closed' AND (
+                       (settlement_window <> 'rtgs' AND settles_at <= %(now)s)
+                    OR (settlement_window = 'rtgs' AND NOT EXISTS (
+                           SELECT 1 FROM transactions t WHERE t.batch_id = b.batch_id AND t.status = 'batched'
+                           AND NOT t.late)))
+                   ORDER BY batch_id FOR UPDATE""",
+                {"now": now},
+            ).fetchall()
+            for (batch_id,) in settling:
+                conn.execute(
+                    "UPDATE transactions SET status = 'settled', settled_at = %s WHERE batch_id = %s "
+                    "AND status = 'batched' AND NOT late",
+                    (now, batch_id),
+                )
+                row = conn.execute(
+                    "UPDATE batches SET status = 'settled', settled_at = %s WHERE batch_id = %s "
+                    "RETURNING transaction_count, totals, net_positions, late_count",
+                    (now, batch_id),
+                ).fetchone()
+                assert row is not None
+                count, totals, net, late = row
+                payload = {"transaction_count": count, "totals": totals, "net_positions": net, "late_count": late}
+                self._queue(batch_id, "BatchSettled", event_id(), now, payload)
+                done["settled"] += 1
+        return done
+
+    def _freeze(self, batch_id: str, now: datetime) -> dict:
+        conn = self._conn
+        totals: dict[str, str] = {}
+        net: dict[str, dict[str, dict[str, str]]] = {}
+        count = 0
+        rows = conn.execute(
+            "SELECT partner, counterparty_id, source_currency, count(*), sum(amount) FROM transactions "
+            "WHERE batch_id = %s AND NOT late GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            (batch_id,),
+        )
+        sums: dict[str, Decimal] = {}
+        for partner, counterparty, currency, n, amount in rows:
+            count += n
+            sums[currency] = sums.get(currency, Decimal(0)) + amount
+            net.setdefault(partner, {}).setdefault(counterparty, {})[currency] = str(amount)
+        totals = {currency: str(amount) for currency, amount in sorted(sums.items())}
+        late = conn.execute(
+            "UPDATE batches SET status = 'closed', closed_at = %s, transaction_count = %s, totals = %s, "
+            "net_positions = %s WHERE batch_id = %s RETURNING late_count",
+            (now, count, json.dumps(totals), json.dumps(net), batch_id),
+        ).fetchone()
+        return {
+            "transaction_count": count,
+            "totals": totals,
+            "net_positions": net,
+            "late_count": late[0] if late else 0,
+        }
+
+    def _queue(self, batch_id: str, event_type: str, event_id: str, now: datetime, facts: dict) -> None:
+        window, value_date, currency = parse_batch_id(batch_id)
+        payload = {
+            "event_type": event_type,
+            "schema_version": 1,
+            "event_id": event_id,
+            "occurred_at": now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "batch_id": batch_id,
+            "settlement_window": window,
+            "value_date": value_date.isoformat(),
+            "currency": currency,
+            **facts,
+        }
+        self._conn.execute(
+            "INSERT INTO batch_events (batch_id, event_type, event_id, occurred_at, payload)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (batch_id, event_type, event_id, now, json.dumps(payload)),
+        )
+
+    def unpublished(self, limit: int = 1000) -> list[BatchEvent]:
+        """Batch events not yet confirmed by the broker, oldest first."""
+        rows = self._conn.execute(
+            "SELECT sequence, batch_id, event_type, event_id, occurred_at, payload FROM batch_events "
+            "WHERE published_at IS NULL ORDER BY sequence LIMIT %s",
+            (limit,),
+        )
+        return [BatchEvent(*row) for row in rows]
+
+    def published(self, sequences: list[int], now: datetime) -> None:
+        self._conn.execute("UPDATE batch_events SET published_at = %s WHERE sequence = ANY(%s)", (now, sequences))
+
+    # -- what operators and tests ask ----------------------------------------------------------------
+
+    def batches_by_status(self) -> dict[str, int]:
+        return {
+            status: count for status, count in self._conn.execute("SELECT status, count(*) FROM batches GROUP BY 1")
+        }
+
+    def digest(self) -> tuple[str, dict[Partition, int]]:
+        """A SHA-256 of everything the log determines (transactions with their routing, amounts and Kafka
+        coordinates, duplicates, unreadable records, batch membership and exact totals over all
+        members), and the offsets it is as of, read in one snapshot. Processing times, and what they
+        decide (which batches are closed or settled, which records came late), are left out: they
+        depend on when the records were read, not on the log."""
+        with self._conn.transaction():
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            offsets = dict(
+                ((topic, partition), offset)
+                for topic, partition, offset in self._conn.execute("SELECT topic, partition, next_offset FROM consumed")
+            )
+            hasher = hashlib.sha256()
+            for query in _DIGEST:
+                for row in self._conn.execute(query):
+                    hasher.update(("|".join("" if v is None else str(v) for v in row) + "\n").encode())
+                hasher.update(b"--\n")
+        return hasher.hexdigest(), offsets
+
+
+# One poll batch's records, as COPY writes them (emptied at every commit).
+_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    topic text, partition integer, kafka_offset bigint, partner text, transaction_id text, idempotency_key text,
+    event_id text, fingerprint text, amount numeric, source_currency text, destination_currency text,
+    source_account text, destination_account text, counterparty_id text, settlement_window text,
+    requested_window text, value_date date, batch_id text, reason text, occurred_at timestamptz,
+    accepted_at timestamptz
+) ON COMMIT DELETE ROWS
+"""
+
+# New transactions: the first record of each (partner, transaction id) not folded yet. A transaction
+# whose batch is no longer open is late: kept and listed (late_count), never in the frozen totals.
+_FOLD = """
+WITH fresh AS (
+    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*
+    FROM incoming i
+    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.partner = i.partner AND t.transaction_id = i.transaction_id)
+    ORDER BY i.partner, i.transaction_id, i.accepted_at, i.topic, i.partition, i.kafka_offset
+), inserted AS (
+    INSERT INTO transactions (
+        partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,
+        destination_currency, source_account, destination_account, counterparty_id, settlement_window,
+        requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at,
+        accepted_at, batched_at, settles_at, late, status)
+    SELECT f.partner, f.transaction_id, f.idempotency_key, f.event_id, f.fingerprint, f.amount, f.source_currency,
+        f.destination_currency, f.source_account, f.destination_account, f.counterparty_id, f.settlement_window,
+        f.requested_window, f.value_date, f.batch_id, f.reason, f.topic, f.partition, f.kafka_offset, f.occurred_at,
+        f.accepted_at, %(now)s,
+        CASE WHEN f.settlement_window = 'rtgs' THEN greatest(f.occurred_at, b.settles_at) END,
+        b.status <> 'open', 'batched'
+    FROM fresh f JOIN batches b ON b.batch_id = f.batch_id
+    RETURNING batch_id, late
+), counted AS (
+    UPDATE batches b SET late_count = b.late_count + x.n
+    FROM (SELECT batch_id, count(*) AS n FROM inserted WHERE late GROUP BY batch_id) x
+    WHERE b.batch_id = x.batch_id
+    RETURNING x.n
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT coalesce(sum(n), 0) FROM counted)
+"""
+
+# Which record of a transaction is *the* transaction must not depend on the order the partitions were
+# read in (a replay reads them in another): it is the earliest by (record timestamp, topic, partition,
+# offset). A copy read later that is earlier by that order takes the place of the one folded, while
+# both their batches are open; the one it replaces becomes a duplicate.
+_EARLIER_COPIES = """
+WITH earlier AS (
+    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*
+    FROM incoming i
+    JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
+    JOIN batches held ON held.batch_id = t.batch_id AND held.status = 'open'
+    JOIN batches wanted ON wanted.batch_id = i.batch_id AND wanted.status = 'open'
+    WHERE (i.accepted_at, i.topic, i.partition, i.kafka_offset) < (t.accepted_at, t.topic, t.partition, t.kafka_offset)
+      AND NOT t.late AND t.status = 'batched'
+    ORDER BY i.partner, i.transaction_id, i.accepted_at, i.topic, i.partition, i.kafka_offset
+), replaced AS (
+    INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
+    SELECT t.topic, t.partition, t.kafka_offset, t.partner, t.transaction_id, t.event_id, t.event_id = e.event_id,
+        t.batch_id
+    FROM transactions t JOIN earlier e ON e.partner = t.partner AND e.transaction_id = t.transaction_id
+    ON CONFLICT DO NOTHING
+)
+UPDATE transactions t SET
+    idempotency_key = e.idempotency_key, event_id = e.event_id, fingerprint = e.fingerprint, amount = e.amount,
+    source_currency = e.source_currency, destination_currency = e.destination_currency,
+    source_account = e.source_account, destination_account = e.destination_account,
+    counterparty_id = e.counterparty_id, settlement_window = e.settlement_window,
+    requested_window = e.requested_window, value_date = e.value_date, batch_id = e.batch_id, reason = e.reason,
+    topic = e.topic, partition = e.partition, kafka_offset = e.kafka_offset, occurred_at = e.occurred_at,
+    accepted_at = e.accepted_at,
+    settles_at = CASE WHEN e.settlement_window = 'rtgs'
+        THEN greatest(e.occurred_at, (SELECT settles_at FROM batches WHERE batch_id = e.batch_id)) END
+FROM earlier e
+WHERE t.partner = e.partner AND t.transaction_id = e.transaction_id
+"""
+
+# Every other record of a transaction already folded: recorded, never silently dropped.
+_DUPLICATES = """
+INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
+SELECT i.topic, i.partition, i.kafka_offset, i.partner, i.transaction_id, i.event_id, i.event_id = t.event_id,
+    i.batch_id
+FROM incoming i JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
+WHERE (t.topic, t.partition, t.kafka_offset) IS DISTINCT FROM (i.topic, i.partition, i.kafka_offset)
+ON CONFLICT DO NOTHING
+"""
+
+_DIGEST = (
+    "SELECT partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,"
+    " destination_currency, source_account, destination_account, counterparty_id, settlement_window,"
+    " requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at, accepted_at"
+    " FROM transactions ORDER BY partner, transaction_id",
+    "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, batch_id"
+    " FROM duplicates ORDER BY topic, partition, kafka_offset",
+    "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",
+    "SELECT batch_id, source_currency, count(*), sum(amount) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2",
+)

@@ -1,0 +1,335 @@
+"""The settlement processor against the real Kafka and PostgreSQL (and the gateway, for the HTTP path).
+
+Each test folds topics of its own (a unique GATEWAY_TOPIC_PREFIX) into a schema of its own, so it
+sees only its own records. After every test the invariants of DESIGN section 8 are checked.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from litestar.testing import AsyncTestClient
+
+from gateway import ids
+from gateway.app import create_app
+from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
+from gateway.producer import ensure_topics
+from processor.calendar import SettlementCalendar
+from processor.replay import rebuild
+from processor.service import Processor, ProcessorMetrics
+from processor.settings import ProcessorSettings
+from processor.store import SettlementStore
+from tests.conftest import ROOT, transaction
+
+URL = "/api/v1/transactions/"
+JSON = {"content-type": "application/json"}
+
+
+class Setup:
+    """Topics, a schema and a consumer group of one test."""
+
+    def __init__(self, stack, database: str, logs: Path) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.logs = logs
+        self.gateway = msgspec.structs.replace(stack, topic_prefix=f"ptest-{tag}.", partner=f"p-{tag}")
+        self.env = {
+            **os.environ,
+            "GATEWAY_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "GATEWAY_TOPIC_PREFIX": self.gateway.topic_prefix,
+            "GATEWAY_DATABASE_URL": database,
+            "PROCESSOR_SCHEMA": f"ptest_{tag}",
+            "PROCESSOR_GROUP": f"ptest-{tag}",
+            "PROCESSOR_METRICS_PORT": "0",
+            "PROCESSOR_TICK_SECONDS": "0.2",
+            "PROCESSOR_POLL_RECORDS": "500",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = ProcessorSettings.from_env(self.env)
+        self.database = database
+        ensure_topics(self.gateway)
+
+    def store(self) -> SettlementStore:
+        store = SettlementStore(self.database, self.settings.schema, SettlementCalendar.from_settings(self.settings))
+        store.migrate()
+        return store
+
+    def sql(self, query: str, *args) -> list[tuple]:
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            conn.execute(f"SET search_path TO {self.settings.schema}")
+            return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
+
+    def start(self, name: str = "processor") -> subprocess.Popen:
+        with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the file
+            return subprocess.Popen([sys.executable, "-m", "processor"], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+
+    def partitions(self) -> set[tuple[str, int]]:
+        return {(topic, p) for topic in self.settings.topics for p in range(self.gateway.topic_partitions)}
+
+    def members(self) -> list[set[tuple[str, int]]]:
+        """The partitions each live member of the processors' group holds."""
+        admin = AdminClient({"bootstrap.servers": self.gateway.kafka_bootstrap})
+        group = admin.describe_consumer_groups([self.settings.group])[self.settings.group].result(10)
+        return [{(p.topic, p.partition) for p in m.assignment.topic_partitions} for m in group.members]
+
+    def invariants(self) -> None:
+        """DESIGN 8: distinct accepted = sum of batch counts; each transaction in exactly one batch;
+        totals = exact re-sum of members; a closed batch's frozen count and totals are its on-time members."""
+        (distinct,) = self.sql("SELECT count(*) FROM transactions")[0]
+        per_batch = self.sql("SELECT batch_id, count(*) FROM transactions GROUP BY 1")
+        assert distinct == sum(n for _, n in per_batch)
+        assert self.sql("SELECT count(*) FROM transactions t LEFT JOIN batches b USING (batch_id) WHERE b IS NULL") == [
+            (0,)
+        ]
+        for batch_id, count, totals in self.sql(
+            "SELECT batch_id, transaction_count, totals FROM batches WHERE status <> 'open'"
+        ):
+            members = self.sql(
+                "SELECT source_currency, sum(amount)::text, count(*) FROM transactions "
+                "WHERE batch_id = %s AND NOT late GROUP BY 1",
+                batch_id,
+            )
+            assert count == sum(n for *_, n in members), batch_id
+            assert totals == {c: s for c, s, _ in members}, batch_id
+
+
+@pytest.fixture
+def setup(stack, database, tmp_path):
+    return Setup(stack, database, tmp_path)
+
+
+def _produce(setup: Setup, events: list[TransactionAccepted], twice: set[int] = frozenset()) -> None:
+    producer = Producer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "enable.idempotence": True})
+    for i, event in enumerate(events):
+        for _ in range(2 if i in twice else 1):
+            producer.produce(
+                setup.gateway.topic(event.routing.window),
+                EVENT_ENCODER.encode(event),
+                event.transaction.source_account.encode(),
+                headers=cloudevents_headers(event, None),
+            )
+    assert producer.flush(30) == 0
+
+
+def _event(partner: str, n: int, window: str = "t1", value_date: str = "2026-12-01", amount: str = "10.00"):
+    txn = Transaction(f"txn-{n}", amount, "USD", "GBP", f"acct-{n % 7}", "acct-dest", f"cp-{n % 3}", window, None)
+    routing = Routing(window, window, value_date, f"{window}-{value_date.replace('-', '')}-GBP", "requested")
+    return TransactionAccepted(
+        ids.uuid7(), "2026-11-30T10:00:00.000Z", partner, f"key-{n}", fingerprint(txn), txn, routing
+    )
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {seconds}s: {what}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def test_a_submission_is_batched_within_two_seconds(setup):
+    processor = setup.start()
+    try:
+        async with AsyncTestClient(create_app(setup.gateway)) as client:
+            warm = await client.post(URL, json=transaction("warm"), headers=JSON)
+            assert warm.status_code == 202, warm.text
+            await _await_batched(setup, "txn_warm", 60)  # the processor has started and caught up
+            body = transaction(uuid.uuid4().hex[:8], amount="1234.56")
+            response = await client.post(URL, json=body, headers=JSON)
+            assert response.status_code == 202, response.text
+            accepted = time.monotonic()
+            await _await_batched(setup, body["transaction_id"], 2.0)
+            batched_in = time.monotonic() - accepted
+        meta = response.json()["metadata"]
+        row = setup.sql(
+            "SELECT status, batch_id, amount::text, topic, partition, kafka_offset FROM transactions "
+            "WHERE transaction_id = %s",
+            body["transaction_id"],
+        )[0]
+        assert row == ("batched", meta["batch"], "1234.56", meta["topic"], meta["partition"], meta["offset"])
+        assert batched_in < 2.0
+        (members_sum,) = setup.sql("SELECT sum(amount)::text FROM transactions WHERE batch_id = %s", meta["batch"])[0]
+        assert members_sum == "1484.56"  # the batch's total includes it (250.00 + 1234.56)
+    finally:
+        _stop(processor)
+    setup.invariants()
+
+
+async def _await_batched(setup: Setup, transaction_id: str, seconds: float) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if setup.sql("SELECT 1 FROM transactions WHERE transaction_id = %s", transaction_id):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{transaction_id} not batched within {seconds}s")
+
+
+def _read_batch_events(setup: Setup) -> list[tuple[dict, dict]]:
+    consumer = Consumer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "group.id": "ptest-reader"})
+    topic = setup.settings.batches_topic
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        events, wanted = [], sum(ends.values())
+        while len(events) < wanted:
+            message = consumer.poll(10)
+            assert message is not None and message.error() is None
+            events.append((json.loads(message.value()), dict(message.headers())))
+        return events
+    finally:
+        consumer.close()
+
+
+def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
+    # USD -> GBP, value date Tuesday 1 December 2026: the batch closes at midnight starting it (London)
+    # plus the grace, and settles at the GBP settlement time that day
+    events = [_event(setup.gateway.partner, n, amount=f"{n}.25") for n in range(1, 7)]
+    events += [_event(f"{setup.gateway.partner}-b", 7, amount="1000.00")]
+    _produce(setup, events)
+    now = [datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()]
+    store = setup.store()
+    processor = Processor(setup.settings, store, ProcessorMetrics(), lambda: now[0])
+    batch = "t1-20261201-GBP"
+
+    def fold_all() -> None:
+        deadline = time.monotonic() + 30
+        while setup.sql("SELECT count(*) FROM transactions")[0][0] < len(events):
+            processor.step(timeout=0.5)
+            assert time.monotonic() < deadline, "records not folded"
+
+    try:
+        processor.subscribe()
+        fold_all()
+        processor.tick()
+        assert setup.sql("SELECT status FROM batches WHERE batch_id = %s", batch) == [("open",)]
+
+        now[0] = datetime(2026, 12, 1, 0, 1, 1, tzinfo=UTC).timestamp()  # midnight + 60 s grace has passed
+        processor.tick()
+        status, count, totals, net = setup.sql(
+            "SELECT status, transaction_count, totals, net_positions FROM batches WHERE batch_id = %s", batch
+        )[0]
+        assert status == "closed" and count == 7
+        assert totals == {"USD": "1022.50"}  # 1.25 + 2.25 + ... + 6.25 + 1000.00, exactly
+        assert net[setup.gateway.partner] == {"cp-0": {"USD": "9.50"}, "cp-1": {"USD": "5.50"}, "cp-2": {"USD": "7.50"}}
+        assert net[f"{setup.gateway.partner}-b"] == {"cp-1": {"USD": "1000.00"}}
+
+        # a record for the closed batch: late, kept and listed, never in the frozen totals
+        _produce(setup, [_event(setup.gateway.partner, 8, amount="5.00")])
+        events.append(None)  # type: ignore[arg-type]
+        fold_all()
+        assert setup.sql("SELECT late, status FROM transactions WHERE transaction_id = 'txn-8'") == [(True, "batched")]
+        processor.tick()
+        assert setup.sql("SELECT transaction_count, totals, late_count FROM batches WHERE batch_id = %s", batch) == [
+            (7, {"USD": "1022.50"}, 1)
+        ]
+
+        now[0] = datetime(2026, 12, 1, 16, 0, tzinfo=UTC).timestamp()  # 16:00 London: settlement time
+        processor.tick()
+        assert setup.sql("SELECT status FROM batches WHERE batch_id = %s", batch) == [("settled",)]
+        assert setup.sql("SELECT status, count(*) FROM transactions GROUP BY 1 ORDER BY 1") == [
+            ("batched", 1),  # the late one
+            ("settled", 7),
+        ]
+    finally:
+        processor.close()
+        store.close()
+    published = _read_batch_events(setup)
+    kinds = [(e["event_type"], e["batch_id"], h["ce_type"]) for e, h in published]
+    assert kinds == [
+        ("BatchClosed", batch, b"com.settlement.batch.closed.v1"),
+        ("BatchSettled", batch, b"com.settlement.batch.settled.v1"),
+    ]
+    closed = published[0][0]
+    assert closed["totals"] == {"USD": "1022.50"} and closed["transaction_count"] == 7
+    assert all(h["ce_id"].decode() == e["event_id"] and h["ce_subject"] == batch.encode() for e, h in published)
+    setup.invariants()
+
+
+def test_duplicates_and_kills_mid_apply_leave_every_invariant_true(setup):
+    partner = setup.gateway.partner
+    events = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3], amount=f"{n}.01") for n in range(3000)]
+    twice = set(range(0, 3000, 10))  # 300 records written twice (a producer retry)
+    rerouted = [  # the same transactions again under another window (after an uncertain delivery)
+        msgspec.structs.replace(e, event_id=ids.uuid7(), routing=_event(partner, 0, window="t1").routing)
+        for e in events[5:3000:50]
+        if e.routing.window != "t1"
+    ]
+    _produce(setup, events + rerouted, twice)
+    for kill in range(5):
+        processor = setup.start(f"killed-{kill}")
+        time.sleep(1.5 + kill * 0.4)  # somewhere in the middle of folding the backlog
+        processor.send_signal(signal.SIGKILL)
+        processor.wait()
+    processor = setup.start("last")
+    try:
+        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 3000, 90, "3000 transactions folded")
+        expected_duplicates = len(twice) + len(rerouted)
+        _wait(lambda: setup.sql("SELECT count(*) FROM duplicates")[0][0] == expected_duplicates, 30, "duplicates")
+    finally:
+        _stop(processor)
+    assert setup.sql("SELECT same_event, count(*) FROM duplicates GROUP BY 1 ORDER BY 1") == [
+        (False, len(rerouted)),
+        (True, len(twice)),
+    ]
+    (total,) = setup.sql("SELECT sum(amount)::text FROM transactions")[0]
+    assert total == str(sum(Decimal(f"{n}.01") for n in range(3000)))  # each counted once, exactly
+    setup.invariants()
+    # the state is the fold of the log: a replay from offset 0 gives the same digest
+    store = setup.store()
+    try:
+        live, offsets = store.digest()
+    finally:
+        store.close()
+    calendar = SettlementCalendar.from_settings(setup.settings)
+    assert rebuild(setup.settings, calendar, f"{setup.settings.schema}_replay", offsets) == live
+
+
+def test_two_instances_split_the_partitions_and_one_takes_over(setup):
+    partner = setup.gateway.partner
+    first = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600)]
+    setup.store().close()  # the schema exists before the instances race to create it
+    a, b = setup.start("a"), setup.start("b")
+    try:
+        _produce(setup, first)
+        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 600, 60, "600 folded by two")
+        _wait(lambda: len(setup.members()) == 2 and all(setup.members()), 30, "both instances holding partitions")
+        split = setup.members()
+        assert all(split) and sum(map(len, split)) == 9 and set().union(*split) == setup.partitions()
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        second = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600, 1200)]
+        _produce(setup, second)
+        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 1200, 90, "1200 folded by one")
+        assert setup.members() == [setup.partitions()]  # the survivor holds every partition
+    finally:
+        for process in (a, b):
+            if process.poll() is None:
+                _stop(process)
+    assert setup.sql("SELECT count(*) FROM duplicates") == [(0,)]
+    (offsets,) = setup.sql("SELECT sum(next_offset) FROM consumed")[0]
+    assert offsets == 1200  # every record applied exactly once, none twice
+    setup.invariants()
