@@ -28,6 +28,7 @@ from gateway.producer import SettlementProducer, ensure_topics
 from gateway.redis_pipeline import RedisPipeline
 from gateway.routing import load_rules
 from gateway.settings import Settings
+from gateway.status import StatusStore, batch, batches, transaction_status
 from gateway.transactions import submit_transaction
 
 log = logging.getLogger("gateway")
@@ -99,6 +100,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 log.error("shutdown: %d records were not confirmed by Kafka", left)
 
     @asynccontextmanager
+    async def status_database(app: Litestar) -> AsyncIterator[None]:
+        # connected when first asked: the intake never waits for PostgreSQL
+        app.state.status_store = store = StatusStore(settings)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    @asynccontextmanager
     async def in_doubt_resolver(app: Litestar) -> AsyncIterator[None]:
         resolver = DoubtResolver(settings, app.state.idempotency, metrics, LogReader(settings))
         app.state.idempotency.on_doubt = resolver.watch
@@ -127,9 +137,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("shutdown: readiness now 503; flushing the producer")
 
     app = Litestar(
-        route_handlers=[submit_transaction, health, ready, metrics_endpoint],
+        route_handlers=[
+            submit_transaction,
+            transaction_status,
+            batch,
+            batches,
+            health,
+            ready,
+            metrics_endpoint,
+        ],
         middleware=[RequestObservability(recorder)],
-        lifespan=[telemetry, redis_client, kafka_producer, in_doubt_resolver, intake_service],
+        lifespan=[telemetry, redis_client, kafka_producer, status_database, in_doubt_resolver, intake_service],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -3,7 +3,7 @@
 import logging
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.observability import request_id_of
@@ -15,6 +15,7 @@ MEDIA_TYPE = "application/problem+json"
 # cause -> (status, title)
 CAUSES: dict[str, tuple[int, str]] = {
     "malformed-json": (400, "Malformed JSON"),
+    "invalid-parameter": (400, "Invalid parameter"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "request-in-flight": (409, "Request in flight"),
@@ -97,6 +98,14 @@ def _with_request_id(request: Request, headers: dict[str, str] | None) -> dict[s
 
 def http_error(request: Request, exc: HTTPException) -> Response[bytes]:
     """Exception handler: the framework's own HTTP errors, in the same problem format."""
+    if isinstance(exc, ValidationException):  # a path or query parameter of the wrong type or range
+        errors = [
+            (str(item.get("key", "")), "invalid_parameter", str(item.get("message", "is not valid")))
+            for item in (exc.extra if isinstance(exc.extra, list) else [])
+            if isinstance(item, dict)
+        ]
+        detail = "a path or query parameter is not valid"
+        return problem("invalid-parameter", detail, errors or None, headers=_with_request_id(request, None))
     cause = _HTTP_CAUSES.get(exc.status_code)
     if cause is None:
         return internal_error(request, exc)

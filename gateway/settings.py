@@ -23,6 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:16379/0"
     # the settlement processor's PostgreSQL, read by the status API (the local stack's adds its password)
     database_url: str = "postgresql://settlement@127.0.0.1:15432/settlement"
+    database_schema: str = "settlement"
     topic_prefix: str = "settlement."
     topic_partitions: int = 3
     topic_replication: int = 1
@@ -83,6 +84,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigurationError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+        if not self.database_schema.isidentifier() or self.database_schema.lower() != self.database_schema:
+            raise ConfigurationError(f"{PREFIX}DATABASE_SCHEMA must be a lower-case SQL identifier")
 
     @property
     def in_doubt_after_ms(self) -> int:

@@ -26,8 +26,8 @@ from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 
 
-def serve_operations(port: int, metrics: ProcessorMetrics, processor: Processor) -> ThreadingHTTPServer:
-    """/metrics, /health and /ready on `port`, in a thread of their own."""
+def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor: Processor) -> ThreadingHTTPServer:
+    """/metrics, /health and /ready on host:port, in a thread of their own."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -50,7 +50,7 @@ def serve_operations(port: int, metrics: ProcessorMetrics, processor: Processor)
         def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes are not worth a log line each
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="operations", daemon=True).start()
     return server
 
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     processor = Processor(settings, store, metrics, settings.clock())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: processor.stopping.set())
-    operations = serve_operations(settings.metrics_port, metrics, processor) if settings.metrics_port else None
+    operations = (
+        serve_operations(settings.metrics_host, settings.metrics_port, metrics, processor)
+        if settings.metrics_port
+        else None
+    )
     try:
         processor.run()
     finally:

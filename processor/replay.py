@@ -9,14 +9,13 @@ is the fold of the log.
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from processor.calendar import SettlementCalendar
-from processor.records import read
+from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
-from processor.store import Incoming, Partition, SettlementStore, Unreadable
+from processor.store import SettlementStore
 
 log = logging.getLogger("processor.replay")
 
@@ -43,19 +42,9 @@ def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: s
                 messages = consumer.consume(settings.poll_records, timeout=10)
                 if not messages:
                     raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
-                records: list[Incoming] = []
-                unreadable: list[Unreadable] = []
-                ends: dict[Partition, int] = {}
-                message: Any
-                for message in messages:
-                    if message.error() is not None:
-                        raise KafkaException(message.error())
-                    key = (message.topic(), message.partition())
-                    if key not in wanted or message.offset() >= wanted[key]:
-                        continue
-                    row = read(message)
-                    (records if isinstance(row, Incoming) else unreadable).append(row)  # type: ignore[arg-type]
-                    ends[key] = message.offset() + 1
+                records, unreadable, ends = collect(
+                    messages, lambda key, offset: key in wanted and offset < wanted[key]
+                )
                 if ends:
                     store.apply(records, unreadable, {k: (positions[k], e) for k, e in ends.items()}, now)
                     positions.update(ends)

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import ids
 from gateway.events import CE_SOURCE
-from processor.records import read
+from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
-from processor.store import Fenced, Incoming, Partition, SettlementStore, Unreadable
+from processor.store import Fenced, SettlementStore
 
 log = logging.getLogger("processor")
 
@@ -178,20 +178,8 @@ class Processor:
         self._producer.flush(5)
 
     def _fold(self, messages: list[Any]) -> None:
-        records: list[Incoming] = []
-        unreadable: list[Unreadable] = []
-        ends: dict[Partition, int] = {}
-        for message in messages:
-            if message.error() is not None:
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume: %s", message.error().str())
-                continue
-            key = (message.topic(), message.partition())
-            if key not in self._positions:
-                continue  # revoked since it was fetched: its new owner applies it
-            row = read(message)
-            (records if isinstance(row, Incoming) else unreadable).append(row)  # type: ignore[arg-type]
-            ends[key] = message.offset() + 1
+        # records of partitions revoked since they were fetched are left to their new owner
+        records, unreadable, ends = collect(messages, lambda key, offset: key in self._positions)
         if not ends:
             return
         positions = {key: (self._positions[key], following) for key, following in ends.items()}

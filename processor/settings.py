@@ -1,6 +1,7 @@
 """The processor's settings: what it shares with the gateway comes from the gateway's variables
-(GATEWAY_KAFKA_BOOTSTRAP, GATEWAY_TOPIC_PREFIX, GATEWAY_DATABASE_URL, GATEWAY_RULES_PATH,
-GATEWAY_FIXED_TIME, GATEWAY_LOG_LEVEL), its own from PROCESSOR_*. Read once, validated at start-up."""
+(GATEWAY_KAFKA_BOOTSTRAP, GATEWAY_TOPIC_PREFIX, GATEWAY_DATABASE_URL, GATEWAY_DATABASE_SCHEMA,
+GATEWAY_RULES_PATH, GATEWAY_FIXED_TIME, GATEWAY_LOG_LEVEL), its own from PROCESSOR_*. Read once,
+validated at start-up."""
 
 import os
 import time
@@ -16,7 +17,7 @@ from gateway.errors import ConfigurationError
 WINDOWS = ("rtgs", "t0", "t1")
 
 # field -> environment variable
-_VARIABLES = {
+VARIABLES = {
     "kafka_bootstrap": "GATEWAY_KAFKA_BOOTSTRAP",
     "topic_prefix": "GATEWAY_TOPIC_PREFIX",
     "database_url": "GATEWAY_DATABASE_URL",
@@ -24,16 +25,17 @@ _VARIABLES = {
     "fixed_time": "GATEWAY_FIXED_TIME",
     "log_level": "GATEWAY_LOG_LEVEL",
     "group": "PROCESSOR_GROUP",
-    "schema": "PROCESSOR_SCHEMA",
+    "schema": "GATEWAY_DATABASE_SCHEMA",
     "close_grace_seconds": "PROCESSOR_CLOSE_GRACE_SECONDS",
     "poll_records": "PROCESSOR_POLL_RECORDS",
     "tick_seconds": "PROCESSOR_TICK_SECONDS",
     "metrics_port": "PROCESSOR_METRICS_PORT",
+    "metrics_host": "PROCESSOR_METRICS_HOST",
 }
 
 
 class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Every setting of the processor (see _VARIABLES for the environment variable of each)."""
+    """Every setting of the processor (see VARIABLES for the environment variable of each)."""
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     topic_prefix: str = "settlement."
@@ -47,6 +49,7 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     poll_records: int = 5000
     tick_seconds: float = 1.0
     metrics_port: int = 9102
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.close_grace_seconds < 0:
@@ -56,7 +59,7 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
         if self.tick_seconds <= 0:
             raise ConfigurationError("PROCESSOR_TICK_SECONDS must be greater than zero")
         if not self.schema.isidentifier() or self.schema.lower() != self.schema:
-            raise ConfigurationError("PROCESSOR_SCHEMA must be a lower-case SQL identifier")
+            raise ConfigurationError("GATEWAY_DATABASE_SCHEMA must be a lower-case SQL identifier")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigurationError("GATEWAY_DATABASE_URL must be a postgresql:// URL")
         self.clock()  # validates GATEWAY_FIXED_TIME
@@ -93,12 +96,12 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
         """Read the variables; ConfigurationError names the first bad one."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {
-            field: environ[variable] for field, variable in _VARIABLES.items() if variable in environ
+            field: environ[variable] for field, variable in VARIABLES.items() if variable in environ
         }
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
             message = str(exc)
             for field in values:
-                message = message.replace(f"`$.{field}`", _VARIABLES[field])
+                message = message.replace(f"`$.{field}`", VARIABLES[field])
             raise ConfigurationError(message) from None

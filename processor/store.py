@@ -20,48 +20,14 @@ import psycopg
 from psycopg import sql
 
 from processor.calendar import SettlementCalendar, parse_batch_id
+from processor.records import COPY_COLUMNS, Incoming, Partition, Unreadable
 
 log = logging.getLogger("processor.store")
-
-Partition = tuple[str, int]  # topic, partition
 
 
 class Fenced(Exception):
     """The stored offset of a partition is not where this processor believed: another instance
     applied those records (a rebalance). Nothing was applied; seek to the stored offsets."""
-
-
-class Incoming(NamedTuple):
-    """One TransactionAccepted record, flattened for COPY."""
-
-    topic: str
-    partition: int
-    kafka_offset: int
-    partner: str
-    transaction_id: str
-    idempotency_key: str
-    event_id: str
-    fingerprint: str
-    amount: str
-    source_currency: str
-    destination_currency: str
-    source_account: str
-    destination_account: str
-    counterparty_id: str
-    settlement_window: str
-    requested_window: str | None
-    value_date: str
-    batch_id: str
-    reason: str
-    occurred_at: datetime
-    accepted_at: datetime
-
-
-class Unreadable(NamedTuple):
-    topic: str
-    partition: int
-    kafka_offset: int
-    reason: str
 
 
 class Applied(NamedTuple):
@@ -82,7 +48,6 @@ class BatchEvent(NamedTuple):
     payload: dict
 
 
-_COLUMNS = Incoming._fields
 MIGRATIONS = "migrations"
 
 
@@ -171,15 +136,14 @@ class SettlementStore:
                 if moved != 1:
                     raise Fenced(f"{topic}[{partition}] is no longer at {expected}")
             self._open_batches({r.batch_id for r in records}, now)
+            duplicates = 0
             with conn.cursor() as cursor:
-                with cursor.copy(
-                    sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)))
-                ) as copy:
-                    for record in records:
-                        copy.write_row(record)
+                with cursor.copy(_COPY) as copy:
+                    copy.write("".join(record.line for record in records))
                 new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
-                cursor.execute(_EARLIER_COPIES)
-                duplicates = cursor.execute(_DUPLICATES).rowcount
+                if new < len(records):  # some records are of transactions already folded: the slow path
+                    cursor.execute(_EARLIER_COPIES)
+                    duplicates = cursor.execute(_DUPLICATES).rowcount
             if unreadable:
                 conn.cursor().executemany(
                     "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
@@ -346,31 +310,29 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     event_id text, fingerprint text, amount numeric, source_currency text, destination_currency text,
     source_account text, destination_account text, counterparty_id text, settlement_window text,
     requested_window text, value_date date, batch_id text, reason text, occurred_at timestamptz,
-    accepted_at timestamptz
+    accepted_ms bigint
 ) ON COMMIT DELETE ROWS
 """
+_COPY = sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
 
 # New transactions: the first record of each (partner, transaction id) not folded yet. A transaction
 # whose batch is no longer open is late: kept and listed (late_count), never in the frozen totals.
 _FOLD = """
-WITH fresh AS (
-    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*
-    FROM incoming i
-    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.partner = i.partner AND t.transaction_id = i.transaction_id)
-    ORDER BY i.partner, i.transaction_id, i.accepted_at, i.topic, i.partition, i.kafka_offset
-), inserted AS (
+WITH inserted AS (
     INSERT INTO transactions (
         partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,
         destination_currency, source_account, destination_account, counterparty_id, settlement_window,
         requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at,
         accepted_at, batched_at, settles_at, late, status)
-    SELECT f.partner, f.transaction_id, f.idempotency_key, f.event_id, f.fingerprint, f.amount, f.source_currency,
-        f.destination_currency, f.source_account, f.destination_account, f.counterparty_id, f.settlement_window,
-        f.requested_window, f.value_date, f.batch_id, f.reason, f.topic, f.partition, f.kafka_offset, f.occurred_at,
-        f.accepted_at, %(now)s,
-        CASE WHEN f.settlement_window = 'rtgs' THEN greatest(f.occurred_at, b.settles_at) END,
+    SELECT i.partner, i.transaction_id, i.idempotency_key, i.event_id, i.fingerprint, i.amount, i.source_currency,
+        i.destination_currency, i.source_account, i.destination_account, i.counterparty_id, i.settlement_window,
+        i.requested_window, i.value_date, i.batch_id, i.reason, i.topic, i.partition, i.kafka_offset, i.occurred_at,
+        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', %(now)s,
+        CASE WHEN i.settlement_window = 'rtgs' THEN greatest(i.occurred_at, b.settles_at) END,
         b.status <> 'open', 'batched'
-    FROM fresh f JOIN batches b ON b.batch_id = f.batch_id
+    FROM incoming i JOIN batches b ON b.batch_id = i.batch_id
+    ORDER BY i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the earliest copy in a batch is inserted
+    ON CONFLICT (partner, transaction_id) DO NOTHING
     RETURNING batch_id, late
 ), counted AS (
     UPDATE batches b SET late_count = b.late_count + x.n
@@ -387,14 +349,16 @@ SELECT (SELECT count(*) FROM inserted), (SELECT coalesce(sum(n), 0) FROM counted
 # both their batches are open; the one it replaces becomes a duplicate.
 _EARLIER_COPIES = """
 WITH earlier AS (
-    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*
+    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*,
+        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond' AS accepted_at
     FROM incoming i
     JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
     JOIN batches held ON held.batch_id = t.batch_id AND held.status = 'open'
     JOIN batches wanted ON wanted.batch_id = i.batch_id AND wanted.status = 'open'
-    WHERE (i.accepted_at, i.topic, i.partition, i.kafka_offset) < (t.accepted_at, t.topic, t.partition, t.kafka_offset)
+    WHERE ('epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic, i.partition, i.kafka_offset)
+        < (t.accepted_at, t.topic, t.partition, t.kafka_offset)
       AND NOT t.late AND t.status = 'batched'
-    ORDER BY i.partner, i.transaction_id, i.accepted_at, i.topic, i.partition, i.kafka_offset
+    ORDER BY i.partner, i.transaction_id, i.accepted_ms, i.topic, i.partition, i.kafka_offset
 ), replaced AS (
     INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
     SELECT t.topic, t.partition, t.kafka_offset, t.partner, t.transaction_id, t.event_id, t.event_id = e.event_id,

@@ -38,10 +38,10 @@ CREATE TABLE transactions (
     settled_at           timestamptz,
     late                 boolean     NOT NULL DEFAULT false,  -- arrived after its batch closed
     status               text        NOT NULL CHECK (status IN ('batched', 'settled')),
-    PRIMARY KEY (partner, transaction_id),
-    UNIQUE (topic, partition, kafka_offset)
+    PRIMARY KEY (partner, transaction_id)
 );
-CREATE INDEX transactions_batch ON transactions (batch_id);
+-- a batch's members (close, settle), and one partner's part of a batch (the status API)
+CREATE INDEX transactions_batch ON transactions (batch_id, partner);
 CREATE INDEX transactions_rtgs_due ON transactions (settles_at) WHERE status = 'batched' AND settles_at IS NOT NULL;
 
 -- Records of a transaction already folded: a record written twice, or the same transaction routed to

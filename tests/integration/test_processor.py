@@ -43,13 +43,19 @@ class Setup:
     def __init__(self, stack, database: str, logs: Path) -> None:
         tag = uuid.uuid4().hex[:8]
         self.logs = logs
-        self.gateway = msgspec.structs.replace(stack, topic_prefix=f"ptest-{tag}.", partner=f"p-{tag}")
+        self.gateway = msgspec.structs.replace(
+            stack,
+            topic_prefix=f"ptest-{tag}.",
+            partner=f"p-{tag}",
+            database_url=database,
+            database_schema=f"ptest_{tag}",
+        )
         self.env = {
             **os.environ,
             "GATEWAY_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
             "GATEWAY_TOPIC_PREFIX": self.gateway.topic_prefix,
             "GATEWAY_DATABASE_URL": database,
-            "PROCESSOR_SCHEMA": f"ptest_{tag}",
+            "GATEWAY_DATABASE_SCHEMA": f"ptest_{tag}",
             "PROCESSOR_GROUP": f"ptest-{tag}",
             "PROCESSOR_METRICS_PORT": "0",
             "PROCESSOR_TICK_SECONDS": "0.2",
@@ -148,12 +154,29 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-async def test_a_submission_is_batched_within_two_seconds(setup):
-    processor = setup.start()
-    try:
-        async with AsyncTestClient(create_app(setup.gateway)) as client:
-            warm = await client.post(URL, json=transaction("warm"), headers=JSON)
-            assert warm.status_code == 202, warm.text
+async def test_a_submission_is_batched_within_two_seconds_and_its_status_follows(setup):
+    async with AsyncTestClient(create_app(setup.gateway)) as client:
+        warm = await client.post(URL, json=transaction("warm"), headers=JSON)
+        assert warm.status_code == 202, warm.text
+        # only the gateway knows it yet (no processor runs): accepted, with the 202's Kafka record
+        early = await client.get("/api/v1/transactions/txn_warm")
+        assert early.status_code == 200, early.text
+        meta = warm.json()["metadata"]
+        assert early.json() == {
+            "transaction_id": "txn_warm",
+            "status": "accepted",
+            "window": "t1",
+            "value_date": meta["value_date"],
+            "batch": meta["batch"],
+            "amount": None,
+            "currency": None,
+            "kafka": {"topic": meta["topic"], "partition": meta["partition"], "offset": meta["offset"]},
+            "steps": {"accepted_at": meta["accepted_at"], "batched_at": None, "settled_at": None},
+            "late": False,
+        }
+        setup.store().close()  # the schema, so the test can look before the processor has folded anything
+        processor = setup.start()
+        try:
             await _await_batched(setup, "txn_warm", 60)  # the processor has started and caught up
             body = transaction(uuid.uuid4().hex[:8], amount="1234.56")
             response = await client.post(URL, json=body, headers=JSON)
@@ -161,18 +184,34 @@ async def test_a_submission_is_batched_within_two_seconds(setup):
             accepted = time.monotonic()
             await _await_batched(setup, body["transaction_id"], 2.0)
             batched_in = time.monotonic() - accepted
-        meta = response.json()["metadata"]
-        row = setup.sql(
-            "SELECT status, batch_id, amount::text, topic, partition, kafka_offset FROM transactions "
-            "WHERE transaction_id = %s",
-            body["transaction_id"],
-        )[0]
-        assert row == ("batched", meta["batch"], "1234.56", meta["topic"], meta["partition"], meta["offset"])
-        assert batched_in < 2.0
-        (members_sum,) = setup.sql("SELECT sum(amount)::text FROM transactions WHERE batch_id = %s", meta["batch"])[0]
-        assert members_sum == "1484.56"  # the batch's total includes it (250.00 + 1234.56)
-    finally:
-        _stop(processor)
+            status = (await client.get(f"/api/v1/transactions/{body['transaction_id']}")).json()
+            batch = await client.get(f"/api/v1/batches/{meta['batch']}")
+            listing = await client.get("/api/v1/batches", params={"window": "t1", "limit": 1})
+            unknown = await client.get("/api/v1/transactions/txn_nobody_sent")
+        finally:
+            _stop(processor)
+    meta = response.json()["metadata"]
+    row = setup.sql(
+        "SELECT status, batch_id, amount::text, topic, partition, kafka_offset FROM transactions "
+        "WHERE transaction_id = %s",
+        body["transaction_id"],
+    )[0]
+    assert row == ("batched", meta["batch"], "1234.56", meta["topic"], meta["partition"], meta["offset"])
+    assert batched_in < 2.0
+    assert status["status"] == "batched" and status["amount"] == "1234.56" and status["currency"] == "USD"
+    assert status["kafka"] == {"topic": meta["topic"], "partition": meta["partition"], "offset": meta["offset"]}
+    assert status["steps"]["accepted_at"] == meta["accepted_at"] and status["steps"]["batched_at"]
+    # the batch's total includes it (250.00 + 1234.56), and only this partner's part is shown
+    view = batch.json()
+    assert batch.status_code == 200 and view["status"] == "open" and view["transaction_count"] == 2
+    assert view["totals"] == {"USD": "1484.56"} and view["net_positions"] == {"cparty_london": {"USD": "1484.56"}}
+    assert listing.status_code == 200 and [b["batch_id"] for b in listing.json()["batches"]] == [meta["batch"]]
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+    # another partner sees none of it: 404, not 403
+    other = msgspec.structs.replace(setup.gateway, partner="someone-else")
+    async with AsyncTestClient(create_app(other)) as client:
+        assert (await client.get(f"/api/v1/transactions/{body['transaction_id']}")).status_code == 404
+        assert (await client.get(f"/api/v1/batches/{meta['batch']}")).status_code == 404
     setup.invariants()
 
 

@@ -66,6 +66,24 @@ def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings(
     Settings.from_env({k: str(v) for k, v in gateway["environment"].items()})  # valid values too
 
 
+def test_compose_processor_runs_the_same_image_with_its_own_entry_point_and_real_settings():
+    from processor.settings import VARIABLES, ProcessorSettings
+
+    compose = _compose()
+    processor = compose["services"]["processor"]
+    assert processor["build"] == "." and processor["entrypoint"] == ["settlement-processor"]
+    for dependency in ("kafka", "postgres"):
+        assert processor["depends_on"][dependency]["condition"] == "service_healthy"
+    assert "9102/ready" in " ".join(processor["healthcheck"]["test"])
+    unknown = set(processor["environment"]) - set(VARIABLES.values())
+    assert not unknown, f"compose sets variables the processor does not read: {unknown}"
+    settings = ProcessorSettings.from_env({k: str(v) for k, v in processor["environment"].items()})
+    gateway = compose["services"]["gateway"]["environment"]
+    assert settings.database_url == gateway["GATEWAY_DATABASE_URL"]  # both read and write one database
+    assert settings.kafka_bootstrap == gateway["GATEWAY_KAFKA_BOOTSTRAP"]
+    assert settings.metrics_host == "0.0.0.0"  # reachable from outside its container
+
+
 def test_compose_postgres_is_the_official_image_with_its_data_in_a_volume():
     compose = _compose()
     postgres = compose["services"]["postgres"]

@@ -1,0 +1,427 @@
+"""What became of a payment: the partner's view of the settlement state the processor keeps in PostgreSQL.
+
+GET /api/v1/transactions/{transaction_id}   accepted (only the gateway knows it yet: Redis), batched, settled
+GET /api/v1/batches/{batch_id}              a batch, with the partner's own part of it
+GET /api/v1/batches                         the batches the partner has transactions in, cursor-paginated
+
+Everything is scoped to the partner: another partner's transaction or batch is a 404, never a 403.
+PostgreSQL unreachable is a 503 with Retry-After; the intake does not depend on it.
+"""
+
+import asyncio
+import base64
+import binascii
+import logging
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+import psycopg
+from litestar import Request, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import PathParameter, QueryParameter
+from psycopg import sql
+
+from gateway.errors import DependencyUnavailable, Refused
+from gateway.idempotency import Reservation
+from gateway.openapi import DocumentedOperation
+from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.redis_pipeline import RedisUnavailable, ReplyError
+from gateway.schemas import Deduped, Problem
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.status")
+
+
+class KafkaRecord(msgspec.Struct, frozen=True):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Steps(msgspec.Struct, frozen=True):
+    """When each step happened (ISO 8601, UTC); null until it has."""
+
+    accepted_at: str
+    batched_at: str | None = None
+    settled_at: str | None = None
+
+
+class TransactionStatus(msgspec.Struct, frozen=True):
+    """200 of GET /api/v1/transactions/{transaction_id}."""
+
+    transaction_id: str
+    status: Literal["accepted", "batched", "settled"]
+    window: str
+    value_date: str
+    batch: str
+    amount: str | None  # exact decimal; null while only the gateway knows the transaction
+    currency: str | None
+    kafka: KafkaRecord
+    steps: Steps
+    late: bool = False  # arrived after its batch closed: listed on the batch, not in its totals
+
+
+class BatchView(msgspec.Struct, frozen=True):
+    """A batch, with the partner's own part of it (count, totals, net positions, late transactions)."""
+
+    batch_id: str
+    window: str
+    value_date: str
+    currency: str
+    status: Literal["open", "closed", "settled"]
+    closes_at: str
+    settles_at: str
+    opened_at: str
+    closed_at: str | None
+    settled_at: str | None
+    transaction_count: int
+    totals: dict[str, str]
+    net_positions: dict[str, dict[str, str]]  # counterparty -> currency -> exact decimal
+    late_transactions: list[str]
+
+
+class BatchPage(msgspec.Struct, frozen=True):
+    """200 of GET /api/v1/batches: one page, and the cursor of the next (null on the last)."""
+
+    batches: list[BatchView]
+    next_cursor: str | None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _money(value: Decimal) -> str:
+    return str(value)
+
+
+class StatusStore:
+    """One PostgreSQL connection per worker for the status queries, made when first needed and again
+    after it broke."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._url = settings.database_url
+        self._schema = settings.database_schema
+        self._timeout = settings.ready_timeout_ms / 1000
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=max(int(self._timeout), 1)
+            )
+            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+            self._conn = conn
+        return self._conn
+
+    async def rows(self, query: str, *args: Any) -> list[tuple]:
+        """Run one query; DependencyUnavailable when PostgreSQL cannot answer."""
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                async with self._lock:  # one connection: its queries go one after another
+                    conn = await self._connection()
+                    cursor = await conn.execute(query, args)
+                    return await cursor.fetchall()
+        except psycopg.errors.UndefinedTable:
+            # the processor has not created its schema yet: it knows nothing so far
+            log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
+            return []
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+            raise DependencyUnavailable("database", str(exc).strip() or type(exc).__name__) from None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+_TRANSACTION = (
+    "SELECT status, settlement_window, value_date, batch_id, amount, source_currency, topic, partition,"
+    " kafka_offset, accepted_at, batched_at, settled_at, late FROM transactions"
+    " WHERE partner = %s AND transaction_id = %s"
+)
+_BATCH = (
+    "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
+    " closed_at, settled_at FROM batches b WHERE batch_id = %s"
+    " AND EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
+)
+_PARTNER_PART = (
+    "SELECT counterparty_id, source_currency, count(*), sum(amount) FROM transactions"
+    " WHERE partner = %s AND batch_id = %s AND NOT late GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND batch_id = %s AND late ORDER BY 1"
+
+
+async def _accepted(request: Request, settings: Settings, transaction_id: str) -> TransactionStatus | None:
+    """A transaction only the gateway knows yet: its completed idempotency entry in Redis."""
+    keys = Reservation(settings.partner, "", transaction_id, "")
+    redis = request.app.state.redis
+    try:
+        digest = await redis.execute("GET", keys.txn_key)
+        if digest is None:
+            return None
+        state, response = await redis.execute(
+            "HMGET", f"idem:{{{settings.partner}}}:{digest.decode()}", "state", "response"
+        )
+    except (RedisUnavailable, ReplyError) as exc:
+        raise DependencyUnavailable("redis", str(exc)) from None
+    if state != b"done" or response is None:
+        return None  # still in flight: not accepted yet
+    answer = msgspec.json.decode(response, type=Deduped).metadata
+    return TransactionStatus(
+        transaction_id=transaction_id,
+        status="accepted",
+        window=answer.window,
+        value_date=answer.value_date,
+        batch=answer.original_batch,
+        amount=None,
+        currency=None,
+        kafka=KafkaRecord(answer.topic, answer.partition, answer.offset),
+        steps=Steps(accepted_at=answer.accepted_at),
+    )
+
+
+def _problem(cause: str, detail: str) -> Example:
+    status, title = CAUSES[cause]
+    return Example(
+        summary=title, value={"type": PROBLEM_BASE + cause, "title": title, "status": status, "detail": detail}
+    )
+
+
+_NOT_FOUND = ResponseSpec(
+    data_container=Problem,
+    description="No such transaction or batch of this partner",
+    media_type=MEDIA_TYPE,
+    generate_examples=False,
+    examples=[_problem("not-found", "no transaction txn_404 of this partner")],
+)
+_INVALID = ResponseSpec(
+    data_container=Problem,
+    description="A path or query parameter of the wrong type or out of range",
+    media_type=MEDIA_TYPE,
+    generate_examples=False,
+    examples=[_problem("invalid-parameter", "a path or query parameter is not valid")],
+)
+_UNAVAILABLE = ResponseSpec(
+    data_container=Problem,
+    description="PostgreSQL (or Redis) unavailable; retry after Retry-After",
+    media_type=MEDIA_TYPE,
+    generate_examples=False,
+    examples=[_problem("dependency-unavailable", "database is unavailable; retry later")],
+)
+_STATUS_EXAMPLE = TransactionStatus(
+    transaction_id="txn_001",
+    status="batched",
+    window="t1",
+    value_date="2026-11-27",
+    batch="t1-20261127-GBP",
+    amount="250.00",
+    currency="USD",
+    kafka=KafkaRecord("settlement.t1", 2, 41),
+    steps=Steps(accepted_at="2026-11-26T09:30:00.123Z", batched_at="2026-11-26T09:30:00.131Z"),
+)
+
+
+@get(
+    "/api/v1/transactions/{transaction_id:str}",
+    summary="What became of a transaction",
+    description="accepted (only the gateway knows it yet), batched (the settlement processor has it in its "
+    "batch) or settled; with its window, value date, batch, amount, Kafka record and the time of each step.",
+    tags=["status"],
+    operation_class=DocumentedOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=TransactionStatus,
+            description="The transaction's status",
+            generate_examples=False,
+            examples=[Example(summary="batched", value=_STATUS_EXAMPLE)],
+        ),
+        400: _INVALID,
+        404: _NOT_FOUND,
+        503: _UNAVAILABLE,
+    },
+)
+async def transaction_status(
+    request: Request,
+    transaction_id: Annotated[str, PathParameter(description="the partner's id of the transaction")],
+) -> TransactionStatus:
+    """The status of one of the partner's transactions."""
+    settings: Settings = request.app.state.settings
+    store: StatusStore = request.app.state.status_store
+    rows = await store.rows(_TRANSACTION, settings.partner, transaction_id)
+    if rows:
+        (status, window, value_date, batch, amount, currency, topic, partition, offset,
+         accepted_at, batched_at, settled_at, late) = rows[0]  # fmt: skip
+        return TransactionStatus(
+            transaction_id=transaction_id,
+            status=status,
+            window=window,
+            value_date=value_date.isoformat(),
+            batch=batch,
+            amount=_money(amount),
+            currency=currency,
+            kafka=KafkaRecord(topic, partition, offset),
+            steps=Steps(_iso(accepted_at) or "", _iso(batched_at), _iso(settled_at)),
+            late=late,
+        )
+    accepted = await _accepted(request, settings, transaction_id)
+    if accepted is None:
+        raise Refused("not-found", f"no transaction {transaction_id} of this partner")
+    return accepted
+
+
+async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView:
+    (batch_id, window, value_date, currency, status, closes_at, settles_at, opened_at, closed_at, settled_at) = row
+    part = await store.rows(_PARTNER_PART, partner, batch_id)
+    late = await store.rows(_LATE, partner, batch_id)
+    totals: dict[str, Decimal] = {}
+    net: dict[str, dict[str, str]] = {}
+    count = 0
+    for counterparty, source_currency, n, amount in part:
+        count += n
+        totals[source_currency] = totals.get(source_currency, Decimal(0)) + amount
+        net.setdefault(counterparty, {})[source_currency] = _money(amount)
+    return BatchView(
+        batch_id=batch_id,
+        window=window,
+        value_date=value_date.isoformat(),
+        currency=currency,
+        status=status,
+        closes_at=_iso(closes_at) or "",
+        settles_at=_iso(settles_at) or "",
+        opened_at=_iso(opened_at) or "",
+        closed_at=_iso(closed_at),
+        settled_at=_iso(settled_at),
+        transaction_count=count,
+        totals={c: _money(v) for c, v in sorted(totals.items())},
+        net_positions=net,
+        late_transactions=[r[0] for r in late],
+    )
+
+
+_BATCH_EXAMPLE = BatchView(
+    batch_id="t1-20261127-GBP",
+    window="t1",
+    value_date="2026-11-27",
+    currency="GBP",
+    status="closed",
+    closes_at="2026-11-27T00:01:00.000Z",
+    settles_at="2026-11-27T16:00:00.000Z",
+    opened_at="2026-11-26T09:30:00.131Z",
+    closed_at="2026-11-27T00:01:00.412Z",
+    settled_at=None,
+    transaction_count=2,
+    totals={"USD": "1484.56"},
+    net_positions={"cparty_london": {"USD": "1484.56"}},
+    late_transactions=[],
+)
+
+
+@get(
+    "/api/v1/batches/{batch_id:str}",
+    summary="A settlement batch",
+    description="Its status and times, and the partner's own part of it: count, exact totals per currency and "
+    "net positions per counterparty of its on-time transactions (frozen at close), and its late transactions.",
+    tags=["status"],
+    operation_class=DocumentedOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=BatchView,
+            description="The batch",
+            generate_examples=False,
+            examples=[Example(summary="closed", value=_BATCH_EXAMPLE)],
+        ),
+        400: _INVALID,
+        404: _NOT_FOUND,
+        503: _UNAVAILABLE,
+    },
+)
+async def batch(
+    request: Request,
+    batch_id: Annotated[str, PathParameter(description="{window}-{YYYYMMDD}-{currency}", examples=None)],
+) -> BatchView:
+    """One batch the partner has transactions in."""
+    settings: Settings = request.app.state.settings
+    store: StatusStore = request.app.state.status_store
+    rows = await store.rows(_BATCH, batch_id, settings.partner)
+    if not rows:
+        raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
+    return await _batch_view(store, settings.partner, rows[0])
+
+
+def _cursor(value_date: date, batch_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{value_date.isoformat()}|{batch_id}".encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[date, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        day, batch_id = text.split("|", 1)
+        return date.fromisoformat(day), batch_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Refused(
+            "validation-failed",
+            "the cursor is not one this API gave",
+            [("cursor", "invalid_cursor", "is not a cursor")],
+        ) from None
+
+
+@get(
+    "/api/v1/batches",
+    summary="The partner's settlement batches",
+    description="Batches the partner has transactions in, by value date then batch id; filter by window, value "
+    "date and status; `next_cursor` fetches the next page.",
+    tags=["status"],
+    operation_class=DocumentedOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=BatchPage,
+            description="One page of batches",
+            generate_examples=False,
+            examples=[Example(summary="a page", value=BatchPage([_BATCH_EXAMPLE], None))],
+        ),
+        400: _INVALID,
+        422: ResponseSpec(
+            data_container=Problem,
+            description="A cursor this API did not give",
+            media_type=MEDIA_TYPE,
+            generate_examples=False,
+            examples=[_problem("validation-failed", "the cursor is not one this API gave")],
+        ),
+        503: _UNAVAILABLE,
+    },
+)
+async def batches(
+    request: Request,
+    window: Annotated[Literal["rtgs", "t0", "t1"] | None, QueryParameter(description="only this window")] = None,
+    value_date: Annotated[date | None, QueryParameter(description="only this value date")] = None,
+    status: Annotated[
+        Literal["open", "closed", "settled"] | None, QueryParameter(description="only batches in this status")
+    ] = None,
+    cursor: Annotated[
+        str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=200, description="batches per page")] = 50,
+) -> BatchPage:
+    """One page of the partner's batches."""
+    settings: Settings = request.app.state.settings
+    store: StatusStore = request.app.state.status_store
+    after_day, after_id = _after(cursor) if cursor else (date.min, "")
+    rows = await store.rows(
+        "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
+        " closed_at, settled_at FROM batches b"
+        " WHERE EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
+        " AND (%s::text IS NULL OR settlement_window = %s) AND (%s::date IS NULL OR value_date = %s)"
+        " AND (%s::text IS NULL OR status = %s) AND (value_date, batch_id) > (%s, %s)"
+        " ORDER BY value_date, batch_id LIMIT %s",
+        settings.partner, window, window, value_date, value_date, status, status, after_day, after_id, limit + 1,
+    )  # fmt: skip
+    page = [await _batch_view(store, settings.partner, row) for row in rows[:limit]]
+    following = _cursor(rows[limit - 1][2], rows[limit - 1][0]) if len(rows) > limit else None
+    return BatchPage(page, following)
