@@ -7,7 +7,11 @@ on a submission's 200 and 202), so each operation's class adds them to its docum
 
 from typing import Any, ClassVar
 
-from litestar.openapi.spec import Operation
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example, Operation
+
+from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.schemas import Problem
 
 REQUEST_ID: dict[str, Any] = {
     "description": "the partner's X-Request-ID when it is 1-128 of [A-Za-z0-9._:-], else one the gateway made",
@@ -34,3 +38,23 @@ class DocumentedOperation(Operation):
             headers["X-Request-ID"] = REQUEST_ID
             headers.update(self.response_headers.get(status, {}))
         return schema
+
+
+def problem_example(cause: str, detail: str, errors: list[dict[str, str]] | None = None) -> Example:
+    """An example problem+json body of `cause`."""
+    status, title = CAUSES[cause]
+    value: dict[str, Any] = {"type": PROBLEM_BASE + cause, "title": title, "status": status, "detail": detail}
+    if errors:
+        value["errors"] = errors
+    return Example(summary=title, value=value)
+
+
+def problem_responses(description: str, *examples: Example) -> ResponseSpec:
+    """A documented error response: problem+json with these examples."""
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=MEDIA_TYPE,
+        generate_examples=False,
+        examples=list(examples),
+    )

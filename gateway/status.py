@@ -26,10 +26,9 @@ from psycopg import sql
 
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.idempotency import Reservation
-from gateway.openapi import DocumentedOperation
-from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.openapi import DocumentedOperation, problem_example, problem_responses
 from gateway.redis_pipeline import RedisUnavailable, ReplyError
-from gateway.schemas import Deduped, Problem
+from gateway.schemas import Deduped
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.status")
@@ -99,46 +98,54 @@ def _money(value: Decimal) -> str:
 
 
 class StatusStore:
-    """One PostgreSQL connection per worker for the status queries, made when first needed and again
-    after it broke."""
+    """A few PostgreSQL connections per worker for the status queries (a query waits only for a free
+    one), each made when first needed and made again after it broke."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, connections: int = 4) -> None:
         self._url = settings.database_url
         self._schema = settings.database_schema
         self._timeout = settings.ready_timeout_ms / 1000
-        self._conn: psycopg.AsyncConnection | None = None
-        self._lock = asyncio.Lock()
+        self._free: asyncio.Queue[psycopg.AsyncConnection | None] = asyncio.Queue()
+        for _ in range(connections):
+            self._free.put_nowait(None)  # a connection not made yet
+        self._all: set[psycopg.AsyncConnection] = set()
 
-    async def _connection(self) -> psycopg.AsyncConnection:
-        if self._conn is None or self._conn.closed:
-            conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, connect_timeout=max(int(self._timeout), 1)
-            )
-            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-            self._conn = conn
-        return self._conn
+    async def _connect(self) -> psycopg.AsyncConnection:
+        conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, connect_timeout=max(int(self._timeout), 1)
+        )
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+        self._all.add(conn)
+        return conn
 
     async def rows(self, query: str, *args: Any) -> list[tuple]:
         """Run one query; DependencyUnavailable when PostgreSQL cannot answer."""
+        conn, taken = None, False
         try:
             async with asyncio.timeout(self._timeout * 2):
-                async with self._lock:  # one connection: its queries go one after another
-                    conn = await self._connection()
-                    cursor = await conn.execute(query, args)
-                    return await cursor.fetchall()
+                conn = await self._free.get()
+                taken = True
+                if conn is None or conn.closed:
+                    conn = await self._connect()
+                cursor = await conn.execute(query, args)
+                return await cursor.fetchall()
         except psycopg.errors.UndefinedTable:
             # the processor has not created its schema yet: it knows nothing so far
             log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
             return []
         except (psycopg.OperationalError, TimeoutError) as exc:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+            if conn is not None:
+                self._all.discard(conn)
+                await conn.close()
+                conn = None
             raise DependencyUnavailable("database", str(exc).strip() or type(exc).__name__) from None
+        finally:
+            if taken:  # its slot goes back, with the connection or empty (made again when next needed)
+                self._free.put_nowait(conn)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        for conn in self._all:
+            await conn.close()
 
 
 _TRANSACTION = (
@@ -187,33 +194,17 @@ async def _accepted(request: Request, settings: Settings, transaction_id: str) -
     )
 
 
-def _problem(cause: str, detail: str) -> Example:
-    status, title = CAUSES[cause]
-    return Example(
-        summary=title, value={"type": PROBLEM_BASE + cause, "title": title, "status": status, "detail": detail}
-    )
-
-
-_NOT_FOUND = ResponseSpec(
-    data_container=Problem,
-    description="No such transaction or batch of this partner",
-    media_type=MEDIA_TYPE,
-    generate_examples=False,
-    examples=[_problem("not-found", "no transaction txn_404 of this partner")],
+_NOT_FOUND = problem_responses(
+    "No such transaction or batch of this partner",
+    problem_example("not-found", "no transaction txn_404 of this partner"),
 )
-_INVALID = ResponseSpec(
-    data_container=Problem,
-    description="A path or query parameter of the wrong type or out of range",
-    media_type=MEDIA_TYPE,
-    generate_examples=False,
-    examples=[_problem("invalid-parameter", "a path or query parameter is not valid")],
+_INVALID = problem_responses(
+    "A path or query parameter of the wrong type or out of range",
+    problem_example("invalid-parameter", "a path or query parameter is not valid"),
 )
-_UNAVAILABLE = ResponseSpec(
-    data_container=Problem,
-    description="PostgreSQL (or Redis) unavailable; retry after Retry-After",
-    media_type=MEDIA_TYPE,
-    generate_examples=False,
-    examples=[_problem("dependency-unavailable", "database is unavailable; retry later")],
+_UNAVAILABLE = problem_responses(
+    "PostgreSQL (or Redis) unavailable; retry after Retry-After",
+    problem_example("dependency-unavailable", "database is unavailable; retry later"),
 )
 _STATUS_EXAMPLE = TransactionStatus(
     transaction_id="txn_001",
@@ -387,12 +378,9 @@ def _after(cursor: str) -> tuple[date, str]:
             examples=[Example(summary="a page", value=BatchPage([_BATCH_EXAMPLE], None))],
         ),
         400: _INVALID,
-        422: ResponseSpec(
-            data_container=Problem,
-            description="A cursor this API did not give",
-            media_type=MEDIA_TYPE,
-            generate_examples=False,
-            examples=[_problem("validation-failed", "the cursor is not one this API gave")],
+        422: problem_responses(
+            "A cursor this API did not give",
+            problem_example("validation-failed", "the cursor is not one this API gave"),
         ),
         503: _UNAVAILABLE,
     },

@@ -10,8 +10,7 @@ from litestar.openapi.spec import Example
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.intake import Intake, Outcome
 from gateway.metrics import Metrics
-from gateway.openapi import DocumentedOperation
-from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.openapi import DocumentedOperation, problem_example, problem_responses
 from gateway.schemas import (
     IDEMPOTENCY_KEY_SCHEMA,
     REQUEST_SCHEMA,
@@ -19,7 +18,6 @@ from gateway.schemas import (
     AcceptedMetadata,
     Deduped,
     DedupedMetadata,
-    Problem,
     TransactionRequest,
 )
 
@@ -84,24 +82,6 @@ class TransactionOperation(DocumentedOperation):
         return schema
 
 
-def _problem_example(cause: str, detail: str, errors: list[dict[str, str]] | None = None) -> Example:
-    status, title = CAUSES[cause]
-    value: dict[str, Any] = {"type": PROBLEM_BASE + cause, "title": title, "status": status, "detail": detail}
-    if errors:
-        value["errors"] = errors
-    return Example(summary=title, value=value)
-
-
-def _problems(description: str, *examples: Example) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=Problem,
-        description=description,
-        media_type=MEDIA_TYPE,
-        generate_examples=False,
-        examples=list(examples),
-    )
-
-
 _ACCEPTED_EXAMPLE = Accepted(
     transaction_id="txn_001",
     metadata=AcceptedMetadata(
@@ -142,17 +122,17 @@ RESPONSES = {
         generate_examples=False,
         examples=[Example(summary="deduped", value=_DEDUPED_EXAMPLE)],
     ),
-    400: _problems("Malformed JSON", _problem_example("malformed-json", "the body is not valid JSON")),
-    409: _problems(
+    400: problem_responses("Malformed JSON", problem_example("malformed-json", "the body is not valid JSON")),
+    409: problem_responses(
         "The key is still in flight (with Retry-After), or the transaction_id was taken by another key",
-        _problem_example("request-in-flight", "a request with this idempotency key is still being processed"),
-        _problem_example("transaction-id-conflict", "this transaction_id was already submitted under another key"),
+        problem_example("request-in-flight", "a request with this idempotency key is still being processed"),
+        problem_example("transaction-id-conflict", "this transaction_id was already submitted under another key"),
     ),
-    413: _problems("Body too large", _problem_example("body-too-large", "Request Entity Too Large")),
-    415: _problems("Not application/json", _problem_example("unsupported-media-type", "send application/json")),
-    422: _problems(
+    413: problem_responses("Body too large", problem_example("body-too-large", "Request Entity Too Large")),
+    415: problem_responses("Not application/json", problem_example("unsupported-media-type", "send application/json")),
+    422: problem_responses(
         "Invalid transaction, wrong shape, or idempotency key reused with another payload",
-        _problem_example(
+        problem_example(
             "validation-failed",
             "the transaction breaks one or more rules",
             [
@@ -160,16 +140,16 @@ RESPONSES = {
                 {"field": "source_currency", "code": "currency_unknown", "message": "must be an active ISO 4217 code"},
             ],
         ),
-        _problem_example(
+        problem_example(
             "invalid-shape",
             "Object contains unknown field `amt`",
             [{"field": "amt", "code": "unknown_field", "message": "is not a field of a transaction"}],
         ),
-        _problem_example("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
+        problem_example("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
     ),
-    503: _problems(
+    503: problem_responses(
         "Redis or Kafka unavailable (with Retry-After); nothing was accepted",
-        _problem_example("dependency-unavailable", "kafka is unavailable; retry later"),
+        problem_example("dependency-unavailable", "kafka is unavailable; retry later"),
     ),
 }
 
