@@ -6,10 +6,12 @@ sees only its own records. After every test the invariants of DESIGN section 8 a
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,6 +34,7 @@ from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from tests.conftest import ROOT, transaction
+from tests.e2e.conftest import free_port
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}
@@ -76,9 +79,15 @@ class Setup:
             conn.execute(f"SET search_path TO {self.settings.schema}")
             return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
 
-    def start(self, name: str = "processor") -> subprocess.Popen:
+    def start(self, name: str = "processor", *command: str, **env: str) -> subprocess.Popen:
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the file
-            return subprocess.Popen([sys.executable, "-m", "processor"], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+            return subprocess.Popen(
+                [sys.executable, "-m", "processor", *command],
+                env={**self.env, **env},
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
 
     def partitions(self) -> set[tuple[str, int]]:
         return {(topic, p) for topic in self.settings.topics for p in range(self.gateway.topic_partitions)}
@@ -351,7 +360,8 @@ def test_two_instances_split_the_partitions_and_one_takes_over(setup):
     partner = setup.gateway.partner
     first = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600)]
     setup.store().close()  # the schema exists before the instances race to create it
-    a, b = setup.start("a"), setup.start("b")
+    port = free_port()
+    a, b = setup.start("a"), setup.start("b", PROCESSOR_METRICS_PORT=str(port))
     try:
         _produce(setup, first)
         _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 600, 60, "600 folded by two")
@@ -364,6 +374,13 @@ def test_two_instances_split_the_partitions_and_one_takes_over(setup):
         _produce(setup, second)
         _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 1200, 90, "1200 folded by one")
         assert setup.members() == [setup.partitions()]  # the survivor holds every partition
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as ready:
+            assert ready.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as scrape:
+            metrics = scrape.read().decode()
+        applied = re.search(r"^settlement_processor_events_applied_total (\S+)$", metrics, re.MULTILINE)
+        assert applied and 600 <= float(applied[1]) <= 1200  # what the survivor folded, counted
+        assert 'settlement_processor_consumer_lag{partition="0",topic="' in metrics
     finally:
         for process in (a, b):
             if process.poll() is None:
@@ -372,3 +389,7 @@ def test_two_instances_split_the_partitions_and_one_takes_over(setup):
     (offsets,) = setup.sql("SELECT sum(next_offset) FROM consumed")[0]
     assert offsets == 1200  # every record applied exactly once, none twice
     setup.invariants()
+    # the documented replay command agrees with the live state
+    replay = setup.start("replay", "replay")
+    assert replay.wait(120) == 0, (setup.logs / "replay.log").read_text()[-2000:]
+    assert "live" in (setup.logs / "replay.log").read_text()
