@@ -175,11 +175,6 @@ class DoubtResolver:
         )
         self._wake.set()
 
-    @property
-    def watching(self) -> int:
-        """Reservations not settled yet."""
-        return len(self._doubts)
-
     async def _run(self) -> None:
         while True:
             now = time.monotonic()
