@@ -180,7 +180,14 @@ class DoubtResolver:
             now = time.monotonic()
             due = [d for d in self._doubts.values() if d.due <= now]
             if due:
-                await self._settle(due)
+                try:
+                    await self._settle(due)
+                except Exception:
+                    # whatever went wrong, the next round tries again: a resolver that stopped would
+                    # leave these partners with 409s until their keys expire
+                    log.exception("in doubt: settling failed; trying again")
+                    for doubt in due:
+                        doubt.due = max(doubt.due, time.monotonic() + RETRY_SECONDS)
             self._wake.clear()
             if self._doubts:
                 sleep = max(min(d.due for d in self._doubts.values()) - time.monotonic(), 0.05)
