@@ -72,6 +72,7 @@ def test_compose_processor_runs_the_same_image_with_its_own_entry_point_and_real
     compose = _compose()
     processor = compose["services"]["processor"]
     assert processor["build"] == "." and processor["entrypoint"] == ["settlement-processor"]
+    assert processor["restart"] == "unless-stopped"  # a crash resumes from the database's offsets
     for dependency in ("kafka", "postgres"):
         assert processor["depends_on"][dependency]["condition"] == "service_healthy"
     assert "9102/ready" in " ".join(processor["healthcheck"]["test"])
