@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -132,17 +132,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Read every GATEWAY_* variable; raise ConfigurationError naming the first bad one."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in cls.__struct_fields__:
-            raw = environ.get(PREFIX + name.upper())
-            if raw is not None:
-                values[name] = raw
-        try:
-            return msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            # msgspec names the field as `$.field`; say it in the operator's words.
-            message = str(exc)
-            for name in values:
-                message = message.replace(f"`$.{name}`", PREFIX + name.upper())
-            raise ConfigurationError(message) from None
+        variables = {name: PREFIX + name.upper() for name in cls.__struct_fields__}
+        return read_environment(cls, variables, environ)
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def read_environment(cls: type[T], variables: Mapping[str, str], environ: Mapping[str, str] | None = None) -> T:
+    """A settings Struct from the environment: `variables` maps each field to its variable. A bad value
+    raises ConfigurationError naming the variable (msgspec's `$.field`, said in the operator's words)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {field: environ[name] for field, name in variables.items() if name in environ}
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        for field in values:
+            message = message.replace(f"`$.{field}`", variables[field])
+        raise ConfigurationError(message) from None

@@ -3,16 +3,15 @@
 GATEWAY_RULES_PATH, GATEWAY_FIXED_TIME, GATEWAY_LOG_LEVEL), its own from PROCESSOR_*. Read once,
 validated at start-up."""
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from gateway.errors import ConfigurationError
+from gateway.settings import read_environment
 
 WINDOWS = ("rtgs", "t0", "t1")
 
@@ -94,14 +93,4 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ProcessorSettings":
         """Read the variables; ConfigurationError names the first bad one."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {
-            field: environ[variable] for field, variable in VARIABLES.items() if variable in environ
-        }
-        try:
-            return msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            message = str(exc)
-            for field in values:
-                message = message.replace(f"`$.{field}`", VARIABLES[field])
-            raise ConfigurationError(message) from None
+        return read_environment(cls, VARIABLES, environ)

@@ -1,0 +1,34 @@
+"""The processor's settings: shared GATEWAY_* variables and its own PROCESSOR_*, a bad one named."""
+
+import pytest
+
+from gateway.errors import ConfigurationError
+from processor.settings import ProcessorSettings
+
+
+def test_reads_the_gateways_variables_and_its_own():
+    settings = ProcessorSettings.from_env(
+        {"GATEWAY_TOPIC_PREFIX": "x.", "GATEWAY_DATABASE_SCHEMA": "ledger", "PROCESSOR_CLOSE_GRACE_SECONDS": "5"}
+    )
+    assert settings.topics == ["x.rtgs", "x.t0", "x.t1"] and settings.batches_topic == "x.batches"
+    assert settings.schema == "ledger" and settings.close_grace_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"PROCESSOR_POLL_RECORDS": "many"}, "PROCESSOR_POLL_RECORDS"),
+        ({"PROCESSOR_POLL_RECORDS": "0"}, "PROCESSOR_POLL_RECORDS"),
+        ({"GATEWAY_DATABASE_SCHEMA": "Drop Table"}, "GATEWAY_DATABASE_SCHEMA"),
+        ({"GATEWAY_DATABASE_URL": "mysql://x"}, "GATEWAY_DATABASE_URL"),
+        ({"GATEWAY_FIXED_TIME": "tomorrow"}, "GATEWAY_FIXED_TIME"),
+    ],
+)
+def test_bad_values_name_the_variable(environ, named):
+    with pytest.raises(ConfigurationError, match=named):
+        ProcessorSettings.from_env(environ)
+
+
+def test_a_fixed_time_pins_the_clock():
+    clock = ProcessorSettings.from_env({"GATEWAY_FIXED_TIME": "2026-12-01T00:01:01Z"}).clock()
+    assert clock() == clock() == 1796083261.0
