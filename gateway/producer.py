@@ -261,13 +261,21 @@ class SettlementProducer:
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
     """Blocking: create the window topics that are missing and wait until every partition has a
     leader (a produce right after creation would fail otherwise); return the names created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     wanted = [settings.topic(window) for window in ("rtgs", "t0", "t1")]
+    return create_topics(
+        settings.kafka_bootstrap, wanted, settings.topic_partitions, settings.topic_replication, timeout
+    )
+
+
+def create_topics(bootstrap: str, wanted: list[str], partitions: int, replication: int, timeout: float) -> list[str]:
+    """Blocking: create the topics of `wanted` that are missing (brokers here never create topics on
+    their own) and wait until every partition has a leader; return the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
     missing = [name for name in wanted if name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, settings.topic_replication) for name in missing],
+            [NewTopic(name, partitions, replication) for name in missing],
             operation_timeout=timeout,
             request_timeout=timeout,
         )

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import ids
 from gateway.events import CE_SOURCE
+from gateway.producer import create_topics
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
 from processor.store import Fenced, SettlementStore
@@ -72,19 +72,6 @@ def _headers(event_type: str, event_id: str, occurred_at: datetime, batch_id: st
         ("ce_subject", batch_id.encode()),
         ("content-type", b"application/json"),
     ]
-
-
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 3, timeout: float = 15.0) -> None:
-    """Create `topic` when it is missing (the brokers do not create topics on their own)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=timeout).topics:
-        return
-    future = admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=timeout)[topic]
-    try:
-        future.result(timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
 
 
 class Processor:
@@ -162,7 +149,8 @@ class Processor:
 
     def subscribe(self) -> None:
         """Join the group on the window topics (and make sure the batches topic exists)."""
-        ensure_topic(self._settings.kafka_bootstrap, self._settings.batches_topic)
+        settings = self._settings
+        create_topics(settings.kafka_bootstrap, [settings.batches_topic], 3, settings.topic_replication, 15.0)
         self._consumer.subscribe(self._settings.topics, on_assign=self._assigned, on_revoke=self._revoked)
 
     def step(self, timeout: float) -> int:

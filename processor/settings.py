@@ -19,6 +19,7 @@ WINDOWS = ("rtgs", "t0", "t1")
 VARIABLES = {
     "kafka_bootstrap": "GATEWAY_KAFKA_BOOTSTRAP",
     "topic_prefix": "GATEWAY_TOPIC_PREFIX",
+    "topic_replication": "GATEWAY_TOPIC_REPLICATION",
     "database_url": "GATEWAY_DATABASE_URL",
     "rules_path": "GATEWAY_RULES_PATH",
     "fixed_time": "GATEWAY_FIXED_TIME",
@@ -38,6 +39,7 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     topic_prefix: str = "settlement."
+    topic_replication: int = 1
     database_url: str = "postgresql://settlement@127.0.0.1:15432/settlement"
     rules_path: str = ""
     fixed_time: str = ""
@@ -55,6 +57,8 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError("PROCESSOR_CLOSE_GRACE_SECONDS must not be negative")
         if not 1 <= self.poll_records <= 100_000:
             raise ConfigurationError("PROCESSOR_POLL_RECORDS must be between 1 and 100000")
+        if self.topic_replication <= 0:
+            raise ConfigurationError("GATEWAY_TOPIC_REPLICATION must be greater than zero")
         if self.tick_seconds <= 0:
             raise ConfigurationError("PROCESSOR_TICK_SECONDS must be greater than zero")
         if not self.schema.isidentifier() or self.schema.lower() != self.schema:
