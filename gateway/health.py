@@ -11,7 +11,7 @@ from litestar.openapi.spec import Example
 
 from gateway import SERVICE_NAME, __version__
 from gateway.metrics import CONTENT_TYPE
-from gateway.openapi import DocumentedOperation
+from gateway.openapi import DocumentedOperation, documented
 from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.producer import SettlementProducer
 from gateway.redis_pipeline import RedisUnavailable, ReplyError
@@ -70,12 +70,7 @@ _SHUTTING_DOWN = ENCODER.encode(not_ready("shutting-down", "the gateway is shutt
     tags=["operations"],
     operation_class=DocumentedOperation,
     responses={
-        200: ResponseSpec(
-            data_container=Health,
-            description="The process serves HTTP",
-            generate_examples=False,
-            examples=[Example(summary="healthy", value=Health("healthy", SERVICE_NAME, __version__))],
-        )
+        200: documented(Health, "The process serves HTTP", "healthy", Health("healthy", SERVICE_NAME, __version__))
     },
 )
 async def health() -> Response[bytes]:
@@ -143,12 +138,7 @@ _DOWN_EXAMPLE = not_ready(
     tags=["operations"],
     operation_class=DocumentedOperation,
     responses={
-        200: ResponseSpec(
-            data_container=Ready,
-            description="Redis and Kafka answer",
-            generate_examples=False,
-            examples=[Example(summary="ready", value=Ready("ready", Checks("ok", "ok")))],
-        ),
+        200: documented(Ready, "Redis and Kafka answer", "ready", Ready("ready", Checks("ok", "ok"))),
         503: ResponseSpec(
             data_container=NotReady,
             description="Redis or Kafka is down, or shutdown has begun (with Retry-After)",

@@ -44,6 +44,16 @@ class Decision(enum.Enum):
     TXN_TAKEN = b"txn_taken"
 
 
+def idem_key(partner: str, key_digest: str) -> str:
+    """The Redis key of an idempotency key (its SHA-256 hex digest): fingerprint, state, response."""
+    return f"idem:{{{partner}}}:{key_digest}"
+
+
+def txn_key(partner: str, transaction_id: str) -> str:
+    """The Redis key of a transaction id: the digest of the idempotency key that owns it."""
+    return f"txn:{{{partner}}}:{transaction_id}"
+
+
 class Reservation:
     """The Redis keys and values of one submission, computed once per request."""
 
@@ -59,8 +69,8 @@ class Reservation:
         topic: str = "",
     ) -> None:
         self.key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-        self.idem_key = f"idem:{{{partner}}}:{self.key_digest}"
-        self.txn_key = f"txn:{{{partner}}}:{transaction_id}"
+        self.idem_key = idem_key(partner, self.key_digest)
+        self.txn_key = txn_key(partner, transaction_id)
         self.fingerprint = fingerprint
         self.event_id = event_id  # the record this reservation is about to produce
         self.topic = topic

@@ -58,3 +58,13 @@ def problem_responses(description: str, *examples: Example) -> ResponseSpec:
         generate_examples=False,
         examples=list(examples),
     )
+
+
+def documented(data: Any, description: str, summary: str, example: Any) -> ResponseSpec:
+    """A documented success response: its body's type, and one example of it."""
+    return ResponseSpec(
+        data_container=data,
+        description=description,
+        generate_examples=False,
+        examples=[Example(summary=summary, value=example)],
+    )

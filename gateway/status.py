@@ -19,14 +19,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 import psycopg
 from litestar import Request, get
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 from psycopg import sql
 
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.idempotency import Reservation
-from gateway.openapi import DocumentedOperation, problem_example, problem_responses
+from gateway.idempotency import idem_key, txn_key
+from gateway.openapi import DocumentedOperation, documented, problem_example, problem_responses
 from gateway.redis_pipeline import RedisUnavailable, ReplyError
 from gateway.schemas import Deduped
 from gateway.settings import Settings
@@ -93,10 +91,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _money(value: Decimal) -> str:
-    return str(value)
-
-
 class StatusStore:
     """A few PostgreSQL connections per worker for the status queries (a query waits only for a free
     one), each made when first needed and made again after it broke."""
@@ -109,6 +103,7 @@ class StatusStore:
         for _ in range(connections):
             self._free.put_nowait(None)  # a connection not made yet
         self._all: set[psycopg.AsyncConnection] = set()
+        self._told_no_schema = False
 
     async def _connect(self) -> psycopg.AsyncConnection:
         conn = await psycopg.AsyncConnection.connect(
@@ -130,8 +125,10 @@ class StatusStore:
                 cursor = await conn.execute(query, args)
                 return await cursor.fetchall()
         except psycopg.errors.UndefinedTable:
-            # the processor has not created its schema yet: it knows nothing so far
-            log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
+            # the processor has not created its schema yet: it knows nothing so far (said once)
+            if not self._told_no_schema:
+                self._told_no_schema = True
+                log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
             return []
         except (psycopg.OperationalError, TimeoutError) as exc:
             if conn is not None:
@@ -167,15 +164,12 @@ _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND batch_id
 
 async def _accepted(request: Request, settings: Settings, transaction_id: str) -> TransactionStatus | None:
     """A transaction only the gateway knows yet: its completed idempotency entry in Redis."""
-    keys = Reservation(settings.partner, "", transaction_id, "")
     redis = request.app.state.redis
     try:
-        digest = await redis.execute("GET", keys.txn_key)
+        digest = await redis.execute("GET", txn_key(settings.partner, transaction_id))
         if digest is None:
             return None
-        state, response = await redis.execute(
-            "HMGET", f"idem:{{{settings.partner}}}:{digest.decode()}", "state", "response"
-        )
+        state, response = await redis.execute("HMGET", idem_key(settings.partner, digest.decode()), "state", "response")
     except (RedisUnavailable, ReplyError) as exc:
         raise DependencyUnavailable("redis", str(exc)) from None
     if state != b"done" or response is None:
@@ -227,12 +221,7 @@ _STATUS_EXAMPLE = TransactionStatus(
     tags=["status"],
     operation_class=DocumentedOperation,
     responses={
-        200: ResponseSpec(
-            data_container=TransactionStatus,
-            description="The transaction's status",
-            generate_examples=False,
-            examples=[Example(summary="batched", value=_STATUS_EXAMPLE)],
-        ),
+        200: documented(TransactionStatus, "The transaction's status", "batched", _STATUS_EXAMPLE),
         400: _INVALID,
         404: _NOT_FOUND,
         503: _UNAVAILABLE,
@@ -255,7 +244,7 @@ async def transaction_status(
             window=window,
             value_date=value_date.isoformat(),
             batch=batch,
-            amount=_money(amount),
+            amount=str(amount),
             currency=currency,
             kafka=KafkaRecord(topic, partition, offset),
             steps=Steps(_iso(accepted_at) or "", _iso(batched_at), _iso(settled_at)),
@@ -277,7 +266,7 @@ async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView
     for counterparty, source_currency, n, amount in part:
         count += n
         totals[source_currency] = totals.get(source_currency, Decimal(0)) + amount
-        net.setdefault(counterparty, {})[source_currency] = _money(amount)
+        net.setdefault(counterparty, {})[source_currency] = str(amount)
     return BatchView(
         batch_id=batch_id,
         window=window,
@@ -290,7 +279,7 @@ async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView
         closed_at=_iso(closed_at),
         settled_at=_iso(settled_at),
         transaction_count=count,
-        totals={c: _money(v) for c, v in sorted(totals.items())},
+        totals={c: str(v) for c, v in sorted(totals.items())},
         net_positions=net,
         late_transactions=[r[0] for r in late],
     )
@@ -322,12 +311,7 @@ _BATCH_EXAMPLE = BatchView(
     tags=["status"],
     operation_class=DocumentedOperation,
     responses={
-        200: ResponseSpec(
-            data_container=BatchView,
-            description="The batch",
-            generate_examples=False,
-            examples=[Example(summary="closed", value=_BATCH_EXAMPLE)],
-        ),
+        200: documented(BatchView, "The batch", "closed", _BATCH_EXAMPLE),
         400: _INVALID,
         404: _NOT_FOUND,
         503: _UNAVAILABLE,
@@ -371,12 +355,7 @@ def _after(cursor: str) -> tuple[date, str]:
     tags=["status"],
     operation_class=DocumentedOperation,
     responses={
-        200: ResponseSpec(
-            data_container=BatchPage,
-            description="One page of batches",
-            generate_examples=False,
-            examples=[Example(summary="a page", value=BatchPage([_BATCH_EXAMPLE], None))],
-        ),
+        200: documented(BatchPage, "One page of batches", "a page", BatchPage([_BATCH_EXAMPLE], None)),
         400: _INVALID,
         422: problem_responses(
             "A cursor this API did not give",

@@ -4,13 +4,11 @@ from typing import Any, ClassVar
 
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
 
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.intake import Intake, Outcome
 from gateway.metrics import Metrics
-from gateway.openapi import DocumentedOperation, problem_example, problem_responses
+from gateway.openapi import DocumentedOperation, documented, problem_example, problem_responses
 from gateway.schemas import (
     IDEMPOTENCY_KEY_SCHEMA,
     REQUEST_SCHEMA,
@@ -110,17 +108,12 @@ _DEDUPED_EXAMPLE = Deduped(
 )
 
 RESPONSES = {
-    202: ResponseSpec(
-        data_container=Accepted,
-        description="Accepted: the broker has the record (acks=all)",
-        generate_examples=False,
-        examples=[Example(summary="submitted", value=_ACCEPTED_EXAMPLE)],
-    ),
-    200: ResponseSpec(
-        data_container=Deduped,
-        description="Exact resubmission: the original answer, with header Idempotent-Replayed: true",
-        generate_examples=False,
-        examples=[Example(summary="deduped", value=_DEDUPED_EXAMPLE)],
+    202: documented(Accepted, "Accepted: the broker has the record (acks=all)", "submitted", _ACCEPTED_EXAMPLE),
+    200: documented(
+        Deduped,
+        "Exact resubmission: the original answer, with header Idempotent-Replayed: true",
+        "deduped",
+        _DEDUPED_EXAMPLE,
     ),
     400: problem_responses("Malformed JSON", problem_example("malformed-json", "the body is not valid JSON")),
     409: problem_responses(
