@@ -70,18 +70,27 @@ def fingerprint(transaction: Transaction) -> str:
     return hashlib.sha256(_CANONICAL.encode(transaction)).hexdigest()
 
 
+def binary_mode_headers(
+    event_id: str, event_type: str, source: str, occurred_at: str, subject: str
+) -> list[tuple[str, bytes]]:
+    """CloudEvents 1.0 binary-mode headers of a JSON event (the intake's and the processor's)."""
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", occurred_at.encode()),
+        ("ce_subject", subject.encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
 def cloudevents_headers(event: TransactionAccepted, traceparent: str | None) -> list[tuple[str, bytes]]:
     """CloudEvents 1.0 binary-mode headers, the idempotency key and, when valid, the W3C trace context."""
-    headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", event.event_id.encode()),
-        ("ce_type", CE_TYPE.encode()),
-        ("ce_source", CE_SOURCE.encode()),
-        ("ce_time", event.occurred_at.encode()),
-        ("ce_subject", event.transaction.transaction_id.encode()),
-        ("content-type", b"application/json"),
-        ("idempotency-key", event.idempotency_key.encode()),
-    ]
+    headers = binary_mode_headers(
+        event.event_id, CE_TYPE, CE_SOURCE, event.occurred_at, event.transaction.transaction_id
+    )
+    headers.append(("idempotency-key", event.idempotency_key.encode()))
     if traceparent is not None and _TRACEPARENT.match(traceparent):
         headers.append(("traceparent", traceparent.encode()))
     return headers

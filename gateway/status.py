@@ -23,6 +23,7 @@ from litestar.params import PathParameter, QueryParameter
 from psycopg import sql
 
 from gateway.errors import DependencyUnavailable, Refused
+from gateway.events import instant
 from gateway.idempotency import idem_key, txn_key
 from gateway.openapi import DocumentedOperation, documented, problem_example, problem_responses
 from gateway.redis_pipeline import RedisUnavailable, ReplyError
@@ -88,7 +89,7 @@ class BatchPage(msgspec.Struct, frozen=True):
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if value is None else instant(value.timestamp())
 
 
 class StatusStore:

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import ids
-from gateway.events import CE_SOURCE
+from gateway.events import CE_SOURCE, binary_mode_headers, instant
 from gateway.producer import create_topics
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
@@ -63,15 +63,8 @@ class ProcessorMetrics:
 
 def _headers(event_type: str, event_id: str, occurred_at: datetime, batch_id: str) -> list[tuple[str, bytes]]:
     kind = "closed" if event_type == "BatchClosed" else "settled"
-    return [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", event_id.encode()),
-        ("ce_type", f"com.settlement.batch.{kind}.v1".encode()),
-        ("ce_source", f"{CE_SOURCE}:processor".encode()),
-        ("ce_time", occurred_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()),
-        ("ce_subject", batch_id.encode()),
-        ("content-type", b"application/json"),
-    ]
+    ce_type = f"com.settlement.batch.{kind}.v1"
+    return binary_mode_headers(event_id, ce_type, f"{CE_SOURCE}:processor", instant(occurred_at.timestamp()), batch_id)
 
 
 class Processor:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Any, NamedTuple
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+from gateway.events import instant
 from processor.calendar import SettlementCalendar, parse_batch_id
 from processor.records import COPY_COLUMNS, Incoming, Partition, Unreadable
 
@@ -254,7 +255,7 @@ class SettlementStore:
             "event_type": event_type,
             "schema_version": 1,
             "event_id": event_id,
-            "occurred_at": now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "occurred_at": instant(now.timestamp()),
             "batch_id": batch_id,
             "settlement_window": window,
             "value_date": value_date.isoformat(),
