@@ -24,5 +24,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 # A worker that dies is replaced at once (the interval only paces graceful respawns; see deploy/run.sh).
-ENTRYPOINT ["granian", "--interface", "asgi", "--factory", "gateway.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-ws", "--workers-kill-timeout", "15", "--respawn-failed-workers", "--respawn-interval", "5"]
+ENTRYPOINT ["granian", "--interface", "asgi", "--factory", "gateway.api.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-ws", "--workers-kill-timeout", "15", "--respawn-failed-workers", "--respawn-interval", "5"]
 CMD ["--workers", "2"]

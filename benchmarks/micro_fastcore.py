@@ -23,10 +23,10 @@ from datetime import date
 
 import fastcore
 from benchmarks.peers.pydantic_model import TransactionModel
-from gateway.intake import validation_fields
-from gateway.routing import load_rules
-from gateway.schemas import REQUEST_DECODER
-from gateway.transactions import SEED_EXAMPLE
+from gateway.api.transactions import SEED_EXAMPLE
+from gateway.intake.flow import validation_fields
+from gateway.intake.routing import load_rules
+from gateway.intake.schemas import REQUEST_DECODER
 
 VALID = {**SEED_EXAMPLE, "amount": "250.00"}  # the seed's transaction, amount as a decimal string
 INVALID = {

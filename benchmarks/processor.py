@@ -30,8 +30,15 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from gateway import ids
-from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
-from gateway.producer import ensure_topics
+from gateway.kafka.events import (
+    EVENT_ENCODER,
+    Routing,
+    Transaction,
+    TransactionAccepted,
+    cloudevents_headers,
+    fingerprint,
+)
+from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 from processor.calendar import SettlementCalendar
 from processor.service import Processor, ProcessorMetrics

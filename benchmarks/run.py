@@ -44,7 +44,7 @@ import httpx
 import msgspec
 from hdrh.histogram import HdrHistogram
 
-from gateway.producer import ensure_topics
+from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +144,7 @@ def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server
     return {
         "gateway": Server(
             "gateway",
-            [*granian, "--port", str(port_base + 1), "--factory", "gateway.app:create_app", *RESPAWN],
+            [*granian, "--port", str(port_base + 1), "--factory", "gateway.api.app:create_app", *RESPAWN],
             port_base + 1,
             "/ready",
             {**ttl, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},

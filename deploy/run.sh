@@ -58,7 +58,7 @@ say "gateway on http://$HOST:$PORT (docs at /docs); Ctrl-C stops"
 # --respawn-interval only paces graceful respawns (SIGHUP): a new worker starts that long before its
 # predecessor stops; 5 s covers a worker's start-up (2-6 s on a loaded 2-core machine), 1 s left no
 # worker listening for 1-3 s of a reload there. It does not delay the replacement of a dead worker.
-"$ROOT/.venv/bin/granian" --interface asgi --factory gateway.app:create_app \
+"$ROOT/.venv/bin/granian" --interface asgi --factory gateway.api.app:create_app \
   --host "$HOST" --port "$PORT" \
   --workers "${GATEWAY_WORKERS:-$(nproc)}" --workers-kill-timeout "${GATEWAY_SHUTDOWN_GRACE_SECONDS:-15}" \
   --respawn-failed-workers --respawn-interval 5 \

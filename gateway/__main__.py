@@ -10,7 +10,7 @@ def main(argv: list[str]) -> int:
     if argv != ["check"]:
         print("usage: python -m gateway check", file=sys.stderr)
         return 2
-    from gateway.app import build_policy
+    from gateway.api.app import build_policy
     from gateway.settings import Settings
 
     try:

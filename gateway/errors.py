@@ -1,4 +1,4 @@
-"""The gateway's errors: one root, no HTTP status codes (those appear only in `gateway.problems`)."""
+"""The gateway's errors: one root, no HTTP status codes (those appear only in `gateway.api.problems`)."""
 
 
 class GatewayError(Exception):

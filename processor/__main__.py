@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import ConfigurationError
-from gateway.logs import configure_logging
+from gateway.telemetry.logs import configure_logging
 from processor.calendar import SettlementCalendar
 from processor.replay import replay
 from processor.service import Processor, ProcessorMetrics

@@ -1,4 +1,4 @@
-"""When a batch closes and settles, from the same rules file as the router (gateway/settlement_rules.toml).
+"""When a batch closes and settles, from the same rules file as the router (gateway/intake/settlement_rules.toml).
 
 Days and times are the batch currency's (the destination currency, as in the batch id). A batch stops
 receiving at the moment after which the router can no longer assign a transaction to it:
@@ -16,7 +16,7 @@ from datetime import date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from gateway.routing import RulesFile, clock_time, default_rules_path, load_rules_file, resolved
+from gateway.intake.routing import RulesFile, clock_time, default_rules_path, load_rules_file, resolved
 from processor.settings import ProcessorSettings
 
 

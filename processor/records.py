@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 from confluent_kafka import KafkaError
 
-from gateway.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted
+from gateway.kafka.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted
 
 Partition = tuple[str, int]  # topic, partition
 log = logging.getLogger("processor")

@@ -18,8 +18,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import ids
-from gateway.events import CE_SOURCE, binary_mode_headers, instant
-from gateway.producer import create_topics
+from gateway.kafka.events import CE_SOURCE, binary_mode_headers, instant
+from gateway.kafka.producer import create_topics
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
 from processor.store import Fenced, SettlementStore

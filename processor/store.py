@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from gateway.events import instant
+from gateway.kafka.events import instant
 from processor.calendar import SettlementCalendar, parse_batch_id
 from processor.records import COPY_COLUMNS, Incoming, Partition, Unreadable
 

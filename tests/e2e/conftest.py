@@ -38,7 +38,7 @@ class Server:
         self.process = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("granian")),
-                "--interface", "asgi", "--factory", "gateway.app:create_app",
+                "--interface", "asgi", "--factory", "gateway.api.app:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
                 "--workers-kill-timeout", str(kill_timeout), *RESPAWN,
             ],

@@ -10,12 +10,12 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.app import build_policy
-from gateway.idempotency import IdempotencyStore
-from gateway.intake import Intake
-from gateway.metrics import PUBLISH_INTERVAL, Metrics
-from gateway.redis_pipeline import RedisPipeline
+from gateway.api.app import build_policy
+from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.store import IdempotencyStore
+from gateway.intake.flow import Intake
 from gateway.settings import Settings
+from gateway.telemetry.metrics import PUBLISH_INTERVAL, Metrics
 from tests.conftest import transaction
 from tests.e2e.conftest import Server, server_env
 from tests.kafka_log import end_offsets, read_topic
@@ -196,7 +196,7 @@ async def test_sigterm_under_load_loses_nothing_and_exits_in_time(stack, tmp_pat
 
 @pytest.mark.parametrize("value", ["acct_usa_88", "ab"])
 def test_mask_hides_all_but_the_tail(value):
-    from gateway.logs import mask
+    from gateway.telemetry.logs import mask
 
     masked = mask(value)
     assert (len(masked) == len(value) and value not in masked) or len(value) <= 4

@@ -3,9 +3,9 @@
 import pytest
 from redis.asyncio import Redis
 
-from gateway.idempotency import Decision, IdempotencyStore, Reservation
-from gateway.metrics import Metrics
-from gateway.redis_pipeline import RedisPipeline
+from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.telemetry.metrics import Metrics
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from confluent_kafka import Producer
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.app import create_app
-from gateway.events import EVENT_ENCODER, cloudevents_headers
-from gateway.idempotency import Decision, IdempotencyStore, Reservation
-from gateway.metrics import Metrics
-from gateway.redis_pipeline import RedisPipeline
+from gateway.api.app import create_app
+from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.kafka.events import EVENT_ENCODER, cloudevents_headers
+from gateway.telemetry.metrics import Metrics
 from tests.conftest import transaction
 from tests.kafka_log import end_offsets, headers_of, read_topic
 

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.idempotency import Decision, IdempotencyStore
-from gateway.metrics import Metrics
-from gateway.redis_pipeline import RedisPipeline
+from gateway.api.app import create_app
+from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.store import Decision, IdempotencyStore
+from gateway.telemetry.metrics import Metrics
 from tests.conftest import transaction
 from tests.kafka_log import end_offsets, headers_of, read_topic
 

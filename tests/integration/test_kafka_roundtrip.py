@@ -2,8 +2,8 @@
 
 import asyncio
 
-from gateway.metrics import Metrics
-from gateway.producer import SettlementProducer, ensure_topics
+from gateway.kafka.producer import SettlementProducer, ensure_topics
+from gateway.telemetry.metrics import Metrics
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
 

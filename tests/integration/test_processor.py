@@ -25,9 +25,16 @@ from confluent_kafka.admin import AdminClient
 from litestar.testing import AsyncTestClient
 
 from gateway import ids
-from gateway.app import create_app
-from gateway.events import EVENT_ENCODER, Routing, Transaction, TransactionAccepted, cloudevents_headers, fingerprint
-from gateway.producer import ensure_topics
+from gateway.api.app import create_app
+from gateway.kafka.events import (
+    EVENT_ENCODER,
+    Routing,
+    Transaction,
+    TransactionAccepted,
+    cloudevents_headers,
+    fingerprint,
+)
+from gateway.kafka.producer import ensure_topics
 from processor.calendar import SettlementCalendar
 from processor.replay import rebuild
 from processor.service import Processor, ProcessorMetrics

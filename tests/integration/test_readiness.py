@@ -4,7 +4,7 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
+from gateway.api.app import create_app
 
 
 @pytest.fixture

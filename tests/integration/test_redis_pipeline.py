@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from redis.asyncio import Redis
 
-from gateway.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.idempotency.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def test_dockerfile_runtime_is_non_root_granian_with_healthcheck():
     assert users and users[-1] not in ("root", "0")
     entrypoint = [args for op, args in runtime if op == "ENTRYPOINT"][-1]
     argv = yaml.safe_load(entrypoint)
-    assert argv[0] == "granian" and "asgi" in argv and "gateway.app:create_app" in argv and "--factory" in argv
+    assert argv[0] == "granian" and "asgi" in argv and "gateway.api.app:create_app" in argv and "--factory" in argv
     assert argv[argv.index("--port") + 1] == "8000"
     assert any(op == "EXPOSE" and "8000" in args for op, args in runtime)
     healthcheck = [args for op, args in runtime if op == "HEALTHCHECK"][-1]
@@ -158,7 +158,7 @@ def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard(
 def test_dashboard_queries_only_metrics_the_gateway_exports():
     import json
 
-    from gateway.metrics import Metrics
+    from gateway.telemetry.metrics import Metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     exported = {metric.name + suffix for metric in Metrics().registry.collect() for suffix in suffixes[metric.type]}

@@ -5,8 +5,8 @@ from typing import Annotated
 import msgspec
 import pytest
 
-from gateway.decoding import decode, shape_errors
 from gateway.errors import Refused
+from gateway.intake.decoding import decode, shape_errors
 
 SEED = (
     b'{"transaction_id":"txn_001","amount":250.00,"source_currency":"USD","destination_currency":"GBP",'

@@ -3,10 +3,10 @@
 import asyncio
 import time
 
-from gateway.idempotency import PendingRecord, Reservation
-from gateway.in_doubt import DoubtResolver
-from gateway.metrics import Metrics
+from gateway.idempotency.store import PendingRecord, Reservation
+from gateway.intake.in_doubt import DoubtResolver
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
 
 class FlakyLog:
@@ -35,8 +35,8 @@ class Store:
 
 
 async def test_a_failed_round_is_tried_again_and_the_key_is_still_settled(monkeypatch):
-    monkeypatch.setattr("gateway.in_doubt.RETRY_SECONDS", 0.05)
-    monkeypatch.setattr("gateway.in_doubt.CONFIRM_SECONDS", 0.05)
+    monkeypatch.setattr("gateway.intake.in_doubt.RETRY_SECONDS", 0.05)
+    monkeypatch.setattr("gateway.intake.in_doubt.CONFIRM_SECONDS", 0.05)
     store, log = Store(), FlakyLog()
     resolver = DoubtResolver(Settings(), store, Metrics(), log)  # type: ignore[arg-type]
     resolver.start()

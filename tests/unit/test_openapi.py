@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document describes the request body and every response code with an example."""
 
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Settings
 
 

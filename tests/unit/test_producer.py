@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka import KafkaError
 
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable
-from gateway.metrics import Metrics
-from gateway.producer import SettlementProducer
+from gateway.kafka.producer import SettlementProducer
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
 
 class FakeMessage:

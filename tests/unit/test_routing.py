@@ -8,7 +8,7 @@ import pytest
 
 import fastcore
 from gateway.errors import ConfigurationError
-from gateway.routing import EPOCH, default_rules_path, load_rules
+from gateway.intake.routing import EPOCH, default_rules_path, load_rules
 
 TWIN = fastcore.load_twin()
 COMPILED_RULES = load_rules(None, date(2026, 6, 1))

@@ -19,8 +19,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable
-from gateway.metrics import Metrics
 from gateway.settings import REPORT_GRACE_MS, Settings
+from gateway.telemetry.metrics import Metrics
 
 
 class Delivery(NamedTuple):

@@ -8,7 +8,7 @@ rest (request id, duration histogram, access line) and the same answers.
 
 Everything else continues to Litestar unchanged: other paths and methods, and the submissions the
 lane does not take (a chunked body, a wrong or missing content type, a body over the limit), which
-the route in gateway.transactions handles; that route also documents the operation in OpenAPI.
+the route in gateway.api.transactions handles; that route also documents the operation in OpenAPI.
 """
 
 import logging
@@ -17,23 +17,23 @@ from typing import Any
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
+from gateway.api.transactions import answer, count_refusal, is_json
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.intake import Intake
-from gateway.metrics import Metrics
-from gateway.observability import RequestRecorder, request_id_of
-from gateway.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
-from gateway.transactions import answer, count_refusal, is_json
+from gateway.intake.flow import Intake
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.observability import RequestRecorder, request_id_of
 
 PATHS = frozenset({"/api/v1/transactions/", "/api/v1/transactions"})
 ROUTE = "/api/v1/transactions"  # the route template, as Litestar labels the same route
 _JSON = (b"content-type", b"application/json")
 _PROBLEM = (b"content-type", MEDIA_TYPE.encode())
 
-log = logging.getLogger("gateway.fast_lane")
+log = logging.getLogger("gateway.api.fast_lane")
 
 
 class FastLane:
-    """An ASGI handler in front of Litestar's own (installed by gateway.app)."""
+    """An ASGI handler in front of Litestar's own (installed by gateway.api.app)."""
 
     def __init__(
         self, litestar: ASGIApp, metrics: Metrics, recorder: RequestRecorder, max_body: int, retry_after: int

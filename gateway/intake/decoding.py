@@ -11,7 +11,7 @@ import msgspec
 
 import fastcore
 from gateway.errors import Refused
-from gateway.schemas import REQUEST_DECODER, TransactionRequest
+from gateway.intake.schemas import REQUEST_DECODER, TransactionRequest
 
 # msgspec's ValidationError messages: "Object contains unknown field `amt`", "Expected `object`, got
 # `array`", "Object missing required field `x`", each ending in " - at `$.metadata`" unless about the

@@ -13,23 +13,23 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import fastcore
 from gateway import __version__
+from gateway.api.fast_lane import FastLane
+from gateway.api.operations import Readiness, health, ready
+from gateway.api.operations import metrics as metrics_endpoint
+from gateway.api.problems import EXCEPTION_HANDLERS
+from gateway.api.status import StatusStore, batch, batches, transaction_status
+from gateway.api.transactions import submit_transaction
 from gateway.errors import ConfigurationError
-from gateway.fast_lane import FastLane
-from gateway.health import Readiness, health, ready
-from gateway.health import metrics as metrics_endpoint
-from gateway.idempotency import IdempotencyStore
-from gateway.in_doubt import DoubtResolver, LogReader
-from gateway.intake import Intake
-from gateway.logs import AccessLog, configure_logging
-from gateway.metrics import Metrics
-from gateway.observability import RequestObservability, RequestRecorder
-from gateway.problems import EXCEPTION_HANDLERS
-from gateway.producer import SettlementProducer, ensure_topics
-from gateway.redis_pipeline import RedisPipeline
-from gateway.routing import load_rules
+from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.store import IdempotencyStore
+from gateway.intake.flow import Intake
+from gateway.intake.in_doubt import DoubtResolver, LogReader
+from gateway.intake.routing import load_rules
+from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.settings import Settings
-from gateway.status import StatusStore, batch, batches, transaction_status
-from gateway.transactions import submit_transaction
+from gateway.telemetry.logs import AccessLog, configure_logging
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.observability import RequestObservability, RequestRecorder
 
 log = logging.getLogger("gateway")
 
@@ -157,10 +157,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/docs",
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
-        logging_config=None,  # gateway.logs owns logging: JSON lines
+        logging_config=None,  # gateway.telemetry.logs owns logging: JSON lines
         debug=False,
     )
-    # Well-formed submissions skip Litestar's routing and request machinery (see gateway.fast_lane).
+    # Well-formed submissions skip Litestar's routing and request machinery (see gateway.api.fast_lane).
     fast_lane = FastLane(app.asgi_handler, metrics, recorder, settings.max_body_bytes, settings.retry_after_seconds)
     app.asgi_handler = fast_lane
     app.state.settings = settings

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, Operation
 
-from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
-from gateway.schemas import Problem
+from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.intake.schemas import Problem
 
 REQUEST_ID: dict[str, Any] = {
     "description": "the partner's X-Request-ID when it is 1-128 of [A-Za-z0-9._:-], else one the gateway made",

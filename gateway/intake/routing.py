@@ -53,7 +53,7 @@ _FIELDS = CurrencyRules.__struct_fields__
 
 def default_rules_path() -> Path:
     """The rules file shipped with the gateway."""
-    return Path(str(resources.files("gateway").joinpath("settlement_rules.toml")))
+    return Path(str(resources.files("gateway.intake").joinpath("settlement_rules.toml")))
 
 
 def load_rules_file(path: Path) -> RulesFile:

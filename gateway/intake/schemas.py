@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from fastcore.currencies import CURRENCIES
-from gateway.events import Routing
+from gateway.kafka.events import Routing
 
 _IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
 _CURRENCY = {

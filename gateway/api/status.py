@@ -22,15 +22,15 @@ from litestar import Request, get
 from litestar.params import PathParameter, QueryParameter
 from psycopg import sql
 
+from gateway.api.openapi import DocumentedOperation, documented, problem_example, problem_responses
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.events import instant
-from gateway.idempotency import idem_key, txn_key
-from gateway.openapi import DocumentedOperation, documented, problem_example, problem_responses
-from gateway.redis_pipeline import RedisUnavailable, ReplyError
-from gateway.schemas import Deduped
+from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
+from gateway.idempotency.store import idem_key, txn_key
+from gateway.intake.schemas import Deduped
+from gateway.kafka.events import instant
 from gateway.settings import Settings
 
-log = logging.getLogger("gateway.status")
+log = logging.getLogger("gateway.api.status")
 
 
 class KafkaRecord(msgspec.Struct, frozen=True):

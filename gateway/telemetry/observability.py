@@ -8,8 +8,8 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import ids
-from gateway.logs import AccessLog
-from gateway.metrics import Metrics, TallyHistogram
+from gateway.telemetry.logs import AccessLog
+from gateway.telemetry.metrics import Metrics, TallyHistogram
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 

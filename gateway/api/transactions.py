@@ -5,11 +5,10 @@ from typing import Any, ClassVar
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 
+from gateway.api.openapi import DocumentedOperation, documented, problem_example, problem_responses
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.intake import Intake, Outcome
-from gateway.metrics import Metrics
-from gateway.openapi import DocumentedOperation, documented, problem_example, problem_responses
-from gateway.schemas import (
+from gateway.intake.flow import Intake, Outcome
+from gateway.intake.schemas import (
     IDEMPOTENCY_KEY_SCHEMA,
     REQUEST_SCHEMA,
     Accepted,
@@ -18,6 +17,7 @@ from gateway.schemas import (
     DedupedMetadata,
     TransactionRequest,
 )
+from gateway.telemetry.metrics import Metrics
 
 SEED_EXAMPLE = {
     "transaction_id": "txn_001",
@@ -166,7 +166,7 @@ def is_json(content_type: str | None) -> bool:
 async def submit_transaction(request: Request) -> Response[bytes]:
     """Accept one transaction: 202 new, 200 replay, or a problem.
 
-    The fast lane (gateway.fast_lane) answers the common case, a JSON body of declared length within
+    The fast lane (gateway.api.fast_lane) answers the common case, a JSON body of declared length within
     the limit, before Litestar sees it; this handler takes every other POST (a chunked body, a wrong
     or missing content type, a body over the limit) and documents the operation."""
     headers = request.headers

@@ -10,13 +10,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
 from gateway import SERVICE_NAME, __version__
-from gateway.metrics import CONTENT_TYPE
-from gateway.openapi import DocumentedOperation, documented
-from gateway.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
-from gateway.producer import SettlementProducer
-from gateway.redis_pipeline import RedisUnavailable, ReplyError
-from gateway.schemas import ENCODER
+from gateway.api.openapi import DocumentedOperation, documented
+from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
+from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
+from gateway.intake.schemas import ENCODER
+from gateway.kafka.producer import SettlementProducer
 from gateway.settings import Settings
+from gateway.telemetry.metrics import CONTENT_TYPE
 
 CheckResult = Literal["ok", "down"]
 

@@ -31,13 +31,13 @@ import msgspec
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gateway.errors import DependencyUnavailable
-from gateway.events import TransactionAccepted, instant
-from gateway.idempotency import IdempotencyStore, PendingRecord, Reservation
-from gateway.metrics import Metrics
-from gateway.schemas import ENCODER, replay_answer
+from gateway.idempotency.store import IdempotencyStore, PendingRecord, Reservation
+from gateway.intake.schemas import ENCODER, replay_answer
+from gateway.kafka.events import TransactionAccepted, instant
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
-log = logging.getLogger("gateway.in_doubt")
+log = logging.getLogger("gateway.intake.in_doubt")
 
 # the scan starts this long before the reservation: producer clocks and the record's timestamp
 # (librdkafka stamps it at produce) may differ from the gateway's wall clock by a little

@@ -3,7 +3,7 @@
 Nothing is acknowledged before Kafka has the record. A produce that certainly never reached the
 broker (queue full, refused at once) releases the reservation, so the partner's retry is new again;
 one whose outcome is in doubt (a delivery timeout or error) keeps it locked until the log says
-whether the record is there (gateway.in_doubt). Redis down means nothing is produced (fail closed).
+whether the record is there (gateway.intake.in_doubt). Redis down means nothing is produced (fail closed).
 """
 
 import asyncio
@@ -16,9 +16,17 @@ import msgspec
 
 import fastcore
 from gateway import ids
-from gateway.decoding import decode
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused
-from gateway.events import (
+from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.intake.decoding import decode
+from gateway.intake.schemas import (
+    ENCODER,
+    Accepted,
+    AcceptedMetadata,
+    TransactionRequest,
+    replay_answer,
+)
+from gateway.kafka.events import (
     EVENT_ENCODER,
     Routing,
     Transaction,
@@ -27,19 +35,11 @@ from gateway.events import (
     fingerprint,
     instant,
 )
-from gateway.idempotency import Decision, IdempotencyStore, Reservation
-from gateway.metrics import Metrics
-from gateway.producer import SettlementProducer
-from gateway.schemas import (
-    ENCODER,
-    Accepted,
-    AcceptedMetadata,
-    TransactionRequest,
-    replay_answer,
-)
+from gateway.kafka.producer import SettlementProducer
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
-log = logging.getLogger("gateway.intake")
+log = logging.getLogger("gateway.intake.flow")
 
 
 class Prepared(NamedTuple):

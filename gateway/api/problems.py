@@ -6,8 +6,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from gateway.errors import DependencyUnavailable, Refused
-from gateway.observability import request_id_of
-from gateway.schemas import ENCODER, FieldError, Problem
+from gateway.intake.schemas import ENCODER, FieldError, Problem
+from gateway.telemetry.observability import request_id_of
 
 PROBLEM_BASE = "https://settlement-gateway.example/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -31,7 +31,7 @@ CAUSES: dict[str, tuple[int, str]] = {
     "internal-error": (500, "Internal error"),
 }
 
-log = logging.getLogger("gateway.problems")
+log = logging.getLogger("gateway.api.problems")
 
 
 # causes the partner should retry after a pause (the header gives GATEWAY_RETRY_AFTER_SECONDS)

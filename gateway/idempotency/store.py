@@ -7,7 +7,7 @@ when Redis lost it (SCRIPT FLUSH, restart), so no request sees NOSCRIPT.
 
 A pending reservation names the record it is about to produce (event id, topic, time), so that
 when it stays pending too long (its worker died, the delivery was in doubt, the completion was
-lost) any worker can settle it from the Kafka log (gateway.in_doubt). A completion that Redis did
+lost) any worker can settle it from the Kafka log (gateway.intake.in_doubt). A completion that Redis did
 not take is sent again until it does; shutdown waits for the ones still on their way.
 """
 
@@ -21,14 +21,14 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from gateway.errors import DependencyUnavailable
-from gateway.metrics import Metrics
-from gateway.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.idempotency.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.telemetry.metrics import Metrics
 
-log = logging.getLogger("gateway.idempotency")
+log = logging.getLogger("gateway.idempotency.store")
 
 
 def _script(name: str) -> Script:
-    return Script(resources.files("gateway").joinpath("lua", f"{name}.lua").read_text())
+    return Script(resources.files("gateway.idempotency").joinpath("lua", f"{name}.lua").read_text())
 
 
 RESERVE, COMPLETE, RELEASE = _script("reserve"), _script("complete"), _script("release")

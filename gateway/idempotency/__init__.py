@@ -1,0 +1,1 @@
+"""Idempotency in Redis: the store, its Lua scripts, the pipelined client."""

@@ -1,0 +1,1 @@
+"""Kafka: the producer, topics, and the event contract (TransactionAccepted v1, batch events)."""

@@ -1,0 +1,1 @@
+"""Partners: the registry, authentication, rate limits."""
