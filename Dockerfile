@@ -18,7 +18,8 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 ENV PYTHONUNBUFFERED=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/gateway-metrics \
     GATEWAY_KAFKA_BOOTSTRAP=kafka:19092 \
-    GATEWAY_REDIS_URL=redis://redis:6379/0
+    GATEWAY_REDIS_URL=redis://redis:6379/0 \
+    GATEWAY_HOST=0.0.0.0
 USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -4,8 +4,18 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-HOST=${GATEWAY_HOST:-0.0.0.0}
 PORT=${GATEWAY_PORT:-8000}
+# Open mode (no partner registry) serves anyone as the default partner: loopback only, unless the
+# operator names the listen address (the gateway then warns again). With a registry: every address.
+if [ -n "${GATEWAY_HOST:-}" ]; then
+  HOST=$GATEWAY_HOST
+elif [ -n "${GATEWAY_PARTNERS_FILE:-}" ]; then
+  HOST=0.0.0.0
+else
+  HOST=127.0.0.1
+  say "open mode (no GATEWAY_PARTNERS_FILE): listening on loopback only; set GATEWAY_HOST to listen elsewhere"
+fi
+export GATEWAY_HOST=$HOST
 
 # listeners HOST PORT: the `ss` lines of the sockets listening on PORT that a server on HOST:PORT
 # would collide with (same address, or either one the wildcard); nothing when ss is missing.

@@ -24,10 +24,19 @@ class DeliveryInDoubt(DependencyUnavailable):
 
 
 class Refused(GatewayError):
-    """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields."""
+    """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields;
+    `quota` is what the partner's admission found when Redis was asked before the refusal
+    (gateway.idempotency.store.Quota: remaining, reset µs, retry-after µs)."""
 
-    def __init__(self, cause: str, detail: str, errors: list[tuple[str, str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        cause: str,
+        detail: str,
+        errors: list[tuple[str, str, str]] | None = None,
+        quota: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.cause = cause
         self.detail = detail
         self.errors = errors
+        self.quota = quota

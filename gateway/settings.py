@@ -36,7 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pending_ttl_seconds: int = 86_400
     in_doubt_margin_ms: int = 5000
     retry_after_seconds: int = 1
-    partner: str = "default"
+    partner: str = "default"  # the single partner of open mode (no GATEWAY_PARTNERS_FILE)
+    partners_file: str = ""  # the partner registry (TOML); empty: open mode
+    partners_reload_seconds: float = 2.0  # how often each worker looks for a changed registry; 0: never
+    host: str = ""  # the listen address, as deploy/run.sh and the image bind it (empty: not said)
     max_body_bytes: int = 65_536
     max_amount: str = "1000000000"
     blocked_pairs: str = ""

@@ -3,16 +3,20 @@
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from litestar import Litestar
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import fastcore
 from gateway import __version__
+from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
 from gateway.api.operations import Readiness, health, ready
 from gateway.api.operations import metrics as metrics_endpoint
@@ -26,6 +30,9 @@ from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
 from gateway.intake.routing import load_rules
 from gateway.kafka.producer import SettlementProducer, ensure_topics
+from gateway.partners.authentication import Authenticator
+from gateway.partners.registry import PARTNER_ID, Registry
+from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
 from gateway.telemetry.logs import AccessLog, configure_logging
 from gateway.telemetry.metrics import Metrics
@@ -44,15 +51,42 @@ def build_policy(settings: Settings) -> tuple[fastcore.Policy, fastcore.Rules]:
     return policy, load_rules(settings.rules_file(), today)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def load_partners(settings: Settings) -> Registry | None:
+    """The partner registry (None: open mode); ConfigurationError names the line of a bad file."""
+    if not PARTNER_ID.match(settings.partner):
+        raise ConfigurationError("GATEWAY_PARTNER must be 1-64 of a-z, 0-9, '_' and '-'")
+    if not settings.partners_file:
+        return None
+    return Registry.load(Path(settings.partners_file))
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Open mode serves anyone as the default partner: say so, louder when reachable from elsewhere."""
+    log.warning(
+        "open mode: no GATEWAY_PARTNERS_FILE, so every request is partner %r without authentication; "
+        "fine on a laptop, never in production",
+        settings.partner,
+    )
+    if settings.host and settings.host not in LOOPBACK:
+        log.warning(
+            "open mode on %s: GATEWAY_HOST exposes an unauthenticated gateway beyond this machine", settings.host
+        )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the gateway; settings default to the environment (GATEWAY_*)."""
     settings = settings or Settings.from_env()
     policy, rules = build_policy(settings)
+    registry = load_partners(settings)
     configure_logging(settings.log_level)
+    authenticator = Authenticator(registry, settings.partner, time.time)
     metrics = Metrics()
     access_log = AccessLog(settings.access_log)
     recorder = RequestRecorder(metrics, access_log)
-    readiness = Readiness(settings.ready_cache_ms / 1000)
+    readiness = Readiness(settings.ready_cache_ms / 1000, open_mode=registry is None)
 
     @asynccontextmanager
     async def telemetry(app: Litestar) -> AsyncIterator[None]:
@@ -124,7 +158,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.intake = Intake(
             settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
         )
-        fast_lane.intake = app.state.intake
+        app.state.edge = fast_lane.edge = Edge(
+            authenticator, app.state.intake, app.state.idempotency, metrics, settings.retry_after_seconds
+        )
+        if registry is None:
+            warn_if_open(settings)
+        watcher = RegistryWatcher(Path(settings.partners_file), authenticator, settings.partners_reload_seconds)
+        if registry is not None:
+            watcher.start()
         # What start-up made lives as long as the worker: keep it out of every garbage collection.
         gc.collect()
         gc.freeze()
@@ -135,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # finish and the producer flushes.
             readiness.shutting_down = True
             log.info("shutdown: readiness now 503; flushing the producer")
+            await watcher.close()
 
     app = Litestar(
         route_handlers=[
@@ -148,7 +190,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         middleware=[RequestObservability(recorder)],
         lifespan=[telemetry, redis_client, kafka_producer, status_database, in_doubt_resolver, intake_service],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers={EdgeRefusal: edge_refusal, **EXCEPTION_HANDLERS},  # type: ignore[dict-item]
+        dependencies={"partner": Provide(partner_of)},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Settlement gateway",
@@ -161,7 +204,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     # Well-formed submissions skip Litestar's routing and request machinery (see gateway.api.fast_lane).
-    fast_lane = FastLane(app.asgi_handler, metrics, recorder, settings.max_body_bytes, settings.retry_after_seconds)
+    fast_lane = FastLane(app.asgi_handler, recorder, settings.max_body_bytes)
     app.asgi_handler = fast_lane
     app.state.settings = settings
     app.state.policy = policy

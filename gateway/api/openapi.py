@@ -20,15 +20,38 @@ REQUEST_ID: dict[str, Any] = {
 }
 _RETRY_SCHEMA = {"type": "integer", "minimum": 0}
 _RETRY_AFTER = "seconds to wait before retrying (GATEWAY_RETRY_AFTER_SECONDS)"
+# draft-ietf-httpapi-ratelimit-headers: on every answer to a partner that has a limit
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    "RateLimit-Policy": {
+        "description": 'the partner\'s limit: q requests at once, whole again after w seconds ("partner";q=1000;w=2)',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'what is left: r requests now, the burst whole again in t seconds ("partner";r=998;t=1)',
+        "schema": {"type": "string"},
+    },
+}
 
 
 class DocumentedOperation(Operation):
     """An operation whose responses document the headers the gateway sets on them."""
 
+    partner_operation: ClassVar[bool] = False
     # status -> header name -> header object, added to that response besides X-Request-ID
     response_headers: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "409": {"Retry-After": {"description": "with request-in-flight: " + _RETRY_AFTER, "schema": _RETRY_SCHEMA}},
         "503": {"Retry-After": {"description": _RETRY_AFTER, "required": True, "schema": _RETRY_SCHEMA}},
+        "401": {
+            "WWW-Authenticate": {"description": "the Bearer challenge (RFC 6750)", "required": True, "schema": {}},
+            "Accept-Signature": {"description": "how to sign, for a partner that must (RFC 9421)", "schema": {}},
+        },
+        "429": {
+            "Retry-After": {
+                "description": "seconds until the partner's limit allows one more request",
+                "required": True,
+                "schema": _RETRY_SCHEMA,
+            }
+        },
     }
 
     def to_schema(self) -> dict[str, Any]:
@@ -36,8 +59,16 @@ class DocumentedOperation(Operation):
         for status, response in schema.get("responses", {}).items():
             headers = response.setdefault("headers", {})
             headers["X-Request-ID"] = REQUEST_ID
+            if self.partner_operation:
+                headers.update(RATE_LIMIT_HEADERS)
             headers.update(self.response_headers.get(status, {}))
         return schema
+
+
+class PartnerOperation(DocumentedOperation):
+    """An operation a partner calls through the edge: its answers carry the RateLimit headers."""
+
+    partner_operation = True
 
 
 def problem_example(cause: str, detail: str, errors: list[dict[str, str]] | None = None) -> Example:
@@ -68,3 +99,16 @@ def documented(data: Any, description: str, summary: str, example: Any) -> Respo
         generate_examples=False,
         examples=[Example(summary=summary, value=example)],
     )
+
+
+# the answers of the edge to any partner request (gateway.api.edge)
+PARTNER_RESPONSES = {
+    401: problem_responses(
+        "No valid credential: missing, wrong, revoked or expired key; bad, expired or replayed signature",
+        problem_example("unauthorized", "send the partner's API key as Authorization: Bearer <key>"),
+    ),
+    429: problem_responses(
+        "The partner's rate limit is exhausted (Retry-After says for how long)",
+        problem_example("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
+    ),
+}

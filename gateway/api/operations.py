@@ -36,11 +36,17 @@ class Checks(msgspec.Struct, frozen=True):
     kafka: CheckResult
 
 
-class Ready(msgspec.Struct, frozen=True):
-    """200 from /ready."""
+OPEN_MODE_WARNING = "open mode: no partner registry (GATEWAY_PARTNERS_FILE); every request is the default partner's"
+
+
+class Ready(msgspec.Struct, frozen=True, omit_defaults=True):
+    """200 from /ready. `partners` says how callers are identified: `registry` (API keys) or `open`
+    (no registry: every request is the single default partner's, with `warning`)."""
 
     status: Literal["ready"]
     checks: Checks
+    partners: Literal["registry", "open"]
+    warning: str | None = None
 
 
 class NotReady(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -93,8 +99,9 @@ async def _check_kafka(producer: SettlementProducer, timeout: float) -> list[str
 class Readiness:
     """The last readiness verdict, kept for GATEWAY_READY_CACHE_MS so probes do not load the dependencies."""
 
-    def __init__(self, cache_seconds: float) -> None:
+    def __init__(self, cache_seconds: float, open_mode: bool = False) -> None:
         self.cache_seconds = cache_seconds
+        self.open_mode = open_mode
         self.shutting_down = False
         self._checked_at = -1e9
         self._verdict: tuple[int, bytes] = (503, b"")
@@ -119,7 +126,12 @@ class Readiness:
                 body = not_ready("not-ready", detail, checks, redis_problems + kafka_problems)
                 self._verdict = (503, ENCODER.encode(body))
             else:
-                self._verdict = (200, ENCODER.encode(Ready("ready", checks)))
+                ready = (
+                    Ready("ready", checks, "open", OPEN_MODE_WARNING)
+                    if self.open_mode
+                    else Ready("ready", checks, "registry")
+                )
+                self._verdict = (200, ENCODER.encode(ready))
             self._checked_at = time.monotonic()
             return self._verdict
 
@@ -138,7 +150,9 @@ _DOWN_EXAMPLE = not_ready(
     tags=["operations"],
     operation_class=DocumentedOperation,
     responses={
-        200: documented(Ready, "Redis and Kafka answer", "ready", Ready("ready", Checks("ok", "ok"))),
+        200: documented(
+            Ready, "Redis and Kafka answer", "ready", Ready("ready", Checks("ok", "ok"), "open", OPEN_MODE_WARNING)
+        ),
         503: ResponseSpec(
             data_container=NotReady,
             description="Redis or Kafka is down, or shutdown has begun (with Retry-After)",

@@ -16,6 +16,8 @@ MEDIA_TYPE = "application/problem+json"
 CAUSES: dict[str, tuple[int, str]] = {
     "malformed-json": (400, "Malformed JSON"),
     "invalid-parameter": (400, "Invalid parameter"),
+    "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Forbidden"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "request-in-flight": (409, "Request in flight"),
@@ -25,6 +27,7 @@ CAUSES: dict[str, tuple[int, str]] = {
     "invalid-shape": (422, "Request does not match the schema"),
     "validation-failed": (422, "Validation failed"),
     "idempotency-key-reused": (422, "Idempotency key reused with another payload"),
+    "rate-limited": (429, "Too many requests"),
     "dependency-unavailable": (503, "Service unavailable"),
     "not-ready": (503, "Not ready"),
     "shutting-down": (503, "Shutting down"),

@@ -19,10 +19,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 import psycopg
 from litestar import Request, get
+from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from psycopg import sql
 
-from gateway.api.openapi import DocumentedOperation, documented, problem_example, problem_responses
+from gateway.api.openapi import (
+    PARTNER_RESPONSES,
+    PartnerOperation,
+    documented,
+    problem_example,
+    problem_responses,
+)
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
 from gateway.idempotency.store import idem_key, txn_key
@@ -163,14 +170,14 @@ _PARTNER_PART = (
 _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND batch_id = %s AND late ORDER BY 1"
 
 
-async def _accepted(request: Request, settings: Settings, transaction_id: str) -> TransactionStatus | None:
+async def _accepted(request: Request, partner: str, transaction_id: str) -> TransactionStatus | None:
     """A transaction only the gateway knows yet: its completed idempotency entry in Redis."""
     redis = request.app.state.redis
     try:
-        digest = await redis.execute("GET", txn_key(settings.partner, transaction_id))
+        digest = await redis.execute("GET", txn_key(partner, transaction_id))
         if digest is None:
             return None
-        state, response = await redis.execute("HMGET", idem_key(settings.partner, digest.decode()), "state", "response")
+        state, response = await redis.execute("HMGET", idem_key(partner, digest.decode()), "state", "response")
     except (RedisUnavailable, ReplyError) as exc:
         raise DependencyUnavailable("redis", str(exc)) from None
     if state != b"done" or response is None:
@@ -220,22 +227,23 @@ _STATUS_EXAMPLE = TransactionStatus(
     description="accepted (only the gateway knows it yet), batched (the settlement processor has it in its "
     "batch) or settled; with its window, value date, batch, amount, Kafka record and the time of each step.",
     tags=["status"],
-    operation_class=DocumentedOperation,
+    operation_class=PartnerOperation,
     responses={
         200: documented(TransactionStatus, "The transaction's status", "batched", _STATUS_EXAMPLE),
         400: _INVALID,
         404: _NOT_FOUND,
         503: _UNAVAILABLE,
+        **PARTNER_RESPONSES,
     },
 )
 async def transaction_status(
     request: Request,
+    partner: NamedDependency[str],
     transaction_id: Annotated[str, PathParameter(description="the partner's id of the transaction")],
 ) -> TransactionStatus:
     """The status of one of the partner's transactions."""
-    settings: Settings = request.app.state.settings
     store: StatusStore = request.app.state.status_store
-    rows = await store.rows(_TRANSACTION, settings.partner, transaction_id)
+    rows = await store.rows(_TRANSACTION, partner, transaction_id)
     if rows:
         (status, window, value_date, batch, amount, currency, topic, partition, offset,
          accepted_at, batched_at, settled_at, late) = rows[0]  # fmt: skip
@@ -251,7 +259,7 @@ async def transaction_status(
             steps=Steps(_iso(accepted_at) or "", _iso(batched_at), _iso(settled_at)),
             late=late,
         )
-    accepted = await _accepted(request, settings, transaction_id)
+    accepted = await _accepted(request, partner, transaction_id)
     if accepted is None:
         raise Refused("not-found", f"no transaction {transaction_id} of this partner")
     return accepted
@@ -310,25 +318,26 @@ _BATCH_EXAMPLE = BatchView(
     description="Its status and times, and the partner's own part of it: count, exact totals per currency and "
     "net positions per counterparty of its on-time transactions (frozen at close), and its late transactions.",
     tags=["status"],
-    operation_class=DocumentedOperation,
+    operation_class=PartnerOperation,
     responses={
         200: documented(BatchView, "The batch", "closed", _BATCH_EXAMPLE),
         400: _INVALID,
         404: _NOT_FOUND,
         503: _UNAVAILABLE,
+        **PARTNER_RESPONSES,
     },
 )
 async def batch(
     request: Request,
+    partner: NamedDependency[str],
     batch_id: Annotated[str, PathParameter(description="{window}-{YYYYMMDD}-{currency}", examples=None)],
 ) -> BatchView:
     """One batch the partner has transactions in."""
-    settings: Settings = request.app.state.settings
     store: StatusStore = request.app.state.status_store
-    rows = await store.rows(_BATCH, batch_id, settings.partner)
+    rows = await store.rows(_BATCH, batch_id, partner)
     if not rows:
         raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
-    return await _batch_view(store, settings.partner, rows[0])
+    return await _batch_view(store, partner, rows[0])
 
 
 def _cursor(value_date: date, batch_id: str) -> str:
@@ -354,7 +363,7 @@ def _after(cursor: str) -> tuple[date, str]:
     description="Batches the partner has transactions in, by value date then batch id; filter by window, value "
     "date and status; `next_cursor` fetches the next page.",
     tags=["status"],
-    operation_class=DocumentedOperation,
+    operation_class=PartnerOperation,
     responses={
         200: documented(BatchPage, "One page of batches", "a page", BatchPage([_BATCH_EXAMPLE], None)),
         400: _INVALID,
@@ -363,10 +372,12 @@ def _after(cursor: str) -> tuple[date, str]:
             problem_example("validation-failed", "the cursor is not one this API gave"),
         ),
         503: _UNAVAILABLE,
+        **PARTNER_RESPONSES,
     },
 )
 async def batches(
     request: Request,
+    partner: NamedDependency[str],
     window: Annotated[Literal["rtgs", "t0", "t1"] | None, QueryParameter(description="only this window")] = None,
     value_date: Annotated[date | None, QueryParameter(description="only this value date")] = None,
     status: Annotated[
@@ -378,7 +389,6 @@ async def batches(
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="batches per page")] = 50,
 ) -> BatchPage:
     """One page of the partner's batches."""
-    settings: Settings = request.app.state.settings
     store: StatusStore = request.app.state.status_store
     after_day, after_id = _after(cursor) if cursor else (date.min, "")
     rows = await store.rows(
@@ -388,8 +398,8 @@ async def batches(
         " AND (%s::text IS NULL OR settlement_window = %s) AND (%s::date IS NULL OR value_date = %s)"
         " AND (%s::text IS NULL OR status = %s) AND (value_date, batch_id) > (%s, %s)"
         " ORDER BY value_date, batch_id LIMIT %s",
-        settings.partner, window, window, value_date, value_date, status, status, after_day, after_id, limit + 1,
+        partner, window, window, value_date, value_date, status, status, after_day, after_id, limit + 1,
     )  # fmt: skip
-    page = [await _batch_view(store, settings.partner, row) for row in rows[:limit]]
+    page = [await _batch_view(store, partner, row) for row in rows[:limit]]
     following = _cursor(rows[limit - 1][2], rows[limit - 1][0]) if len(rows) > limit else None
     return BatchPage(page, following)

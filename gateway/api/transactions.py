@@ -5,9 +5,15 @@ from typing import Any, ClassVar
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 
-from gateway.api.openapi import DocumentedOperation, documented, problem_example, problem_responses
-from gateway.errors import DependencyUnavailable, Refused
-from gateway.intake.flow import Intake, Outcome
+from gateway.api.edge import Answer, Edge
+from gateway.api.openapi import (
+    PARTNER_RESPONSES,
+    PartnerOperation,
+    documented,
+    problem_example,
+    problem_responses,
+)
+from gateway.errors import Refused
 from gateway.intake.schemas import (
     IDEMPOTENCY_KEY_SCHEMA,
     REQUEST_SCHEMA,
@@ -15,9 +21,7 @@ from gateway.intake.schemas import (
     AcceptedMetadata,
     Deduped,
     DedupedMetadata,
-    TransactionRequest,
 )
-from gateway.telemetry.metrics import Metrics
 
 SEED_EXAMPLE = {
     "transaction_id": "txn_001",
@@ -42,11 +46,11 @@ SERVER_TIMING = {
 }
 
 
-class TransactionOperation(DocumentedOperation):
+class TransactionOperation(PartnerOperation):
     """Adds the hand-written request body schema: the handler reads raw bytes, so Litestar cannot infer it."""
 
     response_headers: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        **DocumentedOperation.response_headers,
+        **PartnerOperation.response_headers,
         "202": {"Server-Timing": SERVER_TIMING},
         "200": {
             "Server-Timing": SERVER_TIMING,
@@ -140,18 +144,16 @@ RESPONSES = {
         ),
         problem_example("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
     ),
+    **PARTNER_RESPONSES,
+    403: problem_responses(
+        "The partner may not use this settlement window or currency",
+        problem_example("forbidden", "settlement window rtgs is not enabled for partner acme"),
+    ),
     503: problem_responses(
         "Redis or Kafka unavailable (with Retry-After); nothing was accepted",
         problem_example("dependency-unavailable", "kafka is unavailable; retry later"),
     ),
 }
-
-
-def is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json"
 
 
 @post(
@@ -166,58 +168,31 @@ def is_json(content_type: str | None) -> bool:
 async def submit_transaction(request: Request) -> Response[bytes]:
     """Accept one transaction: 202 new, 200 replay, or a problem.
 
-    The fast lane (gateway.api.fast_lane) answers the common case, a JSON body of declared length within
-    the limit, before Litestar sees it; this handler takes every other POST (a chunked body, a wrong
-    or missing content type, a body over the limit) and documents the operation."""
+    The fast lane (gateway.api.fast_lane) takes the common case, a body of declared length within the
+    limit, before Litestar sees it; this handler takes every other POST (a chunked body, a body over
+    the limit) and documents the operation. Both hand it to the same edge."""
+
+    async def body() -> bytes:
+        try:
+            return await request.body()
+        except HTTPException as exc:
+            if exc.status_code == 413:
+                raise Refused("body-too-large", "the body is larger than GATEWAY_MAX_BODY_BYTES") from None
+            raise
+
     headers = request.headers
-    metrics = request.app.state.metrics
-    try:
-        if not is_json(headers.get("content-type")):
-            raise Refused("unsupported-media-type", "send the transaction as application/json")
-        intake: Intake = request.app.state.intake
-        body = await request.body()
-        outcome = await intake.submit(body, headers.get("idempotency-key"), headers.get("traceparent"))
-    except (Refused, DependencyUnavailable) as exc:
-        count_refusal(metrics, exc)
-        raise
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            metrics.tally(metrics.intake, "body_too_large").inc()
-        raise
-    request.scope.setdefault("state", {})["transaction_id"] = outcome.transaction_id  # for the access log
-    status, extra = answer(metrics, outcome)
-    extra_headers = {name.decode(): value.decode() for name, value in extra}
-    return Response(outcome.body, status_code=status, media_type="application/json", headers=extra_headers)
+    edge: Edge = request.app.state.edge
+    answer = await edge.submit(
+        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
+    )
+    return as_response(request, answer)
 
 
-def count_refusal(metrics: Metrics, exc: Refused | DependencyUnavailable) -> None:
-    """Count a refused submission by cause, and each broken validation rule."""
-    if isinstance(exc, DependencyUnavailable):
-        metrics.tally(metrics.intake, "dependency_unavailable").inc()
-        return
-    metrics.tally(metrics.intake, exc.cause.replace("-", "_")).inc()
-    for field, code, _ in exc.errors or ():
-        metrics.tally(metrics.validation_errors, field_label(field), code).inc()
-
-
-# The `field` label of the metrics takes only these values: a partner chooses unknown field names and
-# metadata keys, and one request must not be able to create a new time series per name.
-FIELD_LABELS = frozenset(TransactionRequest.__struct_fields__) | {""}
-
-
-def field_label(field: str) -> str:
-    """`field` as a bounded metric label: a request field, the whole body (""), or `other`."""
-    if field in FIELD_LABELS:
-        return field
-    head = field.split(".", 1)[0].split("[", 1)[0]
-    return head if head != field and head in FIELD_LABELS else "other"
-
-
-def answer(metrics: Metrics, outcome: Outcome) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """Count a submission that succeeded; its status and its headers beyond the content type, as the
-    ASGI messages of the fast lane carry them."""
-    metrics.tally(metrics.intake, "replayed" if outcome.replayed else "accepted").inc()
-    timing = (b"server-timing", outcome.timing.header().encode())
-    if outcome.replayed:
-        return 200, [(b"idempotent-replayed", b"true"), timing]
-    return 202, [timing]
+def as_response(request: Request, answer: Answer) -> Response[bytes]:
+    """An edge's answer as Litestar's response, its partner and transaction noted for the access log."""
+    state = request.scope.setdefault("state", {})
+    state["transaction_id"] = answer.transaction_id
+    state["partner"] = answer.partner
+    headers = {name.decode(): value.decode() for name, value in answer.headers[1:]}
+    media_type = answer.headers[0][1].decode()
+    return Response(answer.body, status_code=answer.status, media_type=media_type, headers=headers)

@@ -27,11 +27,17 @@ from gateway.telemetry.metrics import Metrics
 log = logging.getLogger("gateway.idempotency.store")
 
 
-def _script(name: str) -> Script:
-    return Script(resources.files("gateway.idempotency").joinpath("lua", f"{name}.lua").read_text())
+def _source(name: str) -> str:
+    return resources.files("gateway.idempotency").joinpath("lua", f"{name}.lua").read_text()
 
 
-RESERVE, COMPLETE, RELEASE = _script("reserve"), _script("complete"), _script("release")
+def _script(name: str, admitted: bool = False) -> Script:
+    """A script from lua/; `admitted` prefixes the partner's admission (admit.lua), which it calls."""
+    return Script(_source("admit") + _source(name) if admitted else _source(name))
+
+
+RESERVE, COMPLETE, RELEASE = _script("reserve", admitted=True), _script("complete"), _script("release")
+LIMIT = _script("limit", admitted=True)
 
 
 class Decision(enum.Enum):
@@ -42,6 +48,32 @@ class Decision(enum.Enum):
     IN_FLIGHT = b"in_flight"
     MISMATCH = b"mismatch"
     TXN_TAKEN = b"txn_taken"
+    LIMITED = b"limited"  # the partner is over its rate limit: nothing was looked at
+    NONCE_REPLAYED = b"nonce_replayed"  # a signed request's nonce was seen before: nothing was looked at
+
+
+class Admission(NamedTuple):
+    """What Redis checks before a partner's request does anything else (admit.lua): a signed request's
+    nonce, and the partner's GCRA limit."""
+
+    nonce_key: str
+    nonce_ttl_ms: int  # 0: not signed
+    rate_key: str
+    interval_us: float  # 0: unlimited
+    burst: int
+
+    @property
+    def args(self) -> list[Any]:
+        return [self.nonce_ttl_ms, repr(self.interval_us), self.burst]
+
+
+class Quota(NamedTuple):
+    """What the admission found: requests left in the burst (-1 unlimited), microseconds until the
+    burst is whole again, and, when refused for the rate, microseconds until one more is allowed."""
+
+    remaining: int
+    reset_us: int
+    retry_after_us: int = 0
 
 
 def idem_key(partner: str, key_digest: str) -> str:
@@ -54,10 +86,35 @@ def txn_key(partner: str, transaction_id: str) -> str:
     return f"txn:{{{partner}}}:{transaction_id}"
 
 
+def rate_key(partner: str) -> str:
+    """The Redis key of a partner's GCRA state (its theoretical arrival time)."""
+    return f"rate:{{{partner}}}"
+
+
+def nonce_key(partner: str, nonce: str) -> str:
+    """The Redis key remembering a signed request's nonce (its digest: the nonce is the partner's text)."""
+    return f"nonce:{{{partner}}}:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}"
+
+
+def unlimited(partner: str) -> Admission:
+    """The admission of a partner with no limit and no signature: the script checks nothing."""
+    return Admission(nonce_key(partner, ""), 0, rate_key(partner), 0.0, 1)
+
+
 class Reservation:
     """The Redis keys and values of one submission, computed once per request."""
 
-    __slots__ = ("event_id", "fingerprint", "idem_key", "key_digest", "reserved_at_ms", "topic", "txn_key")
+    __slots__ = (
+        "admission",
+        "event_id",
+        "fingerprint",
+        "idem_key",
+        "key_digest",
+        "quota",
+        "reserved_at_ms",
+        "topic",
+        "txn_key",
+    )
 
     def __init__(
         self,
@@ -67,6 +124,7 @@ class Reservation:
         fingerprint: str,
         event_id: str = "",
         topic: str = "",
+        admission: Admission | None = None,
     ) -> None:
         self.key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
         self.idem_key = idem_key(partner, self.key_digest)
@@ -75,6 +133,8 @@ class Reservation:
         self.event_id = event_id  # the record this reservation is about to produce
         self.topic = topic
         self.reserved_at_ms = 0  # set by `reserve`
+        self.admission = admission or unlimited(partner)
+        self.quota: Quota | None = None  # set by `reserve`: what the admission found
 
 
 class PendingRecord(NamedTuple):
@@ -107,7 +167,7 @@ class IdempotencyStore:
         self._done_ttl_ms = done_ttl_ms
         self._stale_after_ms = stale_after_ms
         self.on_doubt: DoubtWatcher | None = None  # set by the app: the in-doubt resolver
-        scripts = ("reserve", "complete", "release")
+        scripts = ("reserve", "complete", "release", "limit")
         self._duration = {name: metrics.tally_histogram(metrics.redis_duration, name) for name in scripts}
         self._errors = {name: metrics.tally(metrics.redis_errors, name) for name in scripts}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,13 +175,13 @@ class IdempotencyStore:
         self._resender: asyncio.Task[None] | None = None
         self._completing: set[asyncio.Future[bool]] = set()
 
-    async def _run(self, name: str, script: Script, r: Reservation, args: list[Any]) -> Any:
+    async def _run(self, name: str, script: Script, keys: tuple[str, ...], args: list[Any]) -> Any:
         started = time.perf_counter()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         try:
             await self._redis.connect()
-            reply = await self._redis.run_script(script, (r.idem_key, r.txn_key), args)
+            reply = await self._redis.run_script(script, keys, args)
         except (RedisUnavailable, ReplyError) as exc:
             self._errors[name].inc()
             raise DependencyUnavailable("redis", str(exc)) from None
@@ -129,22 +189,38 @@ class IdempotencyStore:
         return reply
 
     async def reserve(self, r: Reservation) -> tuple[Decision, bytes | None]:
-        """Claim the key when new; otherwise say why not (a replay carries the stored response).
+        """Admit the partner's request, then claim the key when new; otherwise say why not (a replay
+        carries the stored response). `r.quota` tells what the admission found.
 
         A key found pending for longer than the in-doubt horizon (its owner may be gone) is handed to
         `on_doubt`, which settles it from the log."""
         r.reserved_at_ms = now_ms = int(time.time() * 1000)
+        a = r.admission
         reply = await self._run(
-            "reserve", RESERVE, r, [r.fingerprint, r.key_digest, self._pending_ttl_ms, r.event_id, r.topic, now_ms]
+            "reserve",
+            RESERVE,
+            (r.idem_key, r.txn_key, a.nonce_key, a.rate_key),
+            [r.fingerprint, r.key_digest, self._pending_ttl_ms, r.event_id, r.topic, now_ms, *a.args],
         )
-        decision = Decision(reply[0])
+        if (refused := _refused(reply)) is not None:
+            r.quota = refused[1]
+            return refused[0], None
+        r.quota = Quota(int(reply[0]), int(reply[1]))
+        decision = Decision(reply[2])
         if decision is Decision.IN_FLIGHT:
-            reserved_at = int(reply[1])
+            reserved_at = int(reply[3])
             stale = self._stale_after_ms is not None and now_ms - reserved_at > self._stale_after_ms
-            if stale and self.on_doubt is not None and reply[2]:
-                self.on_doubt(r, PendingRecord(reply[2].decode(), reply[3].decode(), reserved_at))
+            if stale and self.on_doubt is not None and reply[4]:
+                self.on_doubt(r, PendingRecord(reply[4].decode(), reply[5].decode(), reserved_at))
             return decision, None
-        return decision, (reply[1] if len(reply) > 1 else None)
+        return decision, (reply[3] if len(reply) > 3 else None)
+
+    async def admit(self, a: Admission) -> tuple[Decision | None, Quota]:
+        """The admission alone (a request that does not reserve): None when admitted, else why not."""
+        reply = await self._run("limit", LIMIT, (a.nonce_key, a.rate_key), a.args)
+        if (refused := _refused(reply)) is not None:
+            return refused
+        return None, Quota(int(reply[1]), int(reply[2]))
 
     def complete(self, r: Reservation, response: bytes) -> "asyncio.Future[bool]":
         """Mark the key done with the response replays will get: sent with this tick's pipeline write,
@@ -236,4 +312,13 @@ class IdempotencyStore:
 
     async def release(self, r: Reservation) -> bool:
         """Drop our pending reservation so a retry starts afresh; False when there was none."""
-        return bool(await self._run("release", RELEASE, r, [r.fingerprint, r.key_digest]))
+        return bool(await self._run("release", RELEASE, (r.idem_key, r.txn_key), [r.fingerprint, r.key_digest]))
+
+
+def _refused(reply: list[Any]) -> tuple[Decision, Quota] | None:
+    """The admission's refusal in a script's reply, or None when it admitted the request."""
+    if reply[0] == b"limited":
+        return Decision.LIMITED, Quota(0, int(reply[2]), int(reply[1]))
+    if reply[0] == b"nonce_replayed":
+        return Decision.NONCE_REPLAYED, Quota(-1, 0)
+    return None

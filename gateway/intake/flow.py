@@ -17,7 +17,7 @@ import msgspec
 import fastcore
 from gateway import ids
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused
-from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation
 from gateway.intake.decoding import decode
 from gateway.intake.schemas import (
     ENCODER,
@@ -68,12 +68,30 @@ class Timing(NamedTuple):
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission."""
+    """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission;
+    `quota` is what the partner's admission found in the same round trip."""
 
     transaction_id: str
     replayed: bool
     body: bytes
     timing: Timing
+    quota: Quota | None = None
+
+
+# why a partner may not send a transaction through these windows in these currencies, or None
+Forbids = Callable[[tuple[str, ...], tuple[str, str]], str | None]
+
+# what the partner is told when `reserve` does not claim the key: the problem's cause and detail
+REFUSALS = {
+    Decision.IN_FLIGHT: ("request-in-flight", "a request with this idempotency key is still being processed"),
+    Decision.MISMATCH: ("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
+    Decision.TXN_TAKEN: (
+        "transaction-id-conflict",
+        "this transaction_id was already submitted under another idempotency key",
+    ),
+    Decision.LIMITED: ("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
+    Decision.NONCE_REPLAYED: ("unauthorized", "the signature's nonce was already used: sign every request afresh"),
+}
 
 
 def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
@@ -113,10 +131,16 @@ class Intake:
         self._producer = producer
         self._metrics = metrics
         self._clock = clock
-        self._partner = settings.partner
 
-    def prepare(self, body: bytes, idempotency_header: str | None) -> "Prepared":
-        """Decode, validate, route and fingerprint one raw body; no I/O. Raises Refused."""
+    def prepare(
+        self,
+        partner: str,
+        body: bytes,
+        idempotency_header: str | None,
+        admission: Admission | None = None,
+        forbids: Forbids | None = None,
+    ) -> "Prepared":
+        """Decode, validate, route and fingerprint one raw body of `partner`; no I/O. Raises Refused."""
         started = perf_counter()
         request = decode(body)
         decoded = perf_counter()
@@ -137,6 +161,11 @@ class Intake:
         except fastcore.RoutingUnavailable as exc:
             log.error("routing refused: %s", exc)
             raise DependencyUnavailable("settlement calendar", str(exc)) from None
+        if forbids is not None:
+            windows = tuple(w for w in (instruction.requested_window, routing.window) if w != "auto")
+            reason = forbids(windows, (request.source_currency, request.destination_currency))
+            if reason is not None:
+                raise Refused("forbidden", reason)
         transaction = Transaction(
             transaction_id=request.transaction_id,
             amount=instruction.amount,
@@ -150,17 +179,18 @@ class Intake:
         )
         event_id = ids.uuid7()
         reservation = Reservation(
-            self._partner,
+            partner,
             instruction.idempotency_key,
             request.transaction_id,
             fingerprint(transaction),
             event_id,
             self._settings.topic(routing.window),
+            admission,
         )
         event = TransactionAccepted(
             event_id=event_id,
             occurred_at=instant(now),
-            partner=self._partner,
+            partner=partner,
             idempotency_key=instruction.idempotency_key,
             fingerprint=reservation.fingerprint,
             transaction=transaction,
@@ -170,23 +200,31 @@ class Intake:
         )
         return Prepared(reservation, event, decoded - started, perf_counter() - decoded)
 
-    async def submit(self, body: bytes, idempotency_header: str | None, traceparent: str | None) -> Outcome:
-        """Take one raw request body; return the response body or raise Refused/DependencyUnavailable."""
-        reservation, event, decode_seconds, validate_seconds = self.prepare(body, idempotency_header)
+    async def submit(
+        self,
+        partner: str,
+        body: bytes,
+        idempotency_header: str | None,
+        traceparent: str | None,
+        admission: Admission | None = None,
+        forbids: Forbids | None = None,
+    ) -> Outcome:
+        """Take one raw request body of `partner`; return the response body or raise Refused or
+        DependencyUnavailable. `admission` (nonce, rate limit) is checked in the reservation's round trip."""
+        reservation, event, decode_seconds, validate_seconds = self.prepare(
+            partner, body, idempotency_header, admission, forbids
+        )
         started = perf_counter()
         decision, stored = await self._store.reserve(reservation)
         timing = Timing(decode_seconds, validate_seconds, perf_counter() - started, 0.0)
         if decision is Decision.REPLAY:
             assert stored is not None
-            return Outcome(event.transaction.transaction_id, replayed=True, body=stored, timing=timing)
-        if decision is Decision.IN_FLIGHT:
-            raise Refused("request-in-flight", "a request with this idempotency key is still being processed")
-        if decision is Decision.MISMATCH:
-            raise Refused("idempotency-key-reused", "this idempotency key was already used for a different transaction")
-        if decision is Decision.TXN_TAKEN:
-            raise Refused(
-                "transaction-id-conflict", "this transaction_id was already submitted under another idempotency key"
+            return Outcome(
+                event.transaction.transaction_id, replayed=True, body=stored, timing=timing, quota=reservation.quota
             )
+        if decision is not Decision.NEW:
+            cause, detail = REFUSALS[decision]
+            raise Refused(cause, detail, quota=reservation.quota)
         # Shielded: once the record may reach Kafka, a client that goes away must not stop us from
         # recording the outcome in Redis, or its retry could produce a second record.
         return await asyncio.shield(self._settle(reservation, event, traceparent, timing))
@@ -234,4 +272,10 @@ class Intake:
         self._store.complete(reservation, ENCODER.encode(replay))  # sent with this tick's Redis write
         self._metrics.tally(self._metrics.routing, routing.window, routing.reason).inc()
         timing = timing._replace(kafka=perf_counter() - started)
-        return Outcome(event.transaction.transaction_id, replayed=False, body=ENCODER.encode(accepted), timing=timing)
+        return Outcome(
+            event.transaction.transaction_id,
+            replayed=False,
+            body=ENCODER.encode(accepted),
+            timing=timing,
+            quota=reservation.quota,
+        )

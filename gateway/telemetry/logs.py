@@ -92,6 +92,7 @@ class AccessLog:
         duration: float,
         request_id: str,
         transaction_id: str | None,
+        partner: str | None = None,
     ) -> None:
         """Log one finished request (call from the event loop)."""
         line = self._encode(
@@ -101,6 +102,7 @@ class AccessLog:
                 "status": status,
                 "duration_ms": round(duration * 1000, 3),
                 "request_id": request_id,
+                "partner": partner,
                 "transaction_id": transaction_id,
                 "event": "request",
                 "logger": "gateway.access",

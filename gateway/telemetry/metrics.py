@@ -124,8 +124,8 @@ class Metrics:
         )
         self.intake = Counter(
             "settlement_intake_outcomes",
-            "Transaction submissions by outcome",
-            ["outcome"],
+            "Transaction submissions by partner (from the registry; '-' when none was identified) and outcome",
+            ["partner", "outcome"],
             registry=reg,
         )
         self.validation_errors = Counter(

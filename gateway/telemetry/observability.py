@@ -33,7 +33,14 @@ class RequestRecorder:
         self._durations: dict[tuple[str, str, int], TallyHistogram] = {}
 
     def finish(
-        self, method: str, route: str, status: int, duration: float, request_id: str, transaction_id: str | None
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration: float,
+        request_id: str,
+        transaction_id: str | None,
+        partner: str | None = None,
     ) -> None:
         key = (method, route, status)
         histogram = self._durations.get(key)
@@ -43,11 +50,13 @@ class RequestRecorder:
             )
         histogram.observe(duration)
         if self.access_log.enabled:
-            self.access_log.request(method, route, status, duration, request_id, transaction_id)
+            self.access_log.request(method, route, status, duration, request_id, transaction_id, partner)
 
 
 class RequestObservability(ASGIMiddleware):
-    """Time every request Litestar serves, label it by route template, echo its request id, log it."""
+    """Time every request Litestar serves, label it by route template, echo its request id, log it.
+    A handler may leave headers every answer to the request carries (its partner's RateLimit) in the
+    scope's state as `answer_headers`."""
 
     scopes = ("http",)  # type: ignore[assignment]
 
@@ -65,7 +74,8 @@ class RequestObservability(ASGIMiddleware):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                extra = state.get("answer_headers", ())
+                message["headers"] = [*message.get("headers", ()), *extra, (b"x-request-id", request_id)]
             await send(message)
 
         try:
@@ -78,4 +88,5 @@ class RequestObservability(ASGIMiddleware):
                 time.perf_counter() - started,
                 state["request_id"],
                 state.get("transaction_id"),
+                state.get("partner"),
             )

@@ -89,7 +89,7 @@ async def test_paused_broker_in_doubt_then_the_log_decides(client, t1_log, kafka
 
 async def _orphan(stack, client, body: dict, *, produced: bool) -> tuple[Reservation, int | None]:
     """A reservation whose worker died a minute ago, after producing its record or before."""
-    prepared = client.app.state.intake.prepare(json.dumps(body).encode(), None)
+    prepared = client.app.state.intake.prepare(client.app.state.settings.partner, json.dumps(body).encode(), None)
     reservation, event = prepared.reservation, prepared.event
     pipeline = RedisPipeline(stack.redis_url, 2.0)
     redis = Redis.from_url(stack.redis_url)

@@ -191,7 +191,7 @@ async def test_409_in_flight_with_retry_after(client, stack, log, unique):
     body = json.dumps(transaction(unique)).encode()
     # leave the key pending in Redis, exactly as the first of two concurrent requests does while it produces
     # (the test client runs the app on its own event loop, so this test brings its own Redis client)
-    prepared = client.app.state.intake.prepare(body, None)
+    prepared = client.app.state.intake.prepare(client.app.state.settings.partner, body, None)
     redis = RedisPipeline(stack.redis_url, 2.0)
     try:
         decision, _ = await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(

@@ -57,7 +57,9 @@ def test_compose_kafka_is_the_official_image_in_kraft_mode():
 def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings():
     gateway = _compose()["services"]["gateway"]
     assert gateway["build"] == "."
-    assert "8000:8000" in gateway["ports"]
+    # open mode by default (no registry): published on the host's loopback only
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    assert "GATEWAY_PARTNERS_FILE" not in gateway["environment"]
     for dependency in ("redis", "kafka", "postgres"):
         assert gateway["depends_on"][dependency]["condition"] == "service_healthy"
     unknown = set(gateway["environment"]) - SETTING_NAMES

@@ -1,6 +1,6 @@
 """Refusals are counted with bounded labels: a partner's made-up field names never become series."""
 
-from gateway.api.transactions import field_label
+from gateway.api.edge import field_label
 
 
 def test_metric_labels_of_fields_stay_bounded():

@@ -1,0 +1,253 @@
+"""The edge: identify → limit → intake → answer, once, for every path a request can take.
+
+The fast lane (gateway.api.fast_lane) and the Litestar routes both hand their requests here and get
+back a finished `Answer` (status, headers, body), so 401, 403, 429 and every refusal are decided and
+spelled in one place. The rate limit costs no round trip of its own: Redis checks it (and a signed
+request's nonce) in the same script as the reservation; only a request refused before the
+reservation (a 422, a 403) or one that never reserves (a status query) runs the admission alone.
+"""
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from litestar import Request, Response
+
+from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
+from gateway.errors import DependencyUnavailable, Refused
+from gateway.idempotency.store import Decision, IdempotencyStore, Quota
+from gateway.intake.flow import Intake, Outcome
+from gateway.intake.schemas import TransactionRequest
+from gateway.partners.authentication import Authenticator, Caller, Unauthorized
+from gateway.partners.registry import Partner
+from gateway.partners.signatures import ACCEPT_SIGNATURE
+from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger("gateway.api.edge")
+
+JSON = (b"content-type", b"application/json")
+PROBLEM = (b"content-type", MEDIA_TYPE.encode())
+POLICY = "partner"  # the name of the RateLimit policy (draft-ietf-httpapi-ratelimit-headers)
+ANONYMOUS = "-"  # the partner label of a request no credential identified (never a partner id)
+REALM = 'Bearer realm="settlement-gateway"'
+
+Header = Callable[[str], str | None]  # any request header by lower-case name (a signature's components)
+BodyReader = Callable[[], Awaitable[bytes]]  # raises Refused("body-too-large")
+
+
+class Answer(NamedTuple):
+    """A finished answer: the transport adds only Content-Length and X-Request-ID."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    transaction_id: str | None = None
+    partner: str | None = None
+
+
+class Admitted(NamedTuple):
+    """A request admitted at the edge without reserving (a status query): its caller and the headers
+    every answer to it carries."""
+
+    caller: Caller
+    headers: list[tuple[bytes, bytes]]
+
+
+class EdgeRefusal(Exception):
+    """A request the edge refused outside the submission path; its answer is ready to send."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+def is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+def ratelimit_headers(partner: Partner, quota: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
+    """RateLimit-Policy (the partner's limit: `q` requests at once, whole again after `w` seconds) and,
+    when Redis told us, RateLimit (`r` left now, the burst whole again in `t` seconds)."""
+    if not partner.rate:
+        return []
+    window = max(1, math.ceil(partner.burst / partner.rate))
+    headers = [(b"ratelimit-policy", f'"{POLICY}";q={partner.burst};w={window}'.encode())]
+    if quota is not None and quota[0] >= 0:
+        reset = math.ceil(quota[1] / 1_000_000)
+        headers.append((b"ratelimit", f'"{POLICY}";r={quota[0]};t={reset}'.encode()))
+    return headers
+
+
+# The `field` label of the metrics takes only these values: a partner chooses unknown field names and
+# metadata keys, and one request must not be able to create a new time series per name.
+FIELD_LABELS = frozenset(TransactionRequest.__struct_fields__) | {""}
+
+
+def field_label(field: str) -> str:
+    """`field` as a bounded metric label: a request field, the whole body (""), or `other`."""
+    if field in FIELD_LABELS:
+        return field
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    return head if head != field and head in FIELD_LABELS else "other"
+
+
+class Edge:
+    """Every request's way in. Made per worker when the app starts."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        intake: Intake,
+        store: IdempotencyStore,
+        metrics: Metrics,
+        retry_after_seconds: int,
+    ) -> None:
+        self.authenticator = authenticator
+        self._intake = intake
+        self._store = store
+        self._metrics = metrics
+        self._retry_after = str(retry_after_seconds).encode()
+
+    async def submit(
+        self,
+        method: str,
+        path: str,
+        header: Header,
+        body: bytes | BodyReader,
+        idempotency_key: str | None,
+        traceparent: str | None,
+    ) -> Answer:
+        """POST /api/v1/transactions/: identify, then the intake (which admits in its Redis round trip)."""
+        caller: Caller | None = None
+        try:
+            if not isinstance(body, bytes):
+                body = await body()
+            caller = self.authenticator.identify(method, path, header("authorization"), header, body)
+            if not is_json(header("content-type")):
+                raise Refused("unsupported-media-type", "send the transaction as application/json")
+            partner = caller.partner
+            restricted = partner.windows is not None or partner.currencies is not None
+            outcome = await self._intake.submit(
+                partner.id,
+                body,
+                idempotency_key,
+                traceparent,
+                caller.admission,
+                partner.forbids if restricted else None,
+            )
+        except (Refused, DependencyUnavailable) as exc:
+            return await self.refusal(caller, exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, path)
+            status, payload = problem_body("internal-error", "the request could not be processed")
+            return Answer(status, [PROBLEM], payload, partner=caller.partner.id if caller else None)
+        assert caller is not None
+        return self.accepted(caller.partner, outcome)
+
+    def accepted(self, partner: Partner, outcome: Outcome) -> Answer:
+        """202 for a new transaction, 200 for an exact resubmission."""
+        self._metrics.tally(self._metrics.intake, partner.id, "replayed" if outcome.replayed else "accepted").inc()
+        headers = [JSON, (b"server-timing", outcome.timing.header().encode())]
+        if partner.rate:
+            headers += ratelimit_headers(partner, outcome.quota)
+        if outcome.replayed:
+            headers.append((b"idempotent-replayed", b"true"))
+        return Answer(200 if outcome.replayed else 202, headers, outcome.body, outcome.transaction_id, partner.id)
+
+    async def admit(self, method: str, path: str, header: Header) -> Admitted:
+        """A request that reserves nothing (a status query): identify, then the admission alone.
+        Raises EdgeRefusal with the answer to send."""
+        caller: Caller | None = None
+        try:
+            caller = self.authenticator.identify(method, path, header("authorization"), header, b"")
+            quota = await self._admission(caller)
+        except (Refused, DependencyUnavailable) as exc:
+            raise EdgeRefusal(await self.refusal(caller, exc, count=False)) from None
+        return Admitted(caller, ratelimit_headers(caller.partner, quota))
+
+    async def _admission(self, caller: Caller) -> Quota | None:
+        """The admission alone, when the partner has one (a limit or a nonce); Refused when it says no."""
+        admission = caller.admission
+        if not admission.interval_us and not admission.nonce_ttl_ms:
+            return None
+        decision, quota = await self._store.admit(admission)
+        if decision is Decision.LIMITED:
+            raise Refused(
+                "rate-limited", "the partner's rate limit is exhausted; retry after the time given", quota=quota
+            )
+        if decision is Decision.NONCE_REPLAYED:
+            raise Unauthorized("the signature's nonce was already used: sign every request afresh", signature=True)
+        return quota
+
+    async def refusal(self, caller: Caller | None, exc: Refused | DependencyUnavailable, count: bool = True) -> Answer:
+        """The problem answer for `exc`. A refusal decided before Redis was asked still counts against
+        the partner's limit (and burns a signed request's nonce): the admission runs alone first."""
+        if caller is not None and isinstance(exc, Refused) and exc.quota is None and exc.cause != "rate-limited":
+            try:
+                quota = await self._admission(caller)
+                exc.quota = quota
+            except Refused as admission_refused:
+                exc = admission_refused
+            except DependencyUnavailable:
+                pass  # the refusal stands; Redis being down does not change it
+        partner = caller.partner if caller is not None else None
+        if count:
+            self._count(partner.id if partner else ANONYMOUS, exc)
+        headers = [PROBLEM]
+        if isinstance(exc, DependencyUnavailable):
+            status, payload = problem_body("dependency-unavailable", unavailable_detail(exc))
+            headers.append((b"retry-after", self._retry_after))
+        else:
+            status, payload = problem_body(exc.cause, exc.detail, exc.errors)
+            if exc.cause == "rate-limited" and exc.quota is not None:
+                headers.append((b"retry-after", str(max(1, math.ceil(exc.quota[2] / 1_000_000))).encode()))
+            elif exc.cause in RETRY_LATER:
+                headers.append((b"retry-after", self._retry_after))
+            if exc.cause == "unauthorized":
+                headers.append((b"www-authenticate", _challenge(exc).encode()))
+                if not isinstance(exc, Unauthorized) or exc.signature:  # a replayed nonce is a signature's
+                    headers.append((b"accept-signature", ACCEPT_SIGNATURE.encode()))
+        if partner is not None and partner.rate:
+            headers += ratelimit_headers(partner, exc.quota if isinstance(exc, Refused) else None)
+        return Answer(status, headers, payload, partner=partner.id if partner else None)
+
+    def _count(self, partner: str, exc: Refused | DependencyUnavailable) -> None:
+        """Count a refused submission by partner and cause, and each broken validation rule."""
+        metrics = self._metrics
+        if isinstance(exc, DependencyUnavailable):
+            metrics.tally(metrics.intake, partner, "dependency_unavailable").inc()
+            return
+        metrics.tally(metrics.intake, partner, exc.cause.replace("-", "_")).inc()
+        for field, code, _ in exc.errors or ():
+            metrics.tally(metrics.validation_errors, field_label(field), code).inc()
+
+
+def _challenge(exc: Refused) -> str:
+    """WWW-Authenticate (RFC 6750): no error code when no credential was sent."""
+    error = exc.error if isinstance(exc, Unauthorized) else "invalid_token"
+    if error is None:
+        return REALM
+    detail = exc.detail.replace("\\", "").replace('"', "'")
+    return f'{REALM}, error="{error}", error_description="{detail}"'
+
+
+async def partner_of(request: Request) -> str:
+    """Litestar dependency `partner` of the routes that reserve nothing (status queries): the edge
+    identifies and admits the caller; its RateLimit headers go on whatever the route answers."""
+    edge: Edge = request.app.state.edge
+    admitted = await edge.admit(request.method, request.url.path, request.headers.get)
+    state = request.scope.setdefault("state", {})
+    state["partner"] = admitted.caller.partner.id
+    state["answer_headers"] = admitted.headers
+    return admitted.caller.partner.id
+
+
+def edge_refusal(request: Request, exc: EdgeRefusal) -> Response[bytes]:
+    """Exception handler: the answer the edge already made."""
+    request.scope.setdefault("state", {})["partner"] = exc.answer.partner
+    headers = {name.decode(): value.decode() for name, value in exc.answer.headers[1:]}
+    return Response(exc.answer.body, status_code=exc.answer.status, media_type=MEDIA_TYPE, headers=headers)
