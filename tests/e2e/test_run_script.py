@@ -80,16 +80,20 @@ def test_a_served_port_is_refused_naming_the_process_and_nothing_is_started(tmp_
     assert not listening(env["STACK_POSTGRES_PORT"])
 
 
-def test_without_ss_the_refusal_still_names_the_port(tmp_path, occupied):
-    # an `ss` that finds nothing, as where iproute2 is missing: the port still answers connections
+@pytest.mark.parametrize(("registry", "host"), [(False, "127.0.0.1"), (True, "0.0.0.0")])
+def test_without_ss_the_refusal_still_names_the_port(tmp_path, occupied, registry, host):
+    # an `ss` that finds nothing, as where iproute2 is missing: the port still answers connections.
+    # The address it names is the default one: loopback in open mode, every address with a registry.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ss").write_text("#!/bin/sh\nexit 127\n")
     (bin_dir / "ss").chmod(0o755)
-    result, took, _ = run_script(tmp_path, occupied, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    extra = {"GATEWAY_PARTNERS_FILE": str(tmp_path / "partners.toml")} if registry else {}
+    result, took, _ = run_script(tmp_path, occupied, PATH=f"{bin_dir}:{os.environ['PATH']}", **extra)
 
     assert result.returncode != 0 and took < 10
-    assert f"0.0.0.0:{occupied} already accepts connections" in result.stderr, result.stderr
+    assert f"{host}:{occupied} already accepts connections" in result.stderr, result.stderr
+    assert ("open mode" in result.stderr) is not registry, result.stderr
     assert not (tmp_path / "stack").exists()
 
 
