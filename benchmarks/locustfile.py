@@ -33,6 +33,8 @@ from locust.contrib.fasthttp import FastHttpUser
 
 PATH = "/api/v1/transactions/"
 HEADERS = {"Content-Type": "application/json"}
+if os.environ.get("BENCH_AUTHORIZATION"):  # the authenticated gateway: the bench partner's key
+    HEADERS["Authorization"] = os.environ["BENCH_AUTHORIZATION"]
 EXPECTED = {"new": 202, "replay": 200, "invalid": 422}
 
 # (currency, minor units, weight): roughly the mix of a cross-border payments book

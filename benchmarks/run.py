@@ -6,6 +6,10 @@
 Needs the local stack's Redis and Kafka (GATEWAY_REDIS_URL, GATEWAY_KAFKA_BOOTSTRAP; deploy/bench.sh
 brings them up). Each server runs alone, with one worker per core, and goes through the same phases:
 
+Two gateways run: `gateway`, authenticated (a partner registry, Bearer keys, the GCRA limit in Redis
+set far above the load so it is checked on every request and never refuses), and `gateway-open`, the
+same server in open mode (no registry, no limit): their ratio is what partners cost.
+
   one_connection_new     1 user, new transactions back to back: unloaded latency
   one_connection_replay  1 user, exact resubmissions (not for the ceiling, which has no state)
   steady                 a fixed rate of new transactions (1,000/s), spread over 20 users
@@ -45,6 +49,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from gateway.kafka.producer import ensure_topics
+from gateway.partners.registry import new_key
 from gateway.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +97,7 @@ class Server:
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
     stateful: bool = True  # answers replays with 200 and invalid requests with 422
+    authorization: str = ""  # the Authorization header every request of the load carries
     process: subprocess.Popen | None = None
 
     @property
@@ -136,19 +142,33 @@ class Server:
 RESPAWN = ["--respawn-failed-workers", "--respawn-interval", "5"]
 
 
-def servers(workers: int, port_base: int, metrics_dir: Path) -> dict[str, Server]:
-    """The gateway, the peer (FastAPI, Pydantic, uvicorn, redis.asyncio, aiokafka) and the ceiling."""
+def bench_registry(directory: Path) -> tuple[Path, str]:
+    """A registry with one partner whose limit (GCRA, checked on every request) the load never reaches;
+    its path and the partner's key."""
+    key, digest = new_key()
+    path = directory / "partners.toml"
+    path.write_text(
+        f'[partners.bench]\nrate = 1000000\nburst = 1000000\nkeys = [{{ id = "bench", sha256 = "{digest}" }}]\n'
+    )
+    return path, f"Bearer {key}"
+
+
+def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
+    """The gateway (authenticated, and open), the peer (FastAPI, Pydantic, uvicorn, redis.asyncio,
+    aiokafka) and the ceiling."""
     ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "300"}  # keys of a run expire instead of filling Redis
     granian = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
     granian += ["--no-ws", "--log-level", "warning"]
+    registry, authorization = bench_registry(scratch)
+
+    def gateway(name: str, port: int, env: dict[str, str], authorization: str = "") -> Server:
+        command = [*granian, "--port", str(port), "--factory", "gateway.api.app:create_app", *RESPAWN]
+        metrics = {"PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}")}
+        return Server(name, command, port, "/ready", {**ttl, **metrics, **env}, authorization=authorization)
+
     return {
-        "gateway": Server(
-            "gateway",
-            [*granian, "--port", str(port_base + 1), "--factory", "gateway.api.app:create_app", *RESPAWN],
-            port_base + 1,
-            "/ready",
-            {**ttl, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-        ),
+        "gateway": gateway("gateway", port_base + 1, {"GATEWAY_PARTNERS_FILE": str(registry)}, authorization),
+        "gateway-open": gateway("gateway-open", port_base + 4, {}),
         "peer": Server(
             "peer",
             [
@@ -199,11 +219,12 @@ def curve(histogram: HdrHistogram) -> list[tuple[float, int]]:
 
 
 def locust(
-    url: str, users: int, seconds: int, mix: str, user_rps: float = 0, expect: int | None = None
+    url: str, users: int, seconds: int, mix: str, user_rps: float = 0, expect: int | None = None, auth: str = ""
 ) -> dict[str, Any]:
     """One headless Locust run; exact latencies from its HDR files."""
     with tempfile.TemporaryDirectory() as hdr_dir:
         env = {**os.environ, "BENCH_MIX": mix, "BENCH_USER_RPS": str(user_rps), "BENCH_HDR_DIR": hdr_dir}
+        env["BENCH_AUTHORIZATION"] = auth
         if expect is not None:
             env["BENCH_EXPECT"] = str(expect)
         command = [
@@ -250,11 +271,12 @@ def locust(
     return result
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict[str, Any]:
+def wrk(url: str, connections: int, seconds: int, auth: str = "") -> dict[str, Any]:
     """wrk with the new-transaction script: throughput and its latency percentiles (ms -> µs)."""
     command = ["wrk", "-t1" if connections == 1 else "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     command += ["-s", str(HERE / "wrk_new_transactions.lua"), url]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+    env = {**os.environ, "BENCH_AUTHORIZATION": auth}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=env).stdout
     units = {"us": 1, "ms": 1000, "s": 1_000_000}
     latency = {
         f"p{p}": float(value) * units[unit]
@@ -295,28 +317,29 @@ def measure_server(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
     """Every phase against one running server."""
     expect = None if server.stateful else 202
     result: dict[str, Any] = {}
-    locust(server.url, 4, plan.warmup_seconds, "new=1", expect=expect)
+    auth = server.authorization
+    locust(server.url, 4, plan.warmup_seconds, "new=1", expect=expect, auth=auth)
     log(f"  {server.name}: one connection, new transactions")
-    result["one_connection_new"] = locust(server.url, 1, plan.one_connection_seconds, "new=1", expect=expect)
+    result["one_connection_new"] = locust(server.url, 1, plan.one_connection_seconds, "new=1", expect=expect, auth=auth)
     if server.stateful:
         log(f"  {server.name}: one connection, replays")
-        result["one_connection_replay"] = locust(server.url, 1, plan.replay_seconds, "replay=1")
+        result["one_connection_replay"] = locust(server.url, 1, plan.replay_seconds, "replay=1", auth=auth)
     log(f"  {server.name}: steady {plan.steady_rate}/s")
     result["steady"] = locust(
-        server.url, plan.steady_users, plan.steady_seconds, "new=1", plan.steady_rate / plan.steady_users, expect
+        server.url, plan.steady_users, plan.steady_seconds, "new=1", plan.steady_rate / plan.steady_users, expect, auth
     )
     steps = []
     for users in plan.steps:
         log(f"  {server.name}: {users} users, closed loop")
-        step = locust(server.url, users, plan.step_seconds, "new=1", expect=expect)
+        step = locust(server.url, users, plan.step_seconds, "new=1", expect=expect, auth=auth)
         steps.append(step)
         if step["error_rate"] >= MAX_ERROR_RATE:
             break
     result["steps"] = steps
     if plan.wrk_seconds:
         log(f"  {server.name}: wrk, one connection and stepped connections")
-        result["wrk_one_connection"] = wrk(server.url, 1, plan.wrk_seconds)
-        result["wrk_steps"] = [wrk(server.url, connections, plan.wrk_seconds) for connections in plan.wrk_connections]
+        result["wrk_one_connection"] = wrk(server.url, 1, plan.wrk_seconds, auth)
+        result["wrk_steps"] = [wrk(server.url, c, plan.wrk_seconds, auth) for c in plan.wrk_connections]
     # The most capable load generator shows the server's capacity: Locust, being Python, may run out
     # of CPU before a fast server does.
     sustained = [s["rps"] for s in steps + result.get("wrk_steps", []) if s["error_rate"] < MAX_ERROR_RATE]
@@ -333,7 +356,7 @@ def soak(server: Server, rate: float, seconds: int) -> dict[str, Any]:
     sampler.start()
     users = 32
     try:
-        load = locust(server.url, users, seconds, "new=1", rate / users)
+        load = locust(server.url, users, seconds, "new=1", rate / users, auth=server.authorization)
     finally:
         stop.set()
         sampler.join()
@@ -405,11 +428,36 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     gate("fastcore validate + route", micro.get("fastcore", {}).get("best_us"), t["max_us"], False, "µs")
     gate("fastcore vs Pydantic", micro.get("ratios", {}).get("pydantic_over_fastcore"), t["min_ratio_to_pydantic"],
          True, "x")  # fmt: skip
+    t = targets["partners"]
+    cost = report.get("partners", {})
+    gate("throughput, authenticated / open", cost.get("throughput_ratio"), 1 - t["max_overhead"], True, "x")
+    gate("one connection p50, authenticated / open", cost.get("p50_ratio"), 1 + t["max_overhead"], False, "x")
     t = targets["memory"]
     growth = report.get("soak", {}).get("growth")
     gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
          "fraction")  # fmt: skip
     return verdicts
+
+
+def partner_cost(found: dict[str, Any]) -> dict[str, Any]:
+    """What authentication and the rate limit cost: the authenticated gateway against the open one."""
+    if "gateway" not in found or "gateway-open" not in found:
+        return {}
+
+    def p50(name: str) -> float:
+        return found[name]["one_connection_new"]["latency_us"]["new"]["p50"]
+
+    return {
+        "max_rps": {
+            "authenticated": found["gateway"]["max_sustained_rps"],
+            "open": found["gateway-open"]["max_sustained_rps"],
+        },
+        "one_connection_new_p50_us": {"authenticated": p50("gateway"), "open": p50("gateway-open")},
+        "throughput_ratio": round(
+            found["gateway"]["max_sustained_rps"] / max(1e-9, found["gateway-open"]["max_sustained_rps"]), 3
+        ),
+        "p50_ratio": round(p50("gateway") / max(1e-9, p50("gateway-open")), 3),
+    }
 
 
 def _ms(us: float | None) -> float | None:
@@ -424,7 +472,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-    colors = {"gateway": "tab:blue", "peer": "tab:red", "ceiling": "tab:gray"}
+    colors = {"gateway": "tab:blue", "gateway-open": "tab:cyan", "peer": "tab:red", "ceiling": "tab:gray"}
     for axis, phase, title in (
         (axes[0][0], "one_connection_new", "One connection, new transactions"),
         (axes[0][1], "steady", f"Steady {report['plan']['steady_rate']}/s, new transactions"),
@@ -476,7 +524,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="10 seconds, gateway only, no gating")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--servers", default="gateway,peer,ceiling")
+    parser.add_argument("--servers", default="gateway,gateway-open,peer,ceiling")
     parser.add_argument("--soak-seconds", type=int, default=None, help="0 skips the soak")
     parser.add_argument("--targets", type=Path, default=HERE / "targets.toml")
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "8100")))
@@ -506,7 +554,7 @@ def main() -> int:
     settings = Settings.from_env()
     ensure_topics(msgspec.structs.replace(settings, topic_prefix="peer."))  # the peer writes to its own topics
     with tempfile.TemporaryDirectory() as scratch:
-        contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch) / "metrics")
+        contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch))
         for name in names:
             server = contenders[name]
             log(f"{name}: starting")
@@ -527,9 +575,10 @@ def main() -> int:
     if "gateway" in best:
         report["ratios"] = {
             f"gateway_over_{other}": round(best["gateway"] / best[other], 3)
-            for other in ("peer", "ceiling")
+            for other in ("peer", "ceiling", "gateway-open")
             if best.get(other)
         }
+        report["partners"] = partner_cost(report["servers"])
     report["gates"] = [] if args.smoke else gates(report, targets)
     report["verdict"] = "smoke" if args.smoke else ("pass" if all(g["passed"] for g in report["gates"]) else "fail")
     json_path = args.out / f"{stamp}.json"
@@ -541,18 +590,28 @@ def main() -> int:
 
 def print_summary(report: dict[str, Any], path: Path) -> None:
     print(f"\nreport: {path} (plot: {path.with_suffix('.png')})")
-    print(f"{'server':<9} {'max rps':>9} {'1-conn p50/p99 µs':>20} {'steady p50/p99/p99.9 µs':>26} {'wrk max rps':>12}")
+    print(
+        f"{'server':<12} {'max rps':>9} {'1-conn p50/p99 µs':>20} {'steady p50/p99/p99.9 µs':>26} {'wrk max rps':>12}"
+    )
     for name, r in report["servers"].items():
         one = r["one_connection_new"]["latency_us"].get("new", {})
         steady = r["steady"]["latency_us"].get("new", {})
         wrk_rps = max((w["rps"] for w in r.get("wrk_steps", [])), default="-")
         print(
-            f"{name:<9} {r['max_sustained_rps']:>9.0f} {one.get('p50', 0):>9.0f} / {one.get('p99', 0):<8.0f}"
+            f"{name:<12} {r['max_sustained_rps']:>9.0f} {one.get('p50', 0):>9.0f} / {one.get('p99', 0):<8.0f}"
             f" {steady.get('p50', 0):>8.0f} / {steady.get('p99', 0):>6.0f} / {steady.get('p99.9', 0):<8.0f}"
             f" {wrk_rps:>12}"
         )
     for name, ratio in report.get("ratios", {}).items():
         print(f"{name}: {ratio}")
+    cost = report.get("partners")
+    if cost:
+        rps, p50 = cost["max_rps"], cost["one_connection_new_p50_us"]
+        print(
+            f"partners (authenticated / open): max rps {rps['authenticated']:.0f} / {rps['open']:.0f} = "
+            f"{cost['throughput_ratio']}; one-connection p50 µs {p50['authenticated']:.0f} / {p50['open']:.0f} = "
+            f"{cost['p50_ratio']}"
+        )
     for g in report["gates"]:
         print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
     print(f"verdict: {report['verdict']}")

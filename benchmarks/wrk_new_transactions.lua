@@ -3,6 +3,9 @@
 -- Ids and idempotency keys are unique per run, thread and request. `prefix` is a global so that
 -- setup() can give every thread its own through thread:set.
 local counter = 0
+local headers = {["Content-Type"] = "application/json"}
+local authorization = os.getenv("BENCH_AUTHORIZATION")
+if authorization and authorization ~= "" then headers["Authorization"] = authorization end
 local threads = 0
 local currencies = {"USD", "USD", "USD", "EUR", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD"}
 local windows = {',"settlement_window":"t1"', ',"settlement_window":"t1"', ',"settlement_window":"t0"',
@@ -24,5 +27,5 @@ function request()
     .. '","destination_currency":"' .. destination .. '","source_account":"acct_' .. (counter % 4999) .. '",'
     .. '"destination_account":"acct_dst_' .. (counter % 4993) .. '","counterparty_id":"cparty_' .. (counter % 199)
     .. '","idempotency_key":"wrk-' .. id .. '"' .. windows[counter % #windows + 1] .. '}'
-  return wrk.format("POST", "/api/v1/transactions/", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/api/v1/transactions/", headers, body)
 end

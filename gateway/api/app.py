@@ -13,11 +13,13 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components
 
 import fastcore
 from gateway import __version__
 from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
+from gateway.api.openapi import SECURITY_SCHEMES
 from gateway.api.operations import Readiness, health, ready
 from gateway.api.operations import metrics as metrics_endpoint
 from gateway.api.problems import EXCEPTION_HANDLERS
@@ -198,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=__version__,
             description="Payment instructions in; validated, de-duplicated, routed and durably written to Kafka.",
             path="/docs",
+            components=Components(security_schemes=SECURITY_SCHEMES),
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         logging_config=None,  # gateway.telemetry.logs owns logging: JSON lines

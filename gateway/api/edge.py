@@ -17,7 +17,7 @@ from litestar import Request, Response
 from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.idempotency.store import Decision, IdempotencyStore, Quota
-from gateway.intake.flow import Intake, Outcome
+from gateway.intake.flow import REFUSALS, Intake, Outcome
 from gateway.intake.schemas import TransactionRequest
 from gateway.partners.authentication import Authenticator, Caller, Unauthorized
 from gateway.partners.registry import Partner
@@ -176,11 +176,9 @@ class Edge:
             return None
         decision, quota = await self._store.admit(admission)
         if decision is Decision.LIMITED:
-            raise Refused(
-                "rate-limited", "the partner's rate limit is exhausted; retry after the time given", quota=quota
-            )
+            raise Refused(*REFUSALS[decision], quota=quota)
         if decision is Decision.NONCE_REPLAYED:
-            raise Unauthorized("the signature's nonce was already used: sign every request afresh", signature=True)
+            raise Unauthorized(REFUSALS[decision][1], signature=True)
         return quota
 
     async def refusal(self, caller: Caller | None, exc: Refused | DependencyUnavailable, count: bool = True) -> Answer:

@@ -8,7 +8,7 @@ on a submission's 200 and 202), so each operation's class adds them to its docum
 from typing import Any, ClassVar
 
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example, Operation
+from litestar.openapi.spec import Example, Operation, Reference, SecurityScheme
 
 from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.intake.schemas import Problem
@@ -112,3 +112,15 @@ PARTNER_RESPONSES = {
         problem_example("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
     ),
 }
+
+# the partner's API key (gateway.partners); in open mode (no registry) no credential is needed
+SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "partnerKey": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="the partner's API key. A partner configured to sign also sends RFC 9421 Signature-Input, "
+        "Signature and Content-Digest (hmac-sha256 over @method, @path, content-digest; created, nonce). "
+        "In open mode (no partner registry) no credential is needed.",
+    )
+}
+PARTNER_SECURITY: list[dict[str, list[str]]] = [{"partnerKey": []}]

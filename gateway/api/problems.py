@@ -1,6 +1,7 @@
 """RFC 9457 problem responses: the only place where the gateway's errors become HTTP status codes."""
 
 import logging
+from http import HTTPStatus
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -111,8 +112,18 @@ def http_error(request: Request, exc: HTTPException) -> Response[bytes]:
         return problem("invalid-parameter", detail, errors or None, headers=_with_request_id(request, None))
     cause = _HTTP_CAUSES.get(exc.status_code)
     if cause is None:
-        return internal_error(request, exc)
+        if exc.status_code >= 500 or exc.status_code < 400:
+            return internal_error(request, exc)
+        return _plain_problem(exc.status_code, exc.detail, _with_request_id(request, exc.headers))
     return problem(cause, exc.detail or CAUSES[cause][1], headers=_with_request_id(request, exc.headers))
+
+
+def _plain_problem(status: int, detail: str, headers: dict[str, str] | None) -> Response[bytes]:
+    """A client error the framework raised that has no cause of ours: RFC 9457's `about:blank`, titled
+    with the status's phrase, instead of a 500."""
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Client error"
+    body = ENCODER.encode(Problem(type="about:blank", title=title, status=status, detail=detail or title))
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 def internal_error(request: Request, exc: Exception) -> Response[bytes]:

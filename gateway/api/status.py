@@ -25,6 +25,7 @@ from psycopg import sql
 
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
+    PARTNER_SECURITY,
     PartnerOperation,
     documented,
     problem_example,
@@ -228,6 +229,7 @@ _STATUS_EXAMPLE = TransactionStatus(
     "batch) or settled; with its window, value date, batch, amount, Kafka record and the time of each step.",
     tags=["status"],
     operation_class=PartnerOperation,
+    security=PARTNER_SECURITY,
     responses={
         200: documented(TransactionStatus, "The transaction's status", "batched", _STATUS_EXAMPLE),
         400: _INVALID,
@@ -319,6 +321,7 @@ _BATCH_EXAMPLE = BatchView(
     "net positions per counterparty of its on-time transactions (frozen at close), and its late transactions.",
     tags=["status"],
     operation_class=PartnerOperation,
+    security=PARTNER_SECURITY,
     responses={
         200: documented(BatchView, "The batch", "closed", _BATCH_EXAMPLE),
         400: _INVALID,
@@ -364,6 +367,7 @@ def _after(cursor: str) -> tuple[date, str]:
     "date and status; `next_cursor` fetches the next page.",
     tags=["status"],
     operation_class=PartnerOperation,
+    security=PARTNER_SECURITY,
     responses={
         200: documented(BatchPage, "One page of batches", "a page", BatchPage([_BATCH_EXAMPLE], None)),
         400: _INVALID,

@@ -8,6 +8,7 @@ from litestar.exceptions import HTTPException
 from gateway.api.edge import Answer, Edge
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
+    PARTNER_SECURITY,
     PartnerOperation,
     documented,
     problem_example,
@@ -162,6 +163,7 @@ RESPONSES = {
     description="Validate, de-duplicate, route and durably write one payment instruction to Kafka.",
     tags=["transactions"],
     operation_class=TransactionOperation,
+    security=PARTNER_SECURITY,
     responses=RESPONSES,
     status_code=202,
 )

@@ -32,7 +32,7 @@ def accepted_per_worker(metrics: Path, partner: str) -> dict[str, float]:
     counts = {}
     for path in metrics.glob("counter_*.db"):
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
-            metric, name, labels, _help = json.loads(key)
+            _metric, name, labels, _help = json.loads(key)
             if name == "settlement_intake_outcomes_total" and labels == {"partner": partner, "outcome": "accepted"}:
                 counts[path.stem] = value
     return counts
