@@ -1,6 +1,6 @@
 """Hot reload of the partner registry: each worker looks at the file every few seconds and serves a
 changed one from the next request; a bad file is logged (naming the line) and the previous registry
-stays. Granian's SIGHUP, which restarts the workers, reloads it too."""
+stays."""
 
 import asyncio
 import logging

@@ -2,16 +2,13 @@
 the real two-worker server, each worker's own count read from its metrics file."""
 
 import asyncio
-import json
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.mmap_dict import MmapedDict
 
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import Server, accepted_per_worker, server_env
 from tests.partners import write_registry
 
 URL = "/api/v1/transactions/"
@@ -25,17 +22,6 @@ def limited(stack, tmp_path_factory):
     gateway = Server(server_env(stack, directory, GATEWAY_PARTNERS_FILE=str(registry.path)))
     yield gateway, registry, directory / "metrics"
     gateway.stop()
-
-
-def accepted_per_worker(metrics: Path, partner: str) -> dict[str, float]:
-    """settlement_intake_outcomes{partner, outcome="accepted"} in each worker's own file."""
-    counts = {}
-    for path in metrics.glob("counter_*.db"):
-        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
-            _metric, name, labels, _help = json.loads(key)
-            if name == "settlement_intake_outcomes_total" and labels == {"partner": partner, "outcome": "accepted"}:
-                counts[path.stem] = value
-    return counts
 
 
 async def test_the_limit_holds_across_two_workers(limited, unique):

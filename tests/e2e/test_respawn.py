@@ -4,19 +4,14 @@ the other worker answers meanwhile, and every acknowledged transaction is in Kaf
 import asyncio
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import Server, accepted_per_worker, server_env
 from tests.kafka_log import end_offsets, read_topic
 
 URL = "/api/v1/transactions/"
@@ -24,18 +19,6 @@ CLIENTS = 8  # concurrent connections
 REQUESTS_PER_CONNECTION = 25  # then a fresh connection, so connections keep spreading over the workers
 LOAD_SECONDS = 40  # the bound of the load, well beyond what the test needs
 REPLACED_WITHIN = 20  # seconds for a new worker to be up: start-up is 2-6 s on a loaded 2-core machine
-
-
-def accepted_by(metrics_dir: Path, pid: int) -> float:
-    """How many transactions worker `pid` has accepted, from its own multiprocess metrics file."""
-    path = metrics_dir / f"counter_{pid}.db"
-    if not path.exists():
-        return 0.0
-    with tempfile.TemporaryDirectory() as alone:  # a folder with that worker's file only
-        shutil.copy(path, alone)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=alone)
-        return registry.get_sample_value("settlement_intake_outcomes_total", {"outcome": "accepted"}) or 0.0
 
 
 def transaction_of(record, partner: str) -> str | None:
@@ -117,7 +100,11 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(stack,
             assert replaced_at is not None, f"the new worker {replacement} never listened"
             assert gateway.process.poll() is None, "the gateway exited"
             # the replacement serves submissions, not only listens
-            served = await until(lambda: accepted_by(tmp_path / "metrics", replacement) > 0, 15, 0.1)
+            served = await until(
+                lambda: accepted_per_worker(tmp_path / "metrics", env["GATEWAY_PARTNER"]).get(replacement, 0) > 0,
+                15,
+                0.1,
+            )
             assert served is not None, "the new worker accepted nothing"
             await asyncio.sleep(0.5)
         finally:
