@@ -32,6 +32,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -439,25 +440,37 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     return verdicts
 
 
-def partner_cost(found: dict[str, Any]) -> dict[str, Any]:
-    """What authentication and the rate limit cost: the authenticated gateway against the open one."""
-    if "gateway" not in found or "gateway-open" not in found:
-        return {}
-
-    def p50(name: str) -> float:
-        return found[name]["one_connection_new"]["latency_us"]["new"]["p50"]
-
-    return {
-        "max_rps": {
-            "authenticated": found["gateway"]["max_sustained_rps"],
-            "open": found["gateway-open"]["max_sustained_rps"],
-        },
-        "one_connection_new_p50_us": {"authenticated": p50("gateway"), "open": p50("gateway-open")},
-        "throughput_ratio": round(
-            found["gateway"]["max_sustained_rps"] / max(1e-9, found["gateway-open"]["max_sustained_rps"]), 3
-        ),
-        "p50_ratio": round(p50("gateway") / max(1e-9, p50("gateway-open")), 3),
+def partners_ab(authenticated: Server, open_: Server, rounds: int, scratch: str) -> dict[str, Any]:
+    """What authentication and the rate limit cost, measured so that the machine's drift cancels: both
+    gateways run at once (the idle one takes no CPU) and are measured in alternating rounds, each
+    round one connection (wrk, p50) then 128 connections (wrk, throughput); medians over the rounds."""
+    for server in (authenticated, open_):
+        server.start(Path(scratch))
+    runs: dict[str, dict[str, list[float]]] = {s.name: {"p50_us": [], "rps": []} for s in (authenticated, open_)}
+    try:
+        wrk(authenticated.url, 64, 5, authenticated.authorization)  # warm both, the broker and Redis
+        wrk(open_.url, 64, 5)
+        for round_ in range(rounds):
+            order = (authenticated, open_) if round_ % 2 == 0 else (open_, authenticated)
+            for server in order:
+                one = wrk(server.url, 1, 5, server.authorization)
+                many = wrk(server.url, 128, 8, server.authorization)
+                if one["errors"] or many["errors"]:
+                    raise SystemExit(f"partners A/B: {server.name} answered errors: {one['errors']} / {many['errors']}")
+                runs[server.name]["p50_us"].append(one["latency_us"]["p50"])
+                runs[server.name]["rps"].append(many["rps"])
+    finally:
+        for server in (authenticated, open_):
+            server.stop()
+    medians = {name: {k: statistics.median(v) for k, v in values.items()} for name, values in runs.items()}
+    auth, open_m = medians[authenticated.name], medians[open_.name]
+    summary = {
+        "max_rps": {"authenticated": auth["rps"], "open": open_m["rps"]},
+        "one_connection_new_p50_us": {"authenticated": auth["p50_us"], "open": open_m["p50_us"]},
+        "throughput_ratio": round(auth["rps"] / max(1e-9, open_m["rps"]), 3),
+        "p50_ratio": round(auth["p50_us"] / max(1e-9, open_m["p50_us"]), 3),
     }
+    return {"rounds": runs, "medians": medians, "summary": summary}
 
 
 def _ms(us: float | None) -> float | None:
@@ -528,6 +541,8 @@ def main() -> int:
     parser.add_argument("--soak-seconds", type=int, default=None, help="0 skips the soak")
     parser.add_argument("--targets", type=Path, default=HERE / "targets.toml")
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "8100")))
+    parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of the partners A/B (0 skips it)")
+    parser.add_argument("--ab-only", action="store_true", help="only the partners A/B and its gates")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan()
     if args.soak_seconds is not None:
@@ -555,6 +570,13 @@ def main() -> int:
     ensure_topics(msgspec.structs.replace(settings, topic_prefix="peer."))  # the peer writes to its own topics
     with tempfile.TemporaryDirectory() as scratch:
         contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch))
+        if args.ab_rounds and not args.smoke and {"gateway", "gateway-open"} <= set(names):
+            log(f"partners A/B: authenticated and open gateway, alternating, {args.ab_rounds} rounds")
+            report["partners_ab"] = partners_ab(
+                contenders["gateway"], contenders["gateway-open"], args.ab_rounds, scratch
+            )
+        if args.ab_only:
+            names = []
         for name in names:
             server = contenders[name]
             log(f"{name}: starting")
@@ -567,10 +589,11 @@ def main() -> int:
                     report["soak"] = soak(server, rate, plan.soak_seconds)
             finally:
                 server.stop()
-    log("micro-benchmark")
-    from benchmarks.micro_fastcore import measure
+    if not args.ab_only:
+        log("micro-benchmark")
+        from benchmarks.micro_fastcore import measure
 
-    report["micro"] = measure(plan.micro_number)
+        report["micro"] = measure(plan.micro_number)
     best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
     if "gateway" in best:
         report["ratios"] = {
@@ -578,18 +601,21 @@ def main() -> int:
             for other in ("peer", "ceiling", "gateway-open")
             if best.get(other)
         }
-        report["partners"] = partner_cost(report["servers"])
+    report["partners"] = report.get("partners_ab", {}).get("summary", {})
     report["gates"] = [] if args.smoke else gates(report, targets)
+    if args.ab_only:
+        report["gates"] = [g for g in report["gates"] if "authenticated / open" in g["target"]]
     report["verdict"] = "smoke" if args.smoke else ("pass" if all(g["passed"] for g in report["gates"]) else "fail")
     json_path = args.out / f"{stamp}.json"
     json_path.write_text(json.dumps(report, indent=1))
-    plot(report, args.out / f"{stamp}.png")
+    if not args.ab_only:
+        plot(report, args.out / f"{stamp}.png")
     print_summary(report, json_path)
     return 0 if report["verdict"] in ("pass", "smoke") else 1
 
 
 def print_summary(report: dict[str, Any], path: Path) -> None:
-    print(f"\nreport: {path} (plot: {path.with_suffix('.png')})")
+    print(f"\nreport: {path}" + (f" (plot: {path.with_suffix('.png')})" if path.with_suffix(".png").exists() else ""))
     print(
         f"{'server':<12} {'max rps':>9} {'1-conn p50/p99 µs':>20} {'steady p50/p99/p99.9 µs':>26} {'wrk max rps':>12}"
     )
@@ -605,7 +631,7 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
     for name, ratio in report.get("ratios", {}).items():
         print(f"{name}: {ratio}")
     cost = report.get("partners")
-    if cost:
+    if cost:  # the A/B rounds' medians (wrk): 128 connections' throughput, one connection's p50
         rps, p50 = cost["max_rps"], cost["one_connection_new_p50_us"]
         print(
             f"partners (authenticated / open): max rps {rps['authenticated']:.0f} / {rps['open']:.0f} = "

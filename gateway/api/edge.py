@@ -7,6 +7,7 @@ request's nonce) in the same script as the reservation; only a request refused b
 reservation (a 422, a 403) or one that never reserves (a status query) runs the admission alone.
 """
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -69,17 +70,22 @@ def is_json(content_type: str | None) -> bool:
     return media_type == "application/json"
 
 
+@functools.cache
+def _policy(burst: int, rate: float) -> tuple[bytes, bytes]:
+    window = max(1, math.ceil(burst / rate))
+    return b"ratelimit-policy", b'"%s";q=%d;w=%d' % (POLICY.encode(), burst, window)
+
+
 def ratelimit_headers(partner: Partner, quota: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
     """RateLimit-Policy (the partner's limit: `q` requests at once, whole again after `w` seconds) and,
     when Redis told us, RateLimit (`r` left now, the burst whole again in `t` seconds)."""
     if not partner.rate:
         return []
-    window = max(1, math.ceil(partner.burst / partner.rate))
-    headers = [(b"ratelimit-policy", f'"{POLICY}";q={partner.burst};w={window}'.encode())]
-    if quota is not None and quota[0] >= 0:
-        reset = math.ceil(quota[1] / 1_000_000)
-        headers.append((b"ratelimit", f'"{POLICY}";r={quota[0]};t={reset}'.encode()))
-    return headers
+    policy = _policy(partner.burst, partner.rate)
+    if quota is None or quota[0] < 0:
+        return [policy]
+    reset = -(-quota[1] // 1_000_000)  # whole seconds, rounded up
+    return [policy, (b"ratelimit", b'"%s";r=%d;t=%d' % (POLICY.encode(), quota[0], reset))]
 
 
 # The `field` label of the metrics takes only these values: a partner chooses unknown field names and

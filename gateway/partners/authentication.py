@@ -79,10 +79,11 @@ class Authenticator:
         if authorization is None:
             raise Unauthorized("send the partner's API key as Authorization: Bearer <key>", error=None)
         scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = key.strip()
+        if not key or scheme.lower() != "bearer":
             raise Unauthorized("the Authorization header must be Bearer <key>", error="invalid_request")
         now = self._clock()
-        partner, problem = registry.authenticate(key.strip(), now)
+        partner, problem = registry.authenticate(key, now)
         if partner is None:
             raise Unauthorized(problem or "the API key is not valid")
         admission = self._admissions[partner.id]

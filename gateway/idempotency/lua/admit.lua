@@ -25,6 +25,6 @@ local function admit(nonce_key, nonce_ttl_ms, rate_key, interval_us, burst)
   if now < allow_at then
     return {'limited', string.format('%.0f', allow_at - now), string.format('%.0f', tat - now)}
   end
-  redis.call('SET', rate_key, string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+  redis.call('SET', rate_key, string.format('%.0f', next_tat))  -- one key per partner: no expiry needed
   return nil, string.format('%d', math.floor((now - allow_at) / interval)), string.format('%.0f', next_tat - now)
 end
