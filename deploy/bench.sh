@@ -8,7 +8,7 @@ set -euo pipefail
 
 if ! command -v wrk >/dev/null; then
   say "installing wrk (apt)"
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q wrk >&2; else sudo apt-get install -y -q wrk >&2; fi
+  apt_install wrk || die "could not install wrk; install it with your package manager"
 fi
 use_stack
 cd "$ROOT"

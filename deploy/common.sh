@@ -61,3 +61,13 @@ use_stack() {
   eval "$("$ROOT/deploy/stack.sh" env)"
   set +a
 }
+
+# apt_install PACKAGE...: Debian packages from apt (with sudo unless root), refreshing stale lists once
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  # the package lists are needed first on a fresh machine (or image) and when they are stale
+  if ! apt-cache show "$@" >/dev/null 2>&1; then $sudo apt-get update -qq >&2 || true; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
+    || { $sudo apt-get update -qq >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
+}

@@ -44,14 +44,6 @@ pg_bin() {
 # cluster_major: the major version that made the cluster, empty before the first start
 cluster_major() { cat "$PG_DATA/PG_VERSION" 2>/dev/null || true; }
 
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  # the package lists are needed first on a fresh machine (or image) and when they are stale
-  if ! apt-cache show "$@" >/dev/null 2>&1; then $sudo apt-get update -qq >&2 || true; fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
-    || { $sudo apt-get update -qq >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
-}
 
 # install: sets PG_BIN (installing Debian's postgresql package when no server is there) and PG_USER
 # (creating the system user when run as root).

@@ -12,10 +12,7 @@ PIDFILE=$REDIS_HOME/redis.pid
 install_redis() {
   command -v redis-server >/dev/null && return 0
   say "redis-server is missing; installing it from apt"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >&2 \
-    || die "could not install redis-server; install it with your package manager"
+  apt_install redis-server || die "could not install redis-server; install it with your package manager"
 }
 
 start() {

@@ -4,6 +4,19 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
+# headless Chromium loads /docs with the network limited to localhost (tests/e2e/test_docs_offline.py)
+if ! command -v chromium >/dev/null; then
+  say "installing chromium (apt) for the offline docs check"
+  apt_install chromium || die "could not install chromium; install it with your package manager"
+fi
+# newman runs the Postman collection against a live gateway (tests/e2e/test_postman.py)
+NEWMAN_VERSION=6.2.2
+export NEWMAN=$ROOT/.venv/node/node_modules/.bin/newman
+if [ ! -x "$NEWMAN" ] || [ "$("$NEWMAN" --version 2>/dev/null)" != "$NEWMAN_VERSION" ]; then
+  say "installing newman $NEWMAN_VERSION (npm)"
+  npm install --prefix "$ROOT/.venv/node" --no-audit --no-fund --silent "newman@$NEWMAN_VERSION" >&2 \
+    || die "could not install newman; is npm (Node.js) installed?"
+fi
 use_stack
 cd "$ROOT"
 "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -12,11 +12,11 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components
 
 import fastcore
 from gateway import __version__
+from gateway.api.docs import assets_router, swagger_ui
 from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
 from gateway.api.openapi import SECURITY_SCHEMES
@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             ready,
             metrics_endpoint,
+            assets_router(),
         ],
         middleware=[RequestObservability(recorder)],
         lifespan=[telemetry, redis_client, kafka_producer, status_database, in_doubt_resolver, intake_service],
@@ -201,7 +202,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Payment instructions in; validated, de-duplicated, routed and durably written to Kafka.",
             path="/docs",
             components=Components(security_schemes=SECURITY_SCHEMES),
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[swagger_ui()],
         ),
         logging_config=None,  # gateway.telemetry.logs owns logging: JSON lines
         debug=False,

@@ -31,7 +31,9 @@ def free_port() -> int:
 class Server:
     """A gateway process tree and its address."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2, kill_timeout: int = 10) -> None:
+    def __init__(
+        self, env: dict[str, str], workers: int = 2, kill_timeout: int = 10, ready_path: str = "/ready"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
@@ -55,7 +57,7 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
+                with urllib.request.urlopen(self.url + ready_path, timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
