@@ -18,7 +18,7 @@ class Registered(NamedTuple):
         return {"authorization": f"Bearer {self.keys[role]}"}
 
 
-def write_registry(directory: Path, slow_rate: float = 2, slow_burst: int = 2) -> Registered:
+def write_registry(directory: Path, slow_rate: float = 0.5, slow_burst: int = 2) -> Registered:
     """acme (rotating keys: new, old, revoked, expired), globex (another partner), signed (RFC 9421),
     slow (a tight rate limit) and narrow (t1 only, USD and GBP only)."""
     suffix = uuid.uuid4().hex[:8]
