@@ -40,3 +40,19 @@ class Refused(GatewayError):
         self.detail = detail
         self.errors = errors
         self.quota = quota
+
+
+class Unauthorized(Refused):
+    """No valid credential. `error` is RFC 6750's code for the challenge (None: no credential was sent
+    at all); `signature`: the partner must sign, and the answer says how."""
+
+    def __init__(
+        self,
+        detail: str,
+        error: str | None = "invalid_token",
+        signature: bool = False,
+        quota: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__("unauthorized", detail, quota=quota)
+        self.error = error
+        self.signature = signature

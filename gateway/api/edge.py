@@ -16,11 +16,11 @@ from typing import NamedTuple
 from litestar import Request, Response
 
 from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
-from gateway.errors import DependencyUnavailable, Refused
+from gateway.errors import DependencyUnavailable, Refused, Unauthorized
 from gateway.idempotency.store import Decision, IdempotencyStore, Quota
-from gateway.intake.flow import REFUSALS, Intake, Outcome
+from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, Intake, Outcome
 from gateway.intake.schemas import TransactionRequest
-from gateway.partners.authentication import Authenticator, Caller, Unauthorized
+from gateway.partners.authentication import Authenticator, Caller
 from gateway.partners.registry import Partner
 from gateway.partners.signatures import ACCEPT_SIGNATURE
 from gateway.telemetry.metrics import Metrics
@@ -135,15 +135,8 @@ class Edge:
             caller = self.authenticator.identify(method, path, header("authorization"), header, body)
             if not is_json(header("content-type")):
                 raise Refused("unsupported-media-type", "send the transaction as application/json")
-            partner = caller.partner
-            restricted = partner.windows is not None or partner.currencies is not None
             outcome = await self._intake.submit(
-                partner.id,
-                body,
-                idempotency_key,
-                traceparent,
-                caller.admission,
-                partner.forbids if restricted else None,
+                caller.partner.id, body, idempotency_key, traceparent, caller.admission, caller.forbids
             )
         except (Refused, DependencyUnavailable) as exc:
             return await self.refusal(caller, exc)
@@ -184,13 +177,13 @@ class Edge:
         if decision is Decision.LIMITED:
             raise Refused(*REFUSALS[decision], quota=quota)
         if decision is Decision.NONCE_REPLAYED:
-            raise Unauthorized(REFUSALS[decision][1], signature=True)
+            raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
         return quota
 
     async def refusal(self, caller: Caller | None, exc: Refused | DependencyUnavailable, count: bool = True) -> Answer:
         """The problem answer for `exc`. A refusal decided before Redis was asked still counts against
         the partner's limit (and burns a signed request's nonce): the admission runs alone first."""
-        if caller is not None and isinstance(exc, Refused) and exc.quota is None and exc.cause != "rate-limited":
+        if caller is not None and isinstance(exc, Refused) and exc.quota is None and not isinstance(exc, Unauthorized):
             try:
                 quota = await self._admission(caller)
                 exc.quota = quota
@@ -211,9 +204,9 @@ class Edge:
                 headers.append((b"retry-after", str(max(1, math.ceil(exc.quota[2] / 1_000_000))).encode()))
             elif exc.cause in RETRY_LATER:
                 headers.append((b"retry-after", self._retry_after))
-            if exc.cause == "unauthorized":
+            if isinstance(exc, Unauthorized):
                 headers.append((b"www-authenticate", _challenge(exc).encode()))
-                if not isinstance(exc, Unauthorized) or exc.signature:  # a replayed nonce is a signature's
+                if exc.signature:
                     headers.append((b"accept-signature", ACCEPT_SIGNATURE.encode()))
         if partner is not None and partner.rate:
             headers += ratelimit_headers(partner, exc.quota if isinstance(exc, Refused) else None)
@@ -230,13 +223,12 @@ class Edge:
             metrics.tally(metrics.validation_errors, field_label(field), code).inc()
 
 
-def _challenge(exc: Refused) -> str:
+def _challenge(exc: Unauthorized) -> str:
     """WWW-Authenticate (RFC 6750): no error code when no credential was sent."""
-    error = exc.error if isinstance(exc, Unauthorized) else "invalid_token"
-    if error is None:
+    if exc.error is None:
         return REALM
     detail = exc.detail.replace("\\", "").replace('"', "'")
-    return f'{REALM}, error="{error}", error_description="{detail}"'
+    return f'{REALM}, error="{exc.error}", error_description="{detail}"'
 
 
 async def partner_of(request: Request) -> str:
@@ -250,8 +242,16 @@ async def partner_of(request: Request) -> str:
     return admitted.caller.partner.id
 
 
+def as_response(request: Request, answer: Answer) -> Response[bytes]:
+    """An edge's answer as Litestar's response, its partner and transaction noted for the access log."""
+    state = request.scope.setdefault("state", {})
+    state["transaction_id"] = answer.transaction_id
+    state["partner"] = answer.partner
+    headers = {name.decode(): value.decode() for name, value in answer.headers[1:]}
+    media_type = answer.headers[0][1].decode()  # every answer's first header is its content type
+    return Response(answer.body, status_code=answer.status, media_type=media_type, headers=headers)
+
+
 def edge_refusal(request: Request, exc: EdgeRefusal) -> Response[bytes]:
     """Exception handler: the answer the edge already made."""
-    request.scope.setdefault("state", {})["partner"] = exc.answer.partner
-    headers = {name.decode(): value.decode() for name, value in exc.answer.headers[1:]}
-    return Response(exc.answer.body, status_code=exc.answer.status, media_type=MEDIA_TYPE, headers=headers)
+    return as_response(request, exc.answer)

@@ -5,7 +5,7 @@ from typing import Any, ClassVar
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 
-from gateway.api.edge import Answer, Edge
+from gateway.api.edge import Edge, as_response
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
@@ -188,13 +188,3 @@ async def submit_transaction(request: Request) -> Response[bytes]:
         "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
     )
     return as_response(request, answer)
-
-
-def as_response(request: Request, answer: Answer) -> Response[bytes]:
-    """An edge's answer as Litestar's response, its partner and transaction noted for the access log."""
-    state = request.scope.setdefault("state", {})
-    state["transaction_id"] = answer.transaction_id
-    state["partner"] = answer.partner
-    headers = {name.decode(): value.decode() for name, value in answer.headers[1:]}
-    media_type = answer.headers[0][1].decode()
-    return Response(answer.body, status_code=answer.status, media_type=media_type, headers=headers)

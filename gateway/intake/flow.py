@@ -16,7 +16,7 @@ import msgspec
 
 import fastcore
 from gateway import ids
-from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused
+from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused, Unauthorized
 from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation
 from gateway.intake.decoding import decode
 from gateway.intake.schemas import (
@@ -80,6 +80,7 @@ class Outcome(msgspec.Struct, frozen=True):
 
 # why a partner may not send a transaction through these windows in these currencies, or None
 Forbids = Callable[[tuple[str, ...], tuple[str, str]], str | None]
+REPLAYED_NONCE = "the signature's nonce was already used: sign every request afresh"
 
 # what the partner is told when `reserve` does not claim the key: the problem's cause and detail
 REFUSALS = {
@@ -90,7 +91,6 @@ REFUSALS = {
         "this transaction_id was already submitted under another idempotency key",
     ),
     Decision.LIMITED: ("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
-    Decision.NONCE_REPLAYED: ("unauthorized", "the signature's nonce was already used: sign every request afresh"),
 }
 
 
@@ -222,6 +222,8 @@ class Intake:
             return Outcome(
                 event.transaction.transaction_id, replayed=True, body=stored, timing=timing, quota=reservation.quota
             )
+        if decision is Decision.NONCE_REPLAYED:
+            raise Unauthorized(REPLAYED_NONCE, signature=True, quota=reservation.quota)
         if decision is not Decision.NEW:
             cause, detail = REFUSALS[decision]
             raise Refused(cause, detail, quota=reservation.quota)

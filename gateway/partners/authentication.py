@@ -9,34 +9,30 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-from gateway.errors import Refused
-from gateway.idempotency.store import Admission, nonce_key, rate_key
+from gateway.errors import Unauthorized
+from gateway.idempotency.store import Admission, nonce_key, unlimited
 from gateway.partners.registry import Partner, Registry
 from gateway.partners.signatures import SignatureRejected, verify
 
 log = logging.getLogger("gateway.partners")
 
 
-class Unauthorized(Refused):
-    """No valid credential: 401 with WWW-Authenticate. `error` is RFC 6750's code for the challenge."""
-
-    def __init__(self, detail: str, error: str | None = "invalid_token", signature: bool = False) -> None:
-        super().__init__("unauthorized", detail)
-        self.error = error  # None: no credential was sent at all
-        self.signature = signature  # the partner must sign: the answer says how (Accept-Signature)
-
-
 class Caller(NamedTuple):
-    """An identified request: its partner and the admission Redis checks first (nonce, rate)."""
+    """An identified request: its partner, the admission Redis checks first (nonce, rate), and the
+    partner's window and currency check (None when it may use every one)."""
 
     partner: Partner
     admission: Admission
+    forbids: Callable[[tuple[str, ...], tuple[str, str]], str | None] | None  # gateway.intake.flow.Forbids
 
 
-def admission_of(partner: Partner) -> Admission:
-    """A partner's admission for an unsigned request."""
-    interval_us = 1_000_000 / partner.rate if partner.rate else 0.0
-    return Admission(nonce_key(partner.id, ""), 0, rate_key(partner.id), interval_us, partner.burst)
+def caller_of(partner: Partner) -> Caller:
+    """A partner's unsigned request, made once per partner when the registry is loaded."""
+    admission = unlimited(partner.id)
+    if partner.rate:
+        admission = admission._replace(interval_us=1_000_000 / partner.rate, burst=partner.burst)
+    restricted = partner.windows is not None or partner.currencies is not None
+    return Caller(partner, admission, partner.forbids if restricted else None)
 
 
 def open_partner(partner_id: str) -> Partner:
@@ -50,18 +46,14 @@ class Authenticator:
     def __init__(self, registry: Registry | None, open_partner_id: str, clock: Callable[[], float]) -> None:
         self.registry = registry
         self._clock = clock
-        self._open = Caller(open_partner(open_partner_id), admission_of(open_partner(open_partner_id)))
-        self._admissions: dict[str, Admission] = {}
+        self._open = caller_of(open_partner(open_partner_id))
+        self._callers: dict[str, Caller] = {}
         if registry is not None:
-            self._admissions = {p.id: admission_of(p) for p in registry.partners.values()}
-
-    @property
-    def open(self) -> bool:
-        return self.registry is None
+            self.replace(registry)
 
     def replace(self, registry: Registry) -> None:
-        """Serve a reloaded registry from the next request on."""
-        self._admissions = {p.id: admission_of(p) for p in registry.partners.values()}
+        """Serve a (re)loaded registry from the next request on."""
+        self._callers = {p.id: caller_of(p) for p in registry.partners.values()}
         self.registry = registry
 
     def identify(
@@ -86,13 +78,12 @@ class Authenticator:
         partner, problem = registry.authenticate(key, now)
         if partner is None:
             raise Unauthorized(problem or "the API key is not valid")
-        admission = self._admissions[partner.id]
+        caller = self._callers[partner.id]
         if partner.signing_secret is None:
-            return Caller(partner, admission)
+            return caller
         try:
             signed = verify(partner.signing_secret, method, path, header, body, now, partner.id)
         except SignatureRejected as exc:
             raise Unauthorized(str(exc), signature=True) from None
-        return Caller(
-            partner, admission._replace(nonce_key=nonce_key(partner.id, signed.nonce), nonce_ttl_ms=signed.ttl_ms)
-        )
+        admission = caller.admission._replace(nonce_key=nonce_key(partner.id, signed.nonce), nonce_ttl_ms=signed.ttl_ms)
+        return caller._replace(admission=admission)

@@ -86,10 +86,9 @@ def new_key() -> tuple[str, str]:
 class Registry:
     """The partners of one registry file, looked up by the digest of a presented key."""
 
-    def __init__(self, partners: dict[str, Partner], keys: dict[str, Key], source: str = "") -> None:
+    def __init__(self, partners: dict[str, Partner], keys: dict[str, Key]) -> None:
         self.partners = partners
         self._keys = keys
-        self.source = source
 
     def authenticate(self, key: str, now: float) -> Found:
         """The partner owning `key`, in time that does not depend on how close a guess is to a real key:
@@ -169,7 +168,7 @@ class _Parser:
                 if key.digest in keys:
                     raise self.fail(f"the same API key is listed twice ({partner_id})", header, key.key_id)
                 keys[key.digest] = key
-        return Registry(partners, keys, str(self.path))
+        return Registry(partners, keys)
 
     def partner(self, partner_id: str, table: dict[str, Any], header: str) -> Partner:
         allowed = {"rate", "burst", "windows", "currencies", "signing_secret", "signing_secret_env", "keys"}

@@ -15,7 +15,7 @@ from gateway.idempotency.redis_pipeline import RedisPipeline
 from gateway.idempotency.store import Decision, IdempotencyStore
 from gateway.telemetry.metrics import Metrics
 from tests.conftest import transaction
-from tests.kafka_log import end_offsets, headers_of, read_topic
+from tests.kafka_log import headers_of
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}
@@ -27,26 +27,6 @@ async def client(stack):
     settings = msgspec.structs.replace(stack, partner=f"it-{uuid.uuid4().hex[:8]}")
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
-
-
-@pytest.fixture
-def log(stack):
-    """Snapshot the topics' ends now; `log.records(txn_id)` later returns what reached Kafka since."""
-
-    class Log:
-        def __init__(self) -> None:
-            self.since = {w: end_offsets(stack.kafka_bootstrap, stack.topic(w)) for w in ("rtgs", "t0", "t1")}
-
-        def records(self, transaction_id: str, window: str | None = None) -> list:
-            windows = [window] if window else list(self.since)
-            return [
-                record
-                for w in windows
-                for record in read_topic(stack.kafka_bootstrap, stack.topic(w), since=self.since[w])
-                if headers_of(record).get("ce_subject") == transaction_id.encode()
-            ]
-
-    return Log()
 
 
 def assert_problem(response, status: int, cause: str) -> dict:

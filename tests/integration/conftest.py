@@ -1,0 +1,25 @@
+"""Fixtures of the integration tests (real Redis, Kafka and PostgreSQL)."""
+
+import pytest
+
+from tests.kafka_log import end_offsets, headers_of, read_topic
+
+
+@pytest.fixture
+def log(stack):
+    """Snapshot the topics' ends now; `log.records(txn_id)` later returns what reached Kafka since."""
+
+    class Log:
+        def __init__(self) -> None:
+            self.since = {w: end_offsets(stack.kafka_bootstrap, stack.topic(w)) for w in ("rtgs", "t0", "t1")}
+
+        def records(self, transaction_id: str, window: str | None = None) -> list:
+            windows = [window] if window else list(self.since)
+            return [
+                record
+                for w in windows
+                for record in read_topic(stack.kafka_bootstrap, stack.topic(w), since=self.since[w])
+                if headers_of(record).get("ce_subject") == transaction_id.encode()
+            ]
+
+    return Log()
