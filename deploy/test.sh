@@ -14,8 +14,9 @@ NEWMAN_VERSION=6.2.2
 export NEWMAN=$ROOT/.venv/node/node_modules/.bin/newman
 if [ ! -x "$NEWMAN" ] || [ "$("$NEWMAN" --version 2>/dev/null)" != "$NEWMAN_VERSION" ]; then
   say "installing newman $NEWMAN_VERSION (npm)"
-  npm install --prefix "$ROOT/.venv/node" --no-audit --no-fund --silent "newman@$NEWMAN_VERSION" >&2 \
-    || die "could not install newman; is npm (Node.js) installed?"
+  # bounded: npm retries a failing registry for many minutes otherwise
+  timeout 300 npm install --prefix "$ROOT/.venv/node" --no-audit --no-fund --silent --fetch-retries=2 \
+    "newman@$NEWMAN_VERSION" >&2 || die "could not install newman with npm (Node.js and its registry reachable?)"
 fi
 use_stack
 cd "$ROOT"
