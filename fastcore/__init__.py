@@ -39,6 +39,7 @@ CurrencyCalendar = _impl.CurrencyCalendar
 Instruction = _impl.Instruction
 Routing = _impl.Routing
 validate = _impl.validate
+validate_all = _impl.validate_all
 route = _impl.route
 duplicate_members = _impl.duplicate_members
 WINDOWS = _impl.WINDOWS
@@ -59,4 +60,5 @@ __all__ = [
     "load_twin",
     "route",
     "validate",
+    "validate_all",
 ]

@@ -352,7 +352,8 @@ def _format_minor(minor: cython.longlong, units: cython.int) -> str:
     return f"{whole}.{fraction:04d}"
 
 
-def validate(
+@cython.cfunc
+def _check(
     policy: Policy,
     transaction_id: object,
     amount: bytes,
@@ -365,12 +366,8 @@ def validate(
     idempotency_key_header: object,
     settlement_window: object,
     metadata: object,
-) -> Instruction:
-    """Check one transaction against every rule; raise ValidationFailed listing all broken rules.
-
-    `amount` is the raw JSON text of the amount (a number or a quoted decimal string); an empty
-    `amount` means it was absent. Other values are as decoded from JSON, None when absent.
-    """
+) -> object:
+    """The Instruction of a valid transaction, or the list of every rule it breaks."""
     errors: list = []
     _check_identifier(errors, "transaction_id", transaction_id)
     # The amount's rules depend on its currency, but its errors are listed first, in field order.
@@ -401,7 +398,7 @@ def validate(
         errors.append(("settlement_window", "invalid_window", "must be one of rtgs, t0, t1"))
     _check_metadata(errors, metadata)
     if errors:
-        raise ValidationFailed(errors)
+        return errors
     instruction: Instruction = Instruction.__new__(Instruction)
     instruction.amount = _format_minor(minor, source_units)
     instruction.amount_minor = minor
@@ -409,6 +406,58 @@ def validate(
     instruction.idempotency_key = key
     instruction.requested_window = settlement_window
     return instruction
+
+
+def validate(
+    policy: Policy,
+    transaction_id: object,
+    amount: bytes,
+    source_currency: object,
+    destination_currency: object,
+    source_account: object,
+    destination_account: object,
+    counterparty_id: object,
+    idempotency_key: object,
+    idempotency_key_header: object,
+    settlement_window: object,
+    metadata: object,
+) -> Instruction:
+    """Check one transaction against every rule; raise ValidationFailed listing all broken rules.
+
+    `amount` is the raw JSON text of the amount (a number or a quoted decimal string); an empty
+    `amount` means it was absent. Other values are as decoded from JSON, None when absent.
+    """
+    result = _check(
+        policy,
+        transaction_id,
+        amount,
+        source_currency,
+        destination_currency,
+        source_account,
+        destination_account,
+        counterparty_id,
+        idempotency_key,
+        idempotency_key_header,
+        settlement_window,
+        metadata,
+    )
+    if type(result) is list:
+        raise ValidationFailed(result)
+    return result
+
+
+def validate_all(policy: Policy, rows: list) -> list:
+    """`validate` for many transactions in one call (a bulk request): each row is the tuple of
+    `validate`'s arguments after the policy; per row, its Instruction or the list of broken rules."""
+    results: list = []
+    row: tuple
+    for row in rows:
+        if len(row) != 11:
+            raise TypeError(f"a row holds the 11 arguments of validate after the policy, not {len(row)}")
+        results.append(
+            _check(policy, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10])
+        )
+    return results
 
 
 REASONS = ("requested", "high_value", "after_cutoff", "non_business_day", "auto")

@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partners_reload_seconds: float = 2.0  # how often each worker looks for a changed registry; 0: never
     host: str = ""  # the listen address, as deploy/run.sh and the image bind it (empty: not said)
     max_body_bytes: int = 65_536
+    bulk_max_items: int = 1000  # transactions in one bulk request
+    bulk_max_body_bytes: int = 2_097_152  # the body of a bulk request
     max_amount: str = "1000000000"
     blocked_pairs: str = ""
     rules_path: str = ""
@@ -62,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "in_doubt_margin_ms",
             "retry_after_seconds",
             "max_body_bytes",
+            "bulk_max_items",
+            "bulk_max_body_bytes",
             "ready_timeout_ms",
         )
         for name in positive:

@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components
 
 import fastcore
 from gateway import __version__
+from gateway.api.bulk import bulk_submission
 from gateway.api.docs import assets_router, swagger_ui
 from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
@@ -161,7 +162,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
         )
         app.state.edge = fast_lane.edge = Edge(
-            authenticator, app.state.intake, app.state.idempotency, metrics, settings.retry_after_seconds
+            authenticator,
+            app.state.intake,
+            app.state.idempotency,
+            metrics,
+            settings.retry_after_seconds,
+            settings.bulk_max_items,
         )
         if registry is None:
             warn_if_open(settings)
@@ -183,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             submit_transaction,
+            bulk_submission(settings.bulk_max_items, settings.bulk_max_body_bytes),
             transaction_status,
             batch,
             batches,
@@ -208,7 +215,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     # Well-formed submissions skip Litestar's routing and request machinery (see gateway.api.fast_lane).
-    fast_lane = FastLane(app.asgi_handler, recorder, settings.max_body_bytes)
+    fast_lane = FastLane(app.asgi_handler, recorder, settings.max_body_bytes, settings.bulk_max_body_bytes)
     app.asgi_handler = fast_lane
     app.state.settings = settings
     app.state.policy = policy

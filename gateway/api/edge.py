@@ -10,16 +10,19 @@ reservation (a 422, a 403) or one that never reserves (a status query) runs the 
 import functools
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
+import msgspec
 from litestar import Request, Response
+from litestar.exceptions import HTTPException
 
 from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
 from gateway.errors import DependencyUnavailable, Refused, Unauthorized
 from gateway.idempotency.store import Decision, IdempotencyStore, Quota
-from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, Intake, Outcome
-from gateway.intake.schemas import TransactionRequest
+from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, BulkOutcome, Intake, Outcome
+from gateway.intake.schemas import ENCODER, BulkAnswer, BulkItem, TransactionRequest
 from gateway.partners.authentication import Authenticator, Caller
 from gateway.partners.registry import Partner
 from gateway.partners.signatures import ACCEPT_SIGNATURE
@@ -111,12 +114,14 @@ class Edge:
         store: IdempotencyStore,
         metrics: Metrics,
         retry_after_seconds: int,
+        bulk_max_items: int,
     ) -> None:
         self.authenticator = authenticator
         self._intake = intake
         self._store = store
         self._metrics = metrics
         self._retry_after = str(retry_after_seconds).encode()
+        self._bulk_max_items = bulk_max_items
 
     async def submit(
         self,
@@ -150,12 +155,84 @@ class Edge:
     def accepted(self, partner: Partner, outcome: Outcome) -> Answer:
         """202 for a new transaction, 200 for an exact resubmission."""
         self._metrics.tally(self._metrics.intake, partner.id, "replayed" if outcome.replayed else "accepted").inc()
+        assert outcome.timing is not None
         headers = [JSON, (b"server-timing", outcome.timing.header().encode())]
         if partner.rate:
             headers += ratelimit_headers(partner, outcome.quota)
         if outcome.replayed:
             headers.append((b"idempotent-replayed", b"true"))
         return Answer(200 if outcome.replayed else 202, headers, outcome.body, outcome.transaction_id, partner.id)
+
+    async def submit_all(
+        self,
+        method: str,
+        path: str,
+        header: Header,
+        body: bytes | BodyReader,
+        idempotency_key: str | None,
+        traceparent: str | None,
+    ) -> Answer:
+        """POST /api/v1/transactions/bulk: identify, then the intake of every transaction of the array.
+        The whole request is refused only for what concerns all of it (credentials, media type, not an
+        array, the partner's limit, Redis down); anything else is decided per transaction."""
+        caller: Caller | None = None
+        try:
+            if not isinstance(body, bytes):
+                body = await body()
+            caller = self.authenticator.identify(method, path, header("authorization"), header, body)
+            if not is_json(header("content-type")):
+                raise Refused("unsupported-media-type", "send the transactions as a JSON array (application/json)")
+            if idempotency_key is not None:
+                raise Refused(
+                    "invalid-parameter",
+                    "a bulk request takes no Idempotency-Key header: each transaction carries its idempotency_key",
+                )
+            admission = caller.admission
+            # a limited partner's bulk request counts one request per transaction, so it fits in one burst
+            max_items = min(self._bulk_max_items, admission.burst) if admission.interval_us else self._bulk_max_items
+            outcome = await self._intake.submit_all(
+                caller.partner.id, body, traceparent, max_items, admission, caller.forbids
+            )
+        except (Refused, DependencyUnavailable) as exc:
+            return await self.refusal(caller, exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, path)
+            status, payload = problem_body("internal-error", "the request could not be processed")
+            return Answer(status, [PROBLEM], payload, partner=caller.partner.id if caller else None)
+        assert caller is not None
+        return self.answered_all(caller.partner, outcome)
+
+    def answered_all(self, partner: Partner, outcome: BulkOutcome) -> Answer:
+        """200 when every transaction was accepted, else 207: per transaction its index, and the status
+        and body the single endpoint would have answered. Retry-After when any of them should retry."""
+        results: list[BulkItem] = []
+        counted: Counter[str] = Counter()
+        unavailable: dict[str, tuple[int, bytes]] = {}  # one problem (and one log line) per dependency
+        retry = False
+        for index, item in enumerate(outcome.items):
+            if isinstance(item, Outcome):
+                status, payload = (200, item.body) if item.replayed else (202, item.body)
+                counted["replayed" if item.replayed else "accepted"] += 1
+            elif isinstance(item, DependencyUnavailable):
+                if item.dependency not in unavailable:
+                    unavailable[item.dependency] = problem_body("dependency-unavailable", unavailable_detail(item))
+                status, payload = unavailable[item.dependency]
+                counted["dependency_unavailable"] += 1
+                retry = True
+            else:
+                status, payload = problem_body(item.cause, item.detail, item.errors)
+                self._count(partner.id, item)
+                retry = retry or item.cause in RETRY_LATER
+            results.append(BulkItem(index, status, msgspec.Raw(payload)))
+        for name, count in counted.items():
+            self._metrics.tally(self._metrics.intake, partner.id, name).inc(count)
+        headers = [JSON, (b"server-timing", outcome.timing.header().encode())]
+        if partner.rate:
+            headers += ratelimit_headers(partner, outcome.quota)
+        if retry:
+            headers.append((b"retry-after", self._retry_after))
+        status = 200 if counted["accepted"] == len(results) else 207
+        return Answer(status, headers, ENCODER.encode(BulkAnswer(results)), partner=partner.id)
 
     async def admit(self, method: str, path: str, header: Header) -> Admitted:
         """A request that reserves nothing (a status query): identify, then the admission alone.
@@ -240,6 +317,21 @@ async def partner_of(request: Request) -> str:
     state["partner"] = admitted.caller.partner.id
     state["answer_headers"] = admitted.headers
     return admitted.caller.partner.id
+
+
+def body_reader(request: Request, limit: str) -> BodyReader:
+    """The body of a Litestar request, read when the edge asks; over the route's limit (the setting
+    named `limit`) it is refused as body-too-large."""
+
+    async def body() -> bytes:
+        try:
+            return await request.body()
+        except HTTPException as exc:
+            if exc.status_code == 413:
+                raise Refused("body-too-large", f"the body is larger than {limit}") from None
+            raise
+
+    return body
 
 
 def as_response(request: Request, answer: Answer) -> Response[bytes]:

@@ -1,8 +1,8 @@
 """The fast lane: well-formed transaction submissions answered at the ASGI edge, before Litestar.
 
-A JSON POST to /api/v1/transactions/ with a declared Content-Length within the limit is nearly every
-request the gateway gets. Litestar's routing, request and response objects and middleware cost about
-as much as validating, routing and de-duplicating the transaction, so that request goes from the
+A JSON POST to /api/v1/transactions/ (or /bulk) with a declared Content-Length within the limit is
+nearly every request the gateway gets. Litestar's routing, request and response objects and
+middleware cost about as much as validating, routing and de-duplicating the transaction, so that request goes from the
 ASGI scope straight to the Intake and back as two ASGI messages, with the same observability as the
 rest (request id, duration histogram, access line) and the same answers.
 
@@ -20,26 +20,26 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from gateway.api.edge import Edge
 from gateway.telemetry.observability import RequestRecorder, request_id_of
 
-PATHS = frozenset({"/api/v1/transactions/", "/api/v1/transactions"})
-ROUTE = "/api/v1/transactions"  # the route template, as Litestar labels the same route
+# path -> (the route template, as Litestar labels the same route; bulk or not)
+LANES = {
+    "/api/v1/transactions/": ("/api/v1/transactions", False),
+    "/api/v1/transactions": ("/api/v1/transactions", False),
+    "/api/v1/transactions/bulk": ("/api/v1/transactions/bulk", True),
+}
 
 
 class FastLane:
     """An ASGI handler in front of Litestar's own (installed by gateway.api.app)."""
 
-    def __init__(self, litestar: ASGIApp, recorder: RequestRecorder, max_body: int) -> None:
+    def __init__(self, litestar: ASGIApp, recorder: RequestRecorder, max_body: int, bulk_max_body: int) -> None:
         self._litestar = litestar
         self._recorder = recorder
-        self._max_body = max_body
+        self._max_body = (max_body, bulk_max_body)
         self.edge: Edge | None = None  # set when the app has started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"  # type: ignore[typeddict-item]
-            or scope["path"] not in PATHS
-            or self.edge is None
-        ):
+        lane = LANES.get(scope["path"]) if scope["type"] == "http" else None
+        if lane is None or scope["method"] != "POST" or self.edge is None:  # type: ignore[typeddict-item]
             await self._litestar(scope, receive, send)
             return
         length = None
@@ -47,12 +47,12 @@ class FastLane:
             if name == b"content-length":
                 length = value
                 break
-        if length is None or not length.isdigit() or int(length) > self._max_body:
+        if length is None or not length.isdigit() or int(length) > self._max_body[lane[1]]:
             await self._litestar(scope, receive, send)
             return
-        await self._submit(scope, receive, send)
+        await self._submit(scope, receive, send, *lane)
 
-    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _submit(self, scope: Scope, receive: Receive, send: Send, route: str, bulk: bool) -> None:
         started = time.perf_counter()
         request_id = request_id_of(scope)
         body = await self._body(receive)
@@ -65,9 +65,8 @@ class FastLane:
             return value.decode("latin-1") if value is not None else None
 
         assert self.edge is not None
-        answer = await self.edge.submit(
-            "POST", scope["path"], header, body, header("idempotency-key"), header("traceparent")
-        )
+        submit = self.edge.submit_all if bulk else self.edge.submit
+        answer = await submit("POST", scope["path"], header, body, header("idempotency-key"), header("traceparent"))
         response_headers = answer.headers.copy()
         response_headers.append((b"content-length", str(len(answer.body)).encode()))
         response_headers.append((b"x-request-id", request_id))
@@ -75,7 +74,7 @@ class FastLane:
         await send({"type": "http.response.body", "body": answer.body})  # type: ignore[arg-type]
         self._recorder.finish(
             "POST",
-            ROUTE,
+            route,
             answer.status,
             time.perf_counter() - started,
             request_id.decode(),

@@ -3,9 +3,8 @@
 from typing import Any, ClassVar
 
 from litestar import Request, Response, post
-from litestar.exceptions import HTTPException
 
-from gateway.api.edge import Edge, as_response
+from gateway.api.edge import Edge, as_response, body_reader
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
@@ -14,7 +13,6 @@ from gateway.api.openapi import (
     problem_example,
     problem_responses,
 )
-from gateway.errors import Refused
 from gateway.intake.schemas import (
     IDEMPOTENCY_KEY_SCHEMA,
     REQUEST_SCHEMA,
@@ -85,7 +83,7 @@ class TransactionOperation(PartnerOperation):
         return schema
 
 
-_ACCEPTED_EXAMPLE = Accepted(
+ACCEPTED_EXAMPLE = Accepted(
     transaction_id="txn_001",
     metadata=AcceptedMetadata(
         window="t1",
@@ -99,7 +97,7 @@ _ACCEPTED_EXAMPLE = Accepted(
         accepted_at="2026-11-26T09:30:00.123Z",
     ),
 )
-_DEDUPED_EXAMPLE = Deduped(
+DEDUPED_EXAMPLE = Deduped(
     transaction_id="txn_001",
     metadata=DedupedMetadata(
         original_batch="t1-20261127-GBP",
@@ -113,12 +111,12 @@ _DEDUPED_EXAMPLE = Deduped(
 )
 
 RESPONSES = {
-    202: documented(Accepted, "Accepted: the broker has the record (acks=all)", "submitted", _ACCEPTED_EXAMPLE),
+    202: documented(Accepted, "Accepted: the broker has the record (acks=all)", "submitted", ACCEPTED_EXAMPLE),
     200: documented(
         Deduped,
         "Exact resubmission: the original answer, with header Idempotent-Replayed: true",
         "deduped",
-        _DEDUPED_EXAMPLE,
+        DEDUPED_EXAMPLE,
     ),
     400: problem_responses("Malformed JSON", problem_example("malformed-json", "the body is not valid JSON")),
     409: problem_responses(
@@ -174,16 +172,9 @@ async def submit_transaction(request: Request) -> Response[bytes]:
     limit, before Litestar sees it; this handler takes every other POST (a chunked body, a body over
     the limit) and documents the operation. Both hand it to the same edge."""
 
-    async def body() -> bytes:
-        try:
-            return await request.body()
-        except HTTPException as exc:
-            if exc.status_code == 413:
-                raise Refused("body-too-large", "the body is larger than GATEWAY_MAX_BODY_BYTES") from None
-            raise
-
     headers = request.headers
     edge: Edge = request.app.state.edge
+    body = body_reader(request, "GATEWAY_MAX_BODY_BYTES")
     answer = await edge.submit(
         "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
     )

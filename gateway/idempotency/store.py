@@ -31,13 +31,15 @@ def _source(name: str) -> str:
     return resources.files("gateway.idempotency").joinpath("lua", f"{name}.lua").read_text()
 
 
-def _script(name: str, admitted: bool = False) -> Script:
-    """A script from lua/; `admitted` prefixes the partner's admission (admit.lua), which it calls."""
-    return Script(_source("admit") + _source(name) if admitted else _source(name))
+def _script(name: str, *functions: str) -> Script:
+    """A script from lua/, prefixed by the files of the local functions it calls."""
+    return Script("".join(_source(function) for function in (*functions, name)))
 
 
-RESERVE, COMPLETE, RELEASE = _script("reserve", admitted=True), _script("complete"), _script("release")
-LIMIT = _script("limit", admitted=True)
+RESERVE = _script("reserve", "admit", "claim")
+RESERVE_ALL = _script("reserve_all", "admit", "claim")
+COMPLETE, COMPLETE_ALL = _script("complete", "record"), _script("complete_all", "record")
+RELEASE, LIMIT = _script("release"), _script("limit", "admit")
 
 
 class Decision(enum.Enum):
@@ -167,7 +169,7 @@ class IdempotencyStore:
         self._done_ttl_ms = done_ttl_ms
         self._stale_after_ms = stale_after_ms
         self.on_doubt: DoubtWatcher | None = None  # set by the app: the in-doubt resolver
-        scripts = ("reserve", "complete", "release", "limit")
+        scripts = ("reserve", "reserve_all", "complete", "complete_all", "release", "limit")
         self._duration = {name: metrics.tally_histogram(metrics.redis_duration, name) for name in scripts}
         self._errors = {name: metrics.tally(metrics.redis_errors, name) for name in scripts}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,14 +208,39 @@ class IdempotencyStore:
             r.quota = refused[1]
             return refused[0], None
         r.quota = Quota(int(reply[0]), int(reply[1]))
-        decision = Decision(reply[2])
+        return self._claimed(r, reply[2:], now_ms)
+
+    async def reserve_all(
+        self, reservations: list[Reservation], admission: Admission, cost: int
+    ) -> tuple[Decision | None, Quota, list[tuple[Decision, bytes | None]]]:
+        """A bulk request's `reserve`, in one round trip: admit the partner at `cost` (one per item it
+        sent), then claim each reservation in order. Returns the admission's refusal (None when
+        admitted), what it found, and per reservation what `reserve` would have said."""
+        now_ms = int(time.time() * 1000)
+        keys = [admission.nonce_key, admission.rate_key]
+        args: list[Any] = [*admission.args, cost, self._pending_ttl_ms, now_ms]
+        for r in reservations:
+            r.reserved_at_ms = now_ms
+            keys += (r.idem_key, r.txn_key)
+            args += (r.fingerprint, r.key_digest, r.event_id, r.topic)
+        reply = await self._run("reserve_all", RESERVE_ALL, tuple(keys), args)
+        if (refused := _refused(reply)) is not None:
+            return refused[0], refused[1], []
+        quota = Quota(int(reply[0]), int(reply[1]))
+        decisions = [self._claimed(r, claimed, now_ms) for r, claimed in zip(reservations, reply[2:], strict=True)]
+        return None, quota, decisions
+
+    def _claimed(self, r: Reservation, claimed: list[Any], now_ms: int) -> tuple[Decision, bytes | None]:
+        """claim.lua's decision for `r` (a replay carries the stored response). A key found pending for
+        longer than the in-doubt horizon (its owner may be gone) is handed to `on_doubt`."""
+        decision = Decision(claimed[0])
         if decision is Decision.IN_FLIGHT:
-            reserved_at = int(reply[3])
+            reserved_at = int(claimed[1])
             stale = self._stale_after_ms is not None and now_ms - reserved_at > self._stale_after_ms
-            if stale and self.on_doubt is not None and reply[4]:
-                self.on_doubt(r, PendingRecord(reply[4].decode(), reply[5].decode(), reserved_at))
+            if stale and self.on_doubt is not None and claimed[2]:
+                self.on_doubt(r, PendingRecord(claimed[2].decode(), claimed[3].decode(), reserved_at))
             return decision, None
-        return decision, (reply[3] if len(reply) > 3 else None)
+        return decision, (claimed[1] if len(claimed) > 1 else None)
 
     async def admit(self, a: Admission) -> tuple[Decision | None, Quota]:
         """The admission alone (a request that does not reserve): None when admitted, else why not."""
@@ -231,12 +258,63 @@ class IdempotencyStore:
         connection dropped, Redis restarts), it is sent again, with back-off, until Redis does: the
         key stays pending meanwhile, so a retry gets 409 and never a second acceptance. The future
         says whether the entry was ours once recorded (False also when shutdown gave up on it)."""
+        outcome = self._tracked()
+        self._send_complete(r, response, outcome)
+        return outcome
+
+    def complete_all(self, completions: list[tuple[Reservation, bytes]]) -> None:
+        """`complete` for every transaction of a bulk request that Kafka has, as one script sent with
+        this tick's pipeline write. When Redis does not take it, each completion is sent again on its
+        own, as `complete` does, until Redis takes it."""
+        if not completions:
+            return
+        batch = self._tracked()
+        started = time.perf_counter()
+        keys: list[str] = []
+        args: list[Any] = [self._done_ttl_ms]
+        for r, response in completions:
+            keys += (r.idem_key, r.txn_key)
+            args += (r.fingerprint, r.key_digest, response)
+
+        def failed(error: BaseException) -> None:
+            self._errors["complete_all"].inc()
+            log.warning("could not complete %d transactions: %s; sending each again", len(completions), error)
+            for r, response in completions:
+                self._send_later(r, response, self._tracked())
+            if not batch.done():
+                batch.set_result(False)
+
+        def recorded(reply: "asyncio.Future[Any]") -> None:
+            if (error := reply.exception()) is not None:
+                return failed(error)
+            self._duration["complete_all"].observe(time.perf_counter() - started)
+            for (r, _), stored in zip(completions, reply.result(), strict=True):
+                if not stored:
+                    log.warning("idempotency key %s was already settled when its completion arrived", r.idem_key)
+            if not batch.done():
+                batch.set_result(True)
+
+        try:
+            sent = self._redis.run_script(COMPLETE_ALL, tuple(keys), args)
+        except RedisUnavailable as exc:
+            failed(exc)
+        else:
+            sent.add_done_callback(recorded)
+
+    def _tracked(self) -> "asyncio.Future[bool]":
+        """A completion's future, which shutdown waits for."""
         assert self._loop is not None, "reserve first"
         outcome: asyncio.Future[bool] = self._loop.create_future()
         self._completing.add(outcome)
         outcome.add_done_callback(self._completing.discard)
-        self._send_complete(r, response, outcome)
         return outcome
+
+    def _send_later(self, r: Reservation, response: bytes, outcome: "asyncio.Future[bool]") -> None:
+        """A completion Redis did not take: sent again, with back-off, until Redis takes it."""
+        self._unsent.append((r, response, outcome))
+        if self._resender is None or self._resender.done():
+            assert self._loop is not None
+            self._resender = self._loop.create_task(self._resend())
 
     def _send_complete(self, r: Reservation, response: bytes, outcome: "asyncio.Future[bool]") -> None:
         started = time.perf_counter()
@@ -245,10 +323,7 @@ class IdempotencyStore:
             self._errors["complete"].inc()
             if not self._unsent:
                 log.warning("could not complete %s: %s; sending it again when Redis answers", r.idem_key, error)
-            self._unsent.append((r, response, outcome))
-            if self._resender is None or self._resender.done():
-                assert self._loop is not None
-                self._resender = self._loop.create_task(self._resend())
+            self._send_later(r, response, outcome)
 
         def recorded(reply: "asyncio.Future[Any]") -> None:
             if (error := reply.exception()) is not None:

@@ -75,9 +75,10 @@ def _too_deep() -> Refused:
     )
 
 
-def decode(body: bytes):  # -> TransactionRequest
+def decode(body: bytes, duplicates: tuple | None = None):  # -> TransactionRequest
     """Decode the raw body; Refused as malformed JSON (400) or the wrong shape (422), which includes
-    a member name given twice in one object: parsers disagree on which value wins (RFC 7493)."""
+    a member name given twice in one object: parsers disagree on which value wins (RFC 7493).
+    `duplicates`: the body's repeated member names when already known (a bulk request's item)."""
     try:
         request = REQUEST_DECODER.decode(body)
     except msgspec.ValidationError as exc:
@@ -87,13 +88,50 @@ def decode(body: bytes):  # -> TransactionRequest
             raise Refused("malformed-json", f"the body is not valid JSON: {syntax}") from None
         except RecursionError:
             raise _too_deep() from None
-        errors = shape_errors(str(exc), document) + _duplicate_errors(fastcore.duplicate_members(body))
+        if duplicates is None:
+            duplicates = fastcore.duplicate_members(body)
+        errors = shape_errors(str(exc), document) + _duplicate_errors(duplicates)
         raise Refused("invalid-shape", str(exc), errors) from None
     except msgspec.DecodeError as exc:
         raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise _too_deep() from None
-    duplicates = fastcore.duplicate_members(body)
+    if duplicates is None:
+        duplicates = fastcore.duplicate_members(body)
     if duplicates:
         raise Refused("invalid-shape", "a member name appears twice in one object", _duplicate_errors(duplicates))
     return request
+
+
+ITEMS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def decode_items(body: bytes, max_items: int) -> tuple[list[msgspec.Raw], list[tuple]]:
+    """A bulk request's array: each item's raw JSON (decoded one by one later, so that one bad item
+    fails alone) and each item's repeated member names, found in one scan of the whole body.
+    Refused when the body is not a JSON array of 1 to `max_items` items."""
+    try:
+        items = ITEMS_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        got = _EXPECTED.fullmatch(str(exc))
+        what = _json_type(got["got"]) if got else "something else"
+        raise Refused(
+            "invalid-shape",
+            "a bulk request is a JSON array of transactions",
+            [("", "invalid_type", f"must be an array, not {what}")],
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    if not 1 <= len(items) <= max_items:
+        raise Refused(
+            "invalid-shape",
+            f"a bulk request holds 1 to {max_items} transactions, not {len(items)}",
+            [("", "too_many_items" if items else "empty", f"must hold 1 to {max_items} transactions")],
+        )
+    duplicates: list[tuple] = [()] * len(items)
+    for path in fastcore.duplicate_members(body):  # "[3].amount": the item's index, then its own path
+        end = path.index("]")
+        duplicates[int(path[1:end])] += (path[end + 1 :].removeprefix("."),)
+    return items, duplicates

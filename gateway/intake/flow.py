@@ -17,8 +17,8 @@ import msgspec
 import fastcore
 from gateway import ids
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused, Unauthorized
-from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation
-from gateway.intake.decoding import decode
+from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation, unlimited
+from gateway.intake.decoding import decode, decode_items
 from gateway.intake.schemas import (
     ENCODER,
     Accepted,
@@ -35,7 +35,7 @@ from gateway.kafka.events import (
     fingerprint,
     instant,
 )
-from gateway.kafka.producer import SettlementProducer
+from gateway.kafka.producer import Delivery, SettlementProducer
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
 
@@ -69,13 +69,26 @@ class Timing(NamedTuple):
 
 class Outcome(msgspec.Struct, frozen=True):
     """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission;
-    `quota` is what the partner's admission found in the same round trip."""
+    `quota` is what the partner's admission found in the same round trip (a bulk request's items
+    carry neither timing nor quota: the request does)."""
 
     transaction_id: str
     replayed: bool
     body: bytes
-    timing: Timing
+    timing: Timing | None = None
     quota: Quota | None = None
+
+
+# one transaction of a bulk request: accepted or replayed, refused, or not taken for now (503)
+ItemOutcome = Outcome | Refused | DependencyUnavailable
+
+
+class BulkOutcome(NamedTuple):
+    """A bulk request's outcome: one per transaction, in the request's order."""
+
+    items: list[ItemOutcome]
+    timing: Timing
+    quota: Quota | None
 
 
 # why a partner may not send a transaction through these windows in these currencies, or None
@@ -92,6 +105,9 @@ REFUSALS = {
     ),
     Decision.LIMITED: ("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
 }
+
+
+INVALID = "the transaction breaks one or more rules"
 
 
 def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
@@ -147,8 +163,20 @@ class Intake:
         try:
             instruction = fastcore.validate(self._policy, *validation_fields(request, idempotency_header))
         except fastcore.ValidationFailed as exc:
-            raise Refused("validation-failed", "the transaction breaks one or more rules", exc.errors) from None
-        now = self._clock()
+            raise Refused("validation-failed", INVALID, exc.errors) from None
+        reservation, event = self._routed(partner, request, instruction, self._clock(), admission, forbids)
+        return Prepared(reservation, event, decoded - started, perf_counter() - decoded)
+
+    def _routed(
+        self,
+        partner: str,
+        request: TransactionRequest,
+        instruction: fastcore.Instruction,
+        now: float,
+        admission: Admission | None,
+        forbids: Forbids | None,
+    ) -> tuple[Reservation, TransactionAccepted]:
+        """Route a valid transaction and make its reservation and event. Raises Refused (forbidden)."""
         try:
             routing = fastcore.route(
                 self._rules,
@@ -198,7 +226,7 @@ class Intake:
                 routing.window, routing.requested_window, routing.value_date, routing.batch, routing.reason
             ),
         )
-        return Prepared(reservation, event, decoded - started, perf_counter() - decoded)
+        return reservation, event
 
     async def submit(
         self,
@@ -252,10 +280,24 @@ class Intake:
             except DependencyUnavailable:
                 log.error("could not release %s after a failed produce; it expires by itself", reservation.idem_key)
             raise
-        accepted_at = instant(delivery.timestamp_ms / 1000)  # the record's own timestamp
+        accepted, replay = self._answers(event, delivery)
+        self._store.complete(reservation, replay)  # sent with this tick's Redis write
+        return Outcome(
+            event.transaction.transaction_id,
+            replayed=False,
+            body=accepted,
+            timing=timing._replace(kafka=perf_counter() - started),
+            quota=reservation.quota,
+        )
+
+    def _answers(self, event: TransactionAccepted, delivery: Delivery) -> tuple[bytes, bytes]:
+        """The 202 body of a transaction Kafka has, and the answer its replays will get."""
         routing = event.routing
+        self._metrics.tally(self._metrics.routing, routing.window, routing.reason).inc()
+        accepted_at = instant(delivery.timestamp_ms / 1000)  # the record's own timestamp
+        transaction_id = event.transaction.transaction_id
         accepted = Accepted(
-            transaction_id=event.transaction.transaction_id,
+            transaction_id=transaction_id,
             metadata=AcceptedMetadata(
                 window=routing.window,
                 requested_window=routing.requested_window,
@@ -269,15 +311,112 @@ class Intake:
             ),
         )
         replay = replay_answer(
-            event.transaction.transaction_id, routing, delivery.topic, delivery.partition, delivery.offset, accepted_at
+            transaction_id, routing, delivery.topic, delivery.partition, delivery.offset, accepted_at
         )
-        self._store.complete(reservation, ENCODER.encode(replay))  # sent with this tick's Redis write
-        self._metrics.tally(self._metrics.routing, routing.window, routing.reason).inc()
-        timing = timing._replace(kafka=perf_counter() - started)
-        return Outcome(
-            event.transaction.transaction_id,
-            replayed=False,
-            body=ENCODER.encode(accepted),
-            timing=timing,
-            quota=reservation.quota,
+        return ENCODER.encode(accepted), ENCODER.encode(replay)
+
+    async def submit_all(
+        self,
+        partner: str,
+        body: bytes,
+        traceparent: str | None,
+        max_items: int,
+        admission: Admission | None = None,
+        forbids: Forbids | None = None,
+    ) -> BulkOutcome:
+        """A bulk request: a JSON array of up to `max_items` transactions, each decided exactly as
+        `submit` would decide it alone. Decoding and validation first (fastcore checks the whole
+        array in one call), then one Redis round trip admits the partner (at one request per item)
+        and claims every new transaction, then Kafka gets every new record at once. Raises Refused
+        or DependencyUnavailable only for the request as a whole (not an array, the partner's limit,
+        Redis down)."""
+        started = perf_counter()
+        raws, duplicates = decode_items(body, max_items)
+        items: list[ItemOutcome | None] = [None] * len(raws)
+        requests: list[tuple[int, TransactionRequest]] = []
+        for index, raw in enumerate(raws):
+            try:
+                requests.append((index, decode(raw, duplicates[index])))
+            except Refused as exc:
+                items[index] = exc
+        decoded = perf_counter()
+        checked = fastcore.validate_all(self._policy, [validation_fields(request, None) for _, request in requests])
+        now = self._clock()
+        prepared: list[tuple[int, Reservation, TransactionAccepted]] = []
+        for (index, request), result in zip(requests, checked, strict=True):
+            if type(result) is list:
+                items[index] = Refused("validation-failed", INVALID, result)
+                continue
+            try:
+                prepared.append((index, *self._routed(partner, request, result, now, admission, forbids)))
+            except (Refused, DependencyUnavailable) as exc:
+                items[index] = exc
+        validated = perf_counter()
+        refusal, quota, decisions = await self._store.reserve_all(
+            [reservation for _, reservation, _ in prepared], admission or unlimited(partner), len(raws)
         )
+        if refusal is Decision.NONCE_REPLAYED:
+            raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
+        if refusal is not None:
+            raise Refused(*REFUSALS[refusal], quota=quota)
+        reserved = perf_counter()
+        new: list[tuple[int, Reservation, TransactionAccepted]] = []
+        for (index, reservation, event), (decision, stored) in zip(prepared, decisions, strict=True):
+            if decision is Decision.NEW:
+                new.append((index, reservation, event))
+            elif decision is Decision.REPLAY:
+                assert stored is not None
+                items[index] = Outcome(event.transaction.transaction_id, replayed=True, body=stored)
+            else:
+                items[index] = Refused(*REFUSALS[decision])
+        if new:
+            # shielded as in `submit`: once records may reach Kafka, their outcomes must reach Redis
+            settled = await asyncio.shield(self._settle_all([(r, e) for _, r, e in new], traceparent))
+            for (index, _, _), outcome in zip(new, settled, strict=True):
+                items[index] = outcome
+        timing = Timing(decoded - started, validated - decoded, reserved - validated, perf_counter() - reserved)
+        return BulkOutcome(items, timing, quota)  # type: ignore[arg-type]  # every item is decided
+
+    async def _settle_all(
+        self, new: list[tuple[Reservation, TransactionAccepted]], traceparent: str | None
+    ) -> list[Outcome | DependencyUnavailable]:
+        """Produce the new transactions of a bulk request together and wait for every report; record
+        those Kafka has in one Redis script, hold the ones in doubt, release the ones never sent."""
+        headers = cloudevents_headers
+        records = [
+            (r.topic, e.transaction.source_account.encode(), EVENT_ENCODER.encode(e), headers(e, traceparent))
+            for r, e in new
+        ]
+        try:
+            futures = self._producer.produce_all(records)
+        except DependencyUnavailable as exc:  # the producer failed: nothing was sent
+            await self._release_all([r for r, _ in new])
+            return [exc] * len(new)
+        await asyncio.wait(futures)
+        outcomes: list[Outcome | DependencyUnavailable] = []
+        completions: list[tuple[Reservation, bytes]] = []
+        unsent: list[Reservation] = []
+        for (reservation, event), future in zip(new, futures, strict=True):
+            error = future.exception()
+            if error is None:
+                accepted, replay = self._answers(event, future.result())
+                completions.append((reservation, replay))
+                outcomes.append(Outcome(event.transaction.transaction_id, replayed=False, body=accepted))
+                continue
+            assert isinstance(error, DependencyUnavailable)
+            if isinstance(error, DeliveryInDoubt):
+                self._store.hold_in_doubt(reservation)  # it may be in the log: settled from there
+            else:
+                unsent.append(reservation)
+            outcomes.append(error)
+        self._store.complete_all(completions)  # sent with this tick's write, ahead of the answer
+        await self._release_all(unsent)
+        return outcomes
+
+    async def _release_all(self, reservations: list[Reservation]) -> None:
+        """Drop the reservations of records that certainly never left (their retries are new again)."""
+        if not reservations:
+            return
+        released = await asyncio.gather(*(self._store.release(r) for r in reservations), return_exceptions=True)
+        if failed := sum(isinstance(outcome, BaseException) for outcome in released):
+            log.error("could not release %d reservations after a failed produce; they expire by themselves", failed)

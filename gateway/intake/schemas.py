@@ -168,5 +168,20 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     errors: list[FieldError] | None = None
 
 
+class BulkItem(msgspec.Struct, frozen=True):
+    """One transaction of a bulk request: its place in the array, and the single endpoint's status
+    and body for it (the 202 or 200 body, or the problem), embedded byte for byte."""
+
+    index: int
+    status: int
+    body: msgspec.Raw
+
+
+class BulkAnswer(msgspec.Struct, frozen=True):
+    """200 (every transaction accepted) or 207: one result per transaction, in the request's order."""
+
+    results: list[BulkItem]
+
+
 REQUEST_DECODER = msgspec.json.Decoder(TransactionRequest)
 ENCODER = msgspec.json.Encoder()

@@ -55,6 +55,8 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
+# a record to produce: topic, key, value, headers
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
 # (future of the request, error or None, the message, seconds from produce to the report)
 Report = tuple["asyncio.Future[Delivery]", KafkaError | None, object, float]
 
@@ -176,18 +178,29 @@ class SettlementProducer:
 
         Records of one event-loop tick are handed to librdkafka together at the end of the tick, so
         its broker thread wakes once for all of them and sends them in one request."""
+        return await self.produce_all([(topic, key, value, headers)])[0]
+
+    def produce_all(self, records: list[Record]) -> list["asyncio.Future[Delivery]"]:
+        """Hand many records (a bulk request's) to librdkafka together at the end of this tick; one
+        future per record, with `produce`'s outcomes. Raises DependencyUnavailable when the producer
+        has failed (then none was sent)."""
         assert self._loop is not None, "producer not started"
         if self.fatal is not None:
             raise DependencyUnavailable("kafka", f"the producer failed: {self.fatal}")
-        future: asyncio.Future[Delivery] = self._loop.create_future()
-        self._outbox.append((topic, key, value, headers, future))
+        create_future, outbox, deadlines = self._loop.create_future, self._outbox, self._deadlines
+        deadline = time.monotonic() + self._wait
+        futures: list[asyncio.Future[Delivery]] = []
+        for topic, key, value, headers in records:
+            future: asyncio.Future[Delivery] = create_future()
+            outbox.append((topic, key, value, headers, future))
+            deadlines.append((deadline, future))
+            futures.append(future)
         if not self._send_scheduled:
             self._send_scheduled = True
             self._loop.call_soon(self._send_outbox)
-        self._deadlines.append((time.monotonic() + self._wait, future))
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self._wait, self._sweep)
-        return await future
+        return futures
 
     def _sweep(self) -> None:
         """Fail, as in doubt, every request whose report is later than its deadline; then sleep until

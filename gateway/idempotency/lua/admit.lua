@@ -8,9 +8,10 @@
 --   rate_key      rate:{partner}
 --   interval_us   microseconds per request at the sustained rate; '0' = unlimited
 --   burst         requests allowed at once
+--   cost          how many requests this one counts as (a bulk request: one per item); nil = 1
 -- returns nil, remaining, reset_us when admitted (remaining -1: unlimited);
 --         otherwise the refusal: {'nonce_replayed'} | {'limited', retry_after_us, reset_us}
-local function admit(nonce_key, nonce_ttl_ms, rate_key, interval_us, burst)
+local function admit(nonce_key, nonce_ttl_ms, rate_key, interval_us, burst, cost)
   if nonce_ttl_ms ~= '0' and not redis.call('SET', nonce_key, '1', 'NX', 'PX', nonce_ttl_ms) then
     return {'nonce_replayed'}
   end
@@ -20,7 +21,7 @@ local function admit(nonce_key, nonce_ttl_ms, rate_key, interval_us, burst)
   local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
   local tat = tonumber(redis.call('GET', rate_key) or '0')
   if tat < now then tat = now end
-  local next_tat = tat + interval
+  local next_tat = tat + interval * tonumber(cost or '1')
   local allow_at = next_tat - interval * tonumber(burst)
   if now < allow_at then
     return {'limited', string.format('%.0f', allow_at - now), string.format('%.0f', tat - now)}

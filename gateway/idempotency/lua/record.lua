@@ -1,0 +1,17 @@
+-- record: that Kafka has a transaction, with the answer every replay will get (prefixed to complete
+-- and complete_all, which call it once per transaction).
+--   idem_key, txn_key  see claim.lua
+--   fp, digest         fingerprint of the canonical transaction, digest of the idempotency key
+--   response           the replay response body, stored verbatim
+--   ttl                TTL of the completed entry, milliseconds
+-- returns 1 when stored; 0 when another payload holds the key or it is already done.
+-- A reservation that vanished (expired, or lost with a Redis restart) is recreated: Kafka has the
+-- record, so the key must answer replays from now on.
+local function record(idem_key, txn_key, fp, digest, response, ttl)
+  local entry = redis.call('HMGET', idem_key, 'fp', 'state')
+  if entry[1] and (entry[1] ~= fp or entry[2] ~= 'pending') then return 0 end
+  redis.call('HSET', idem_key, 'fp', fp, 'state', 'done', 'response', response)
+  redis.call('PEXPIRE', idem_key, ttl)
+  redis.call('SET', txn_key, digest, 'PX', ttl)
+  return 1
+end
