@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -97,6 +98,38 @@ def kafka_outage(stack: Settings):
     finally:
         if _kafka_script("status").returncode != 0:
             restart()
+
+
+@pytest.fixture
+def kafka_broker(stack: Settings):
+    """The local stack's broker, to stop and start in the middle of a test; running again afterwards."""
+    if _kafka_script("status").returncode != 0:
+        pytest.fail("this test stops Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
+
+    class Broker:
+        @staticmethod
+        def stop() -> None:
+            stopped = _kafka_script("stop")
+            assert stopped.returncode == 0, stopped.stderr
+
+        @staticmethod
+        def kill() -> None:
+            """SIGKILL: the broker dies mid-request, with no chance to finish what it was doing."""
+            pid = int((Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "kafka.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            while _kafka_script("status").returncode == 0:
+                time.sleep(0.05)
+
+        @staticmethod
+        def start() -> None:
+            started = _kafka_script("start")
+            assert started.returncode == 0, started.stderr
+
+    try:
+        yield Broker
+    finally:
+        if _kafka_script("status").returncode != 0:
+            Broker.start()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from tests.e2e.conftest import ROOT
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
 URL = "/api/v1/transactions/"
+BULK = "/api/v1/transactions/bulk"
 
 
 def readme_curl_calls() -> list[str]:
@@ -81,10 +82,29 @@ async def test_100_concurrent_identical_requests_over_many_connections(server, s
     assert len(records) == 1
 
 
-async def chunks(raw: bytes):
+async def chunks_of(raw: bytes, size: int):
     """A body sent in pieces, without Content-Length (Transfer-Encoding: chunked)."""
-    for start in range(0, len(raw), 50):
-        yield raw[start : start + 50]
+    for start in range(0, len(raw), size):
+        yield raw[start : start + size]
+
+
+def chunks(raw: bytes):
+    return chunks_of(raw, 50)
+
+
+async def test_chunked_bulk_request_is_taken_by_the_general_route(server, stack, unique):
+    raw = ("[" + ",".join(json.dumps(transaction(f"{unique}{i}")) for i in range(3)) + "]").encode()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.post(BULK, content=chunks(raw), headers={"content-type": "application/json"})
+        assert response.status_code == 200, response.text
+        assert [item["status"] for item in response.json()["results"]] == [202, 202, 202]
+        # over GATEWAY_BULK_MAX_BODY_BYTES (2 MiB), with no Content-Length to refuse it by
+        huge = b"[" + b" " * 2_200_000 + b"]"
+        too_large = await client.post(
+            BULK, content=chunks_of(huge, 65_536), headers={"content-type": "application/json"}
+        )
+        assert too_large.status_code == 413, too_large.text
+        assert too_large.json()["detail"] == "the body is larger than GATEWAY_BULK_MAX_BODY_BYTES"
 
 
 async def test_chunked_body_is_taken_by_the_general_route(server, stack, unique):

@@ -13,6 +13,14 @@ def log(stack):
         def __init__(self) -> None:
             self.since = {w: end_offsets(stack.kafka_bootstrap, stack.topic(w)) for w in ("rtgs", "t0", "t1")}
 
+        def everything(self) -> dict[str, list]:
+            """Every record since the snapshot, by transaction id (its CloudEvents subject)."""
+            found: dict[str, list] = {}
+            for w, since in self.since.items():
+                for record in read_topic(stack.kafka_bootstrap, stack.topic(w), since=since):
+                    found.setdefault(headers_of(record)["ce_subject"].decode(), []).append(record)
+            return found
+
         def records(self, transaction_id: str, window: str | None = None) -> list:
             windows = [window] if window else list(self.since)
             return [
