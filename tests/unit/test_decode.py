@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from gateway.errors import Refused
-from gateway.intake.decoding import decode, shape_errors
+from gateway.intake.decoding import decode, decode_items, shape_errors
 
 SEED = (
     b'{"transaction_id":"txn_001","amount":250.00,"source_currency":"USD","destination_currency":"GBP",'
@@ -137,3 +137,40 @@ def message(body: bytes) -> str:
 )
 def test_messages_with_paths(body, errors):
     assert shape_errors(message(body), msgspec.json.decode(body)) == errors
+
+
+# --- a bulk request's array -------------------------------------------------------------------------------
+
+
+def test_bulk_items_decode_one_by_one_with_their_own_repeated_names():
+    body = b"[" + SEED + b"}," + SEED + b',"amount":1},42,[{"a":1,"a":2}]]'
+    items, duplicates = decode_items(body, 10)
+    assert len(items) == 4 and bytes(items[2]) == b"42"
+    assert duplicates == [(), ("amount",), (), ("[0].a",)]
+    assert decode(items[0], duplicates[0]).transaction_id == "txn_001"
+    with pytest.raises(Refused) as caught:
+        decode(items[1], duplicates[1])
+    assert caught.value.errors == [("amount", "duplicate_field", DUPLICATE)]
+    # the same refusal as the single endpoint's for the same text
+    single = refusal(SEED + b',"amount":1}')
+    assert (single.cause, single.detail, single.errors) == (
+        caught.value.cause,
+        caught.value.detail,
+        caught.value.errors,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "cause", "errors"),
+    [
+        (b"{}", "invalid-shape", [("", "invalid_type", "must be an array, not a JSON object")]),
+        (b'"x"', "invalid-shape", [("", "invalid_type", "must be an array, not a string")]),
+        (b"[]", "invalid-shape", [("", "empty", "must hold 1 to 3 transactions")]),
+        (b"[1,2,3,4]", "invalid-shape", [("", "too_many_items", "must hold 1 to 3 transactions")]),
+        (b"[1,", "malformed-json", None),
+    ],
+)
+def test_a_bulk_body_that_is_not_an_array_of_1_to_max_items_is_refused(body, cause, errors):
+    with pytest.raises(Refused) as caught:
+        decode_items(body, 3)
+    assert caught.value.cause == cause and caught.value.errors == errors

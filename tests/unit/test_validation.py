@@ -306,3 +306,48 @@ def test_amount_agreement_and_exactness(raw, currency):
 
         text = raw.decode().strip('"')
         assert Decimal(compiled[1]) == Decimal(text)  # canonical string is the same number, exactly
+
+
+def _row_outcome(result):
+    if isinstance(result, list):
+        return ("errors", result)
+    return (
+        "ok",
+        result.amount,
+        result.amount_minor,
+        result.minor_units,
+        result.idempotency_key,
+        result.requested_window,
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            values,
+            amounts,
+            texts,
+            texts,
+            values,
+            values,
+            values,
+            texts,
+            texts,
+            st.one_of(st.none(), st.sampled_from(["rtgs", "t0", "t1"])),
+            metadata,
+        ),
+        max_size=20,
+    )
+)
+def test_validate_all_is_validate_per_row(rows):
+    """A bulk request's validation in one call answers, row by row, what `validate` answers alone."""
+    for impl, policy in ((fastcore, POLICIES[0]), (TWIN, POLICIES[1])):
+        assert [_row_outcome(r) for r in impl.validate_all(policy, rows)] == [_outcome(impl, policy, a) for a in rows]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_validate_all_refuses_a_row_of_the_wrong_length(impl):
+    policy = impl.Policy("1000")
+    with pytest.raises(TypeError, match="11 arguments"):
+        impl.validate_all(policy, [("t", b"1")])
