@@ -6,11 +6,13 @@ Scenarios (task names in Locust's table):
   new      a fresh transaction, unique id and key, realistic currencies, amounts and windows -> 202
   replay   an exact resubmission of a transaction this user already sent -> 200
   invalid  an instruction that breaks several rules -> 422
+  bulk     BENCH_BULK_ITEMS fresh transactions in one POST /api/v1/transactions/bulk -> 200 (all accepted)
 
 Environment:
   BENCH_MIX       weights, e.g. "new=8,replay=1,invalid=1" (default "new=1")
   BENCH_USER_RPS  requests per second per user (constant throughput); unset or 0: as fast as possible
   BENCH_HDR_DIR   where each Locust process writes its exact latencies (HDR histograms) at the end
+  BENCH_BULK_ITEMS  transactions per bulk request (default 100)
   BENCH_EXPECT    one status every scenario must get, instead of each scenario's own (for the ceiling,
                   which answers 202 to everything)
 
@@ -32,10 +34,12 @@ from locust import constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 PATH = "/api/v1/transactions/"
+BULK_PATH = "/api/v1/transactions/bulk"
+BULK_ITEMS = int(os.environ.get("BENCH_BULK_ITEMS") or 100)
 HEADERS = {"Content-Type": "application/json"}
 if os.environ.get("BENCH_AUTHORIZATION"):  # the authenticated gateway: the bench partner's key
     HEADERS["Authorization"] = os.environ["BENCH_AUTHORIZATION"]
-EXPECTED = {"new": 202, "replay": 200, "invalid": 422}
+EXPECTED = {"new": 202, "replay": 200, "invalid": 422, "bulk": 200}
 
 # (currency, minor units, weight): roughly the mix of a cross-border payments book
 CURRENCIES = [
@@ -172,8 +176,8 @@ class Partner(FastHttpUser):
             document["settlement_window"] = window
         return json.dumps(document).encode()
 
-    def _post(self, name: str, body: bytes) -> None:
-        with self.client.post(PATH, data=body, headers=HEADERS, name=name, catch_response=True) as response:
+    def _post(self, name: str, body: bytes, path: str = PATH) -> None:
+        with self.client.post(path, data=body, headers=HEADERS, name=name, catch_response=True) as response:
             if response.status_code != EXPECTED[name]:
                 response.failure(f"expected {EXPECTED[name]}, got {response.status_code}: {response.text[:200]}")
             else:
@@ -198,3 +202,8 @@ class Partner(FastHttpUser):
             f'"counterparty_id":"c1","idempotency_key":"bench-{self._prefix}-x{n}"}}'
         ).encode()
         self._post("invalid", body)
+
+    @task(MIX.get("bulk", 0))
+    def bulk(self) -> None:
+        body = b"[" + b",".join(self._transaction() for _ in range(BULK_ITEMS)) + b"]"
+        self._post("bulk", body, BULK_PATH)

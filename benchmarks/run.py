@@ -76,12 +76,16 @@ class Plan:
     wrk_connections: tuple[int, ...] = (16, 64, 128, 256)
     soak_seconds: int = 600
     micro_number: int = 200_000
+    bulk_sizes: tuple[int, ...] = (100, 500, 1000)
+    bulk_seconds: int = 10
+    bulk_connections: int = 8
     smoke: bool = False
 
 
 SMOKE = Plan(
     warmup_seconds=1, one_connection_seconds=2, replay_seconds=2, steady_rate=100, steady_users=4,
-    steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000, smoke=True,
+    steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000,
+    bulk_sizes=(100,), bulk_seconds=2, bulk_connections=2, smoke=True,
 )  # fmt: skip
 
 
@@ -220,12 +224,20 @@ def curve(histogram: HdrHistogram) -> list[tuple[float, int]]:
 
 
 def locust(
-    url: str, users: int, seconds: int, mix: str, user_rps: float = 0, expect: int | None = None, auth: str = ""
+    url: str,
+    users: int,
+    seconds: int,
+    mix: str,
+    user_rps: float = 0,
+    expect: int | None = None,
+    auth: str = "",
+    bulk_items: int = 100,
 ) -> dict[str, Any]:
     """One headless Locust run; exact latencies from its HDR files."""
     with tempfile.TemporaryDirectory() as hdr_dir:
         env = {**os.environ, "BENCH_MIX": mix, "BENCH_USER_RPS": str(user_rps), "BENCH_HDR_DIR": hdr_dir}
         env["BENCH_AUTHORIZATION"] = auth
+        env["BENCH_BULK_ITEMS"] = str(bulk_items)
         if expect is not None:
             env["BENCH_EXPECT"] = str(expect)
         command = [
@@ -272,11 +284,13 @@ def locust(
     return result
 
 
-def wrk(url: str, connections: int, seconds: int, auth: str = "") -> dict[str, Any]:
-    """wrk with the new-transaction script: throughput and its latency percentiles (ms -> µs)."""
+def wrk(url: str, connections: int, seconds: int, auth: str = "", bulk_items: int = 0) -> dict[str, Any]:
+    """wrk with the new-transaction script (or, with `bulk_items`, bulk requests of that many): throughput
+    and its latency percentiles (ms -> µs)."""
     command = ["wrk", "-t1" if connections == 1 else "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    command += ["-s", str(HERE / "wrk_new_transactions.lua"), url]
-    env = {**os.environ, "BENCH_AUTHORIZATION": auth}
+    script = "wrk_bulk_transactions.lua" if bulk_items else "wrk_new_transactions.lua"
+    command += ["-s", str(HERE / script), url]
+    env = {**os.environ, "BENCH_AUTHORIZATION": auth, "BENCH_BULK_ITEMS": str(bulk_items)}
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=env).stdout
     units = {"us": 1, "ms": 1000, "s": 1_000_000}
     latency = {
@@ -287,6 +301,8 @@ def wrk(url: str, connections: int, seconds: int, auth: str = "") -> dict[str, A
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    if bulk_items:  # a 207 is a 2xx to wrk: the script counts every answer but 200 (all accepted)
+        errors += int(re.search(r"bulk non-200: (\d+)", out).group(1))  # type: ignore[union-attr]
     return {
         "connections": connections,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
@@ -346,6 +362,33 @@ def measure_server(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
     sustained = [s["rps"] for s in steps + result.get("wrk_steps", []) if s["error_rate"] < MAX_ERROR_RATE]
     result["max_sustained_rps"] = max(sustained, default=0.0)
     result["max_sustained_rps_locust"] = max((s["rps"] for s in steps if s["error_rate"] < MAX_ERROR_RATE), default=0.0)
+    return result
+
+
+def bulk_phase(server: Server, plan: Plan, single_rps: float, log: Any) -> dict[str, Any]:
+    """Transactions per second through the bulk endpoint, per bulk size (wrk, closed loop; Locust in the
+    smoke), beside the single endpoint's best; then the latency of 500-transaction requests at half the
+    rate the 500 size sustained (Locust, constant throughput)."""
+    auth = server.authorization
+    sizes: dict[str, Any] = {}
+    for items in plan.bulk_sizes:
+        log(f"  {server.name}: bulk requests of {items}, {plan.bulk_connections} connections")
+        if plan.wrk_seconds:
+            run = wrk(server.url, plan.bulk_connections, plan.bulk_seconds, auth, bulk_items=items)
+        else:
+            run = locust(server.url, plan.bulk_connections, plan.bulk_seconds, "bulk=1", auth=auth, bulk_items=items)
+        run["transactions_per_second"] = round(run["rps"] * items * (1 - run["error_rate"]), 1)
+        sizes[str(items)] = run
+    result: dict[str, Any] = {"single_transactions_per_second": single_rps, "sizes": sizes}
+    middle = "500" if "500" in sizes else str(plan.bulk_sizes[0])
+    rate = sizes[middle]["transactions_per_second"] / 2 / int(middle)  # requests/s
+    if rate > 0:
+        users = max(1, min(8, round(rate)))
+        log(f"  {server.name}: bulk requests of {middle} at half that rate ({rate:.1f}/s)")
+        result["half_rate"] = locust(
+            server.url, users, plan.bulk_seconds * 2, "bulk=1", rate / users, auth=auth, bulk_items=int(middle)
+        )
+        result["half_rate"]["items"] = int(middle)
     return result
 
 
@@ -439,6 +482,14 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     cost = report.get("partners", {})
     gate("throughput, authenticated / open", cost.get("throughput_ratio"), 1 - t["max_overhead"], True, "x")
     gate("one connection p50, authenticated / open", cost.get("p50_ratio"), 1 + t["max_overhead"], False, "x")
+    t = targets["bulk"]
+    bulk = report.get("bulk", {})
+    best = max((size["transactions_per_second"] for size in bulk.get("sizes", {}).values()), default=None)
+    gate("bulk, transactions/s (best size)", best, t["min_transactions_per_second"], True, "transactions/s")
+    half = bulk.get("half_rate", {})
+    p99 = half.get("latency_us", {}).get("bulk", {}).get("p99") if half.get("items") == 500 else None
+    gate("bulk of 500 at half that rate, p99", _ms(p99), t["max_p99_ms_500"], False, "ms")
+    gate("bulk of 500 at half that rate, errors", half.get("errors"), 0, False, "requests")
     t = targets["memory"]
     growth = report.get("soak", {}).get("growth")
     gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
@@ -589,6 +640,9 @@ def main() -> int:
             server.start(Path(scratch))
             try:
                 report["servers"][name] = measure_server(server, plan, log)
+                if name == "gateway" and plan.bulk_sizes:
+                    single = report["servers"]["gateway"]["max_sustained_rps"]
+                    report["bulk"] = bulk_phase(server, plan, single, log)
                 if name == "gateway" and plan.soak_seconds:
                     rate = report["servers"]["gateway"]["max_sustained_rps"] / 2
                     log(f"  gateway: soak at {rate:.0f}/s for {plan.soak_seconds} s")
@@ -644,6 +698,16 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
             f"{cost['throughput_ratio']}; one-connection p50 µs {p50['authenticated']:.0f} / {p50['open']:.0f} = "
             f"{cost['p50_ratio']}"
         )
+    bulk = report.get("bulk")
+    if bulk:
+        print(f"bulk: single endpoint {bulk['single_transactions_per_second']:.0f} transactions/s", end="")
+        for items, run in bulk["sizes"].items():
+            latency = run["latency_us"].get("bulk", run["latency_us"])  # Locust per scenario, wrk flat
+            print(
+                f"; {items}/request {run['transactions_per_second']:.0f}/s (p99 {latency.get('p99', 0):.0f} µs)", end=""
+            )
+        half = bulk.get("half_rate", {}).get("latency_us", {}).get("bulk", {})
+        print(f"; half rate p50/p99 µs {half.get('p50', 0):.0f} / {half.get('p99', 0):.0f}" if half else "")
     for g in report["gates"]:
         print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
     print(f"verdict: {report['verdict']}")

@@ -4,6 +4,7 @@ The event is the source of truth downstream: state is a fold of the log, and con
 by idempotency key and transaction id, because Redis is only the fast first check.
 """
 
+import functools
 import hashlib
 import re
 from datetime import UTC, datetime
@@ -55,6 +56,7 @@ class TransactionAccepted(msgspec.Struct, frozen=True):
     schema_version: int = SCHEMA_VERSION
 
 
+@functools.lru_cache(maxsize=256)  # a bulk request's transactions share their instants
 def instant(epoch: float) -> str:
     """Unix seconds as the ISO 8601 UTC instant the events and answers carry (`...T09:30:00.123Z`)."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -36,3 +36,7 @@ def test_bench_harness_smoke(stack, tmp_path):
     assert stages["kafka"]["p50"] > 0
     assert gateway["max_sustained_rps"] > 0
     assert report["micro"]["valid"]["fastcore"]["best_us"] > 0
+    bulk = report["bulk"]["sizes"]["100"]
+    assert bulk["requests"] > 0 and bulk["errors"] == 0 and bulk["transactions_per_second"] > 0, bulk
+    half = report["bulk"]["half_rate"]
+    assert half["requests"] > 0 and half["errors"] == 0 and half["latency_us"]["bulk"]["p99"] > 0, half
