@@ -205,3 +205,40 @@ def test_mask_hides_all_but_the_tail(value):
 
 def test_settings_used_here_exist():
     assert Settings().access_log is True and Settings().ready_cache_ms == 1000
+
+
+async def test_a_bulk_request_counts_each_transaction_by_its_outcome(server, unique):
+    """Outcomes, routing and Kafka deliveries per transaction; one request, two Redis scripts."""
+    items = [transaction(f"{unique}{n}") for n in range(5)] + [
+        transaction(f"{unique}bad", amount=-1),
+        transaction(f"{unique}0"),  # the first one again: still in flight
+        transaction(f"{unique}1", idempotency_key=f"other-{unique}"),  # its id under another key
+    ]
+    await asyncio.sleep(2 * PUBLISH_INTERVAL)
+    before = scrape(server)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.post(
+            "/api/v1/transactions/bulk", content=json.dumps(items), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 207, response.text
+    assert [r["status"] for r in response.json()["results"]] == [202] * 5 + [422, 409, 409]
+    await asyncio.sleep(2 * PUBLISH_INTERVAL)
+    after = scrape(server)
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    for outcome, count in {
+        "accepted": 5,
+        "validation_failed": 1,
+        "request_in_flight": 1,
+        "transaction_id_conflict": 1,
+    }.items():
+        assert grew("settlement_intake_outcomes_total", outcome=outcome) == count, outcome
+    assert grew("settlement_validation_errors_total", field="amount", code="amount_not_positive") == 1
+    assert grew("settlement_routing_decisions_total", window="t1", reason="requested") == 5
+    assert grew("settlement_kafka_delivery_duration_seconds_count") == 5
+    assert grew("settlement_redis_script_duration_seconds_count", script="reserve_all") == 1
+    assert grew("settlement_redis_script_duration_seconds_count", script="complete_all") == 1
+    route = "/api/v1/transactions/bulk"
+    assert grew("http_server_request_duration_seconds_count", http_route=route, http_response_status_code="207") == 1
