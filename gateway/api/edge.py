@@ -211,7 +211,7 @@ class Edge:
         retry = False
         for index, item in enumerate(outcome.items):
             if isinstance(item, Outcome):
-                status, payload = (200, item.body) if item.replayed else (202, item.body)
+                status, payload = 200 if item.replayed else 202, item.body
                 counted["replayed" if item.replayed else "accepted"] += 1
             elif isinstance(item, DependencyUnavailable):
                 if item.dependency not in unavailable:

@@ -382,9 +382,13 @@ class Intake:
     ) -> list[Outcome | DependencyUnavailable]:
         """Produce the new transactions of a bulk request together and wait for every report; record
         those Kafka has in one Redis script, hold the ones in doubt, release the ones never sent."""
-        headers = cloudevents_headers
         records = [
-            (r.topic, e.transaction.source_account.encode(), EVENT_ENCODER.encode(e), headers(e, traceparent))
+            (
+                r.topic,
+                e.transaction.source_account.encode(),
+                EVENT_ENCODER.encode(e),
+                cloudevents_headers(e, traceparent),
+            )
             for r, e in new
         ]
         try:
