@@ -24,9 +24,16 @@ start() {
   redis-server --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --dir "$REDIS_HOME" \
     --appendonly yes --appendfsync everysec --save "" \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$REDIS_HOME/redis.log" >&2
-  local deadline=$((SECONDS + 20))
-  until redis-cli -h 127.0.0.1 -p "$STACK_REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
-    [ $SECONDS -lt $deadline ] || die "Redis did not answer PING within 20s; see $REDIS_HOME/redis.log"
+  # 20 s to answer at all; a Redis loading a large AOF answers LOADING, and gets STACK_REDIS_START_TIMEOUT
+  local started=$SECONDS limit=20 answer
+  while :; do
+    answer=$(redis-cli -h 127.0.0.1 -p "$STACK_REDIS_PORT" ping 2>/dev/null || true)
+    [ "$answer" = PONG ] && break
+    if [[ "$answer" == *LOADING* && $limit -eq 20 ]]; then
+      limit=${STACK_REDIS_START_TIMEOUT:-300}
+      say "Redis is loading its data from the AOF; waiting up to ${limit}s"
+    fi
+    [ $((SECONDS - started)) -lt "$limit" ] || die "Redis did not answer PING within ${limit}s; see $REDIS_HOME/redis.log"
     sleep 0.1
   done
   say "Redis ready on 127.0.0.1:$STACK_REDIS_PORT"
