@@ -288,8 +288,7 @@ def wrk(url: str, connections: int, seconds: int, auth: str = "", bulk_items: in
     """wrk with the new-transaction script (or, with `bulk_items`, bulk requests of that many): throughput
     and its latency percentiles (ms -> µs)."""
     command = ["wrk", "-t1" if connections == 1 else "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    script = "wrk_bulk_transactions.lua" if bulk_items else "wrk_new_transactions.lua"
-    command += ["-s", str(HERE / script), url]
+    command += ["-s", str(HERE / "wrk_new_transactions.lua"), url]
     env = {**os.environ, "BENCH_AUTHORIZATION": auth, "BENCH_BULK_ITEMS": str(bulk_items)}
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=env).stdout
     units = {"us": 1, "ms": 1000, "s": 1_000_000}

@@ -79,52 +79,35 @@ def _kafka_script(command: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(ROOT / "deploy" / "kafka.sh"), command], capture_output=True, text=True, timeout=180)
 
 
-@pytest.fixture
-def kafka_outage(stack: Settings):
-    """Stop the local stack's broker for the test body and start it again afterwards.
+KAFKA_PIDFILE = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "kafka.pid"
 
-    Yields a function that brings the broker back early (for tests of recovery)."""
-    if _kafka_script("status").returncode != 0:
-        pytest.fail("this test stops Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
-    stopped = _kafka_script("stop")
-    assert stopped.returncode == 0, stopped.stderr
 
-    def restart() -> None:
+class Broker:
+    """The local stack's broker, stopped, killed and started by tests (deploy/kafka.sh)."""
+
+    @staticmethod
+    def stop() -> None:
+        stopped = _kafka_script("stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+    @staticmethod
+    def kill() -> None:
+        """SIGKILL: the broker dies mid-request, with no chance to finish what it was doing."""
+        os.kill(int(KAFKA_PIDFILE.read_text()), signal.SIGKILL)
+        while _kafka_script("status").returncode == 0:
+            time.sleep(0.05)
+
+    @staticmethod
+    def start() -> None:
         started = _kafka_script("start")
         assert started.returncode == 0, started.stderr
-
-    try:
-        yield restart
-    finally:
-        if _kafka_script("status").returncode != 0:
-            restart()
 
 
 @pytest.fixture
 def kafka_broker(stack: Settings):
-    """The local stack's broker, to stop and start in the middle of a test; running again afterwards."""
+    """The local stack's broker, to stop, kill and start in the middle of a test; running afterwards."""
     if _kafka_script("status").returncode != 0:
         pytest.fail("this test stops Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
-
-    class Broker:
-        @staticmethod
-        def stop() -> None:
-            stopped = _kafka_script("stop")
-            assert stopped.returncode == 0, stopped.stderr
-
-        @staticmethod
-        def kill() -> None:
-            """SIGKILL: the broker dies mid-request, with no chance to finish what it was doing."""
-            pid = int((Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "kafka.pid").read_text())
-            os.kill(pid, signal.SIGKILL)
-            while _kafka_script("status").returncode == 0:
-                time.sleep(0.05)
-
-        @staticmethod
-        def start() -> None:
-            started = _kafka_script("start")
-            assert started.returncode == 0, started.stderr
-
     try:
         yield Broker
     finally:
@@ -133,14 +116,22 @@ def kafka_broker(stack: Settings):
 
 
 @pytest.fixture
+def kafka_outage(kafka_broker: type[Broker]):
+    """Stop the local stack's broker for the test body and start it again afterwards.
+
+    Yields a function that brings the broker back early (for tests of recovery)."""
+    kafka_broker.stop()
+    yield kafka_broker.start
+
+
+@pytest.fixture
 def kafka_pause(stack: Settings):
     """Freeze the local stack's broker (SIGSTOP) for the test body: connections stay open and requests
     sit unanswered in its socket buffers. Yields a function that resumes it (SIGCONT); resumed after
     the test in any case."""
-    pidfile = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "kafka.pid"
-    if not pidfile.exists():
+    if not KAFKA_PIDFILE.exists():
         pytest.fail("this test pauses Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
-    pid = int(pidfile.read_text())
+    pid = int(KAFKA_PIDFILE.read_text())
     os.kill(pid, signal.SIGSTOP)
 
     def resume() -> None:

@@ -10,29 +10,27 @@ from typing import Any, ClassVar
 import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
 
-from gateway.api.edge import Edge, as_response, body_reader
+from gateway.api.edge import submitted
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
     PartnerOperation,
+    documented,
     problem_example,
     problem_responses,
 )
 from gateway.api.transactions import ACCEPTED_EXAMPLE, DEDUPED_EXAMPLE, RESPONSES, SEED_EXAMPLE, SERVER_TIMING
+from gateway.intake.flow import INVALID
 from gateway.intake.schemas import REQUEST_SCHEMA
 
 PATH = "/api/v1/transactions/bulk"
 
-_INVALID = {
-    "type": "https://settlement-gateway.example/problems/validation-failed",
-    "title": "Validation failed",
-    "status": 422,
-    "detail": "the transaction breaks one or more rules",
-    "errors": [{"field": "amount", "code": "amount_not_positive", "message": "must be greater than zero"}],
-}
+_INVALID = problem_example(
+    "validation-failed",
+    INVALID,
+    [{"field": "amount", "code": "amount_not_positive", "message": "must be greater than zero"}],
+).value
 _ANSWER_EXAMPLE = {
     "results": [
         {"index": 0, "status": 202, "body": msgspec.to_builtins(ACCEPTED_EXAMPLE)},
@@ -69,6 +67,9 @@ _ANSWER_SCHEMA: dict[str, Any] = {
 }
 
 
+_REQUEST_EXAMPLE = [SEED_EXAMPLE, {**SEED_EXAMPLE, "transaction_id": "txn_002", "idempotency_key": "idemp_key_102"}]
+
+
 class BulkOperation(PartnerOperation):
     """The hand-written request and answer schemas: the handler reads and writes raw bytes."""
 
@@ -93,39 +94,24 @@ class BulkOperation(PartnerOperation):
             "content": {
                 "application/json": {
                     "schema": {"type": "array", "minItems": 1, "maxItems": self.max_items, "items": REQUEST_SCHEMA},
-                    "examples": {
-                        "two": {
-                            "value": [
-                                SEED_EXAMPLE,
-                                {**SEED_EXAMPLE, "transaction_id": "txn_002", "idempotency_key": "idemp_key_102"},
-                            ]
-                        }
-                    },
+                    "examples": {"two": {"value": _REQUEST_EXAMPLE}},
                 }
             },
         }
         for status in ("200", "207"):
-            content = schema["responses"][status]["content"]["application/json"]
-            content["schema"] = _ANSWER_SCHEMA
+            schema["responses"][status]["content"]["application/json"]["schema"] = _ANSWER_SCHEMA
         return schema
 
 
-def _answer(description: str, summary: str, example: dict[str, Any]) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=dict[str, Any],
-        description=description,
-        generate_examples=False,
-        examples=[Example(summary=summary, value=example)],
-    )
-
-
 BULK_RESPONSES = {
-    200: _answer(
+    200: documented(
+        dict[str, Any],
         "Every transaction accepted: each result is 202 with the broker's record",
         "all accepted",
         {"results": _ANSWER_EXAMPLE["results"][:1]},
     ),
-    207: _answer(
+    207: documented(
+        dict[str, Any],
         "Per transaction, what the single endpoint would have answered (202, 200 replay, 4xx, 503)",
         "mixed",
         _ANSWER_EXAMPLE,
@@ -181,12 +167,6 @@ def bulk_submission(max_items: int, max_body_bytes: int) -> HTTPRouteHandler:
     )
     async def submit_bulk(request: Request) -> Response[bytes]:
         """200 when every transaction is new, else 207 with one result per transaction."""
-        headers = request.headers
-        edge: Edge = request.app.state.edge
-        body = body_reader(request, "GATEWAY_BULK_MAX_BODY_BYTES")
-        answer = await edge.submit_all(
-            "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
-        )
-        return as_response(request, answer)
+        return await submitted(request, bulk=True)
 
     return submit_bulk

@@ -38,6 +38,8 @@ REALM = 'Bearer realm="settlement-gateway"'
 
 Header = Callable[[str], str | None]  # any request header by lower-case name (a signature's components)
 BodyReader = Callable[[], Awaitable[bytes]]  # raises Refused("body-too-large")
+# the intake of one kind of submission, given the identified caller, the body, Idempotency-Key, traceparent
+Submission = Callable[["Caller", bytes, str | None, str | None], Awaitable["Answer"]]
 
 
 class Answer(NamedTuple):
@@ -133,35 +135,7 @@ class Edge:
         traceparent: str | None,
     ) -> Answer:
         """POST /api/v1/transactions/: identify, then the intake (which admits in its Redis round trip)."""
-        caller: Caller | None = None
-        try:
-            if not isinstance(body, bytes):
-                body = await body()
-            caller = self.authenticator.identify(method, path, header("authorization"), header, body)
-            if not is_json(header("content-type")):
-                raise Refused("unsupported-media-type", "send the transaction as application/json")
-            outcome = await self._intake.submit(
-                caller.partner.id, body, idempotency_key, traceparent, caller.admission, caller.forbids
-            )
-        except (Refused, DependencyUnavailable) as exc:
-            return await self.refusal(caller, exc)
-        except Exception:
-            log.exception("unhandled error on %s %s", method, path)
-            status, payload = problem_body("internal-error", "the request could not be processed")
-            return Answer(status, [PROBLEM], payload, partner=caller.partner.id if caller else None)
-        assert caller is not None
-        return self.accepted(caller.partner, outcome)
-
-    def accepted(self, partner: Partner, outcome: Outcome) -> Answer:
-        """202 for a new transaction, 200 for an exact resubmission."""
-        self._metrics.tally(self._metrics.intake, partner.id, "replayed" if outcome.replayed else "accepted").inc()
-        assert outcome.timing is not None
-        headers = [JSON, (b"server-timing", outcome.timing.header().encode())]
-        if partner.rate:
-            headers += ratelimit_headers(partner, outcome.quota)
-        if outcome.replayed:
-            headers.append((b"idempotent-replayed", b"true"))
-        return Answer(200 if outcome.replayed else 202, headers, outcome.body, outcome.transaction_id, partner.id)
+        return await self._submission(method, path, header, body, idempotency_key, traceparent, self._single)
 
     async def submit_all(
         self,
@@ -175,32 +149,67 @@ class Edge:
         """POST /api/v1/transactions/bulk: identify, then the intake of every transaction of the array.
         The whole request is refused only for what concerns all of it (credentials, media type, not an
         array, the partner's limit, Redis down); anything else is decided per transaction."""
+        return await self._submission(method, path, header, body, idempotency_key, traceparent, self._bulk)
+
+    async def _submission(
+        self,
+        method: str,
+        path: str,
+        header: Header,
+        body: bytes | BodyReader,
+        idempotency_key: str | None,
+        traceparent: str | None,
+        intake: "Submission",
+    ) -> Answer:
+        """What every submission goes through: the body, the caller, the media type, then `intake`;
+        a refusal or an unexpected error becomes its problem answer."""
         caller: Caller | None = None
         try:
             if not isinstance(body, bytes):
                 body = await body()
             caller = self.authenticator.identify(method, path, header("authorization"), header, body)
             if not is_json(header("content-type")):
-                raise Refused("unsupported-media-type", "send the transactions as a JSON array (application/json)")
-            if idempotency_key is not None:
-                raise Refused(
-                    "invalid-parameter",
-                    "a bulk request takes no Idempotency-Key header: each transaction carries its idempotency_key",
-                )
-            admission = caller.admission
-            # a limited partner's bulk request counts one request per transaction, so it fits in one burst
-            max_items = min(self._bulk_max_items, admission.burst) if admission.interval_us else self._bulk_max_items
-            outcome = await self._intake.submit_all(
-                caller.partner.id, body, traceparent, max_items, admission, caller.forbids
-            )
+                raise Refused("unsupported-media-type", "send application/json")
+            return await intake(caller, body, idempotency_key, traceparent)
         except (Refused, DependencyUnavailable) as exc:
             return await self.refusal(caller, exc)
         except Exception:
             log.exception("unhandled error on %s %s", method, path)
             status, payload = problem_body("internal-error", "the request could not be processed")
             return Answer(status, [PROBLEM], payload, partner=caller.partner.id if caller else None)
-        assert caller is not None
+
+    async def _single(
+        self, caller: Caller, body: bytes, idempotency_key: str | None, traceparent: str | None
+    ) -> Answer:
+        outcome = await self._intake.submit(
+            caller.partner.id, body, idempotency_key, traceparent, caller.admission, caller.forbids
+        )
+        return self.accepted(caller.partner, outcome)
+
+    async def _bulk(self, caller: Caller, body: bytes, idempotency_key: str | None, traceparent: str | None) -> Answer:
+        if idempotency_key is not None:
+            raise Refused(
+                "invalid-parameter",
+                "a bulk request takes no Idempotency-Key header: each transaction carries its idempotency_key",
+            )
+        admission = caller.admission
+        # a limited partner's bulk request counts one request per transaction, so it fits in one burst
+        max_items = min(self._bulk_max_items, admission.burst) if admission.interval_us else self._bulk_max_items
+        outcome = await self._intake.submit_all(
+            caller.partner.id, body, traceparent, max_items, admission, caller.forbids
+        )
         return self.answered_all(caller.partner, outcome)
+
+    def accepted(self, partner: Partner, outcome: Outcome) -> Answer:
+        """202 for a new transaction, 200 for an exact resubmission."""
+        self._metrics.tally(self._metrics.intake, partner.id, "replayed" if outcome.replayed else "accepted").inc()
+        assert outcome.timing is not None
+        headers = [JSON, (b"server-timing", outcome.timing.header().encode())]
+        if partner.rate:
+            headers += ratelimit_headers(partner, outcome.quota)
+        if outcome.replayed:
+            headers.append((b"idempotent-replayed", b"true"))
+        return Answer(200 if outcome.replayed else 202, headers, outcome.body, outcome.transaction_id, partner.id)
 
     def answered_all(self, partner: Partner, outcome: BulkOutcome) -> Answer:
         """200 when every transaction was accepted, else 207: per transaction its index, and the status
@@ -319,9 +328,13 @@ async def partner_of(request: Request) -> str:
     return admitted.caller.partner.id
 
 
-def body_reader(request: Request, limit: str) -> BodyReader:
-    """The body of a Litestar request, read when the edge asks; over the route's limit (the setting
-    named `limit`) it is refused as body-too-large."""
+async def submitted(request: Request, bulk: bool) -> Response[bytes]:
+    """A submission Litestar's route took (a chunked body, or one over the fast lane's limit): read its
+    body within the route's limit and hand it to the same edge as the fast lane."""
+    edge: Edge = request.app.state.edge
+    submit, limit = (
+        (edge.submit_all, "GATEWAY_BULK_MAX_BODY_BYTES") if bulk else (edge.submit, "GATEWAY_MAX_BODY_BYTES")
+    )
 
     async def body() -> bytes:
         try:
@@ -331,7 +344,11 @@ def body_reader(request: Request, limit: str) -> BodyReader:
                 raise Refused("body-too-large", f"the body is larger than {limit}") from None
             raise
 
-    return body
+    headers = request.headers
+    answer = await submit(
+        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
+    )
+    return as_response(request, answer)
 
 
 def as_response(request: Request, answer: Answer) -> Response[bytes]:

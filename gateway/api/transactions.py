@@ -4,7 +4,7 @@ from typing import Any, ClassVar
 
 from litestar import Request, Response, post
 
-from gateway.api.edge import Edge, as_response, body_reader
+from gateway.api.edge import submitted
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
@@ -171,11 +171,4 @@ async def submit_transaction(request: Request) -> Response[bytes]:
     The fast lane (gateway.api.fast_lane) takes the common case, a body of declared length within the
     limit, before Litestar sees it; this handler takes every other POST (a chunked body, a body over
     the limit) and documents the operation. Both hand it to the same edge."""
-
-    headers = request.headers
-    edge: Edge = request.app.state.edge
-    body = body_reader(request, "GATEWAY_MAX_BODY_BYTES")
-    answer = await edge.submit(
-        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
-    )
-    return as_response(request, answer)
+    return await submitted(request, bulk=False)

@@ -267,30 +267,39 @@ values = st.one_of(texts, st.integers(), st.lists(st.integers(), max_size=2))
 metadata = st.one_of(st.none(), st.dictionaries(st.text(max_size=70), st.one_of(st.text(max_size=300), st.integers())))
 
 
-def _outcome(impl, policy, args):
-    try:
-        i = impl.validate(policy, *args)
-    except fastcore.ValidationFailed as exc:
-        return ("errors", exc.errors)
+# the arguments of validate after the policy
+rows = st.tuples(
+    values,
+    amounts,
+    texts,
+    texts,
+    values,
+    values,
+    values,
+    texts,
+    texts,
+    st.one_of(st.none(), st.sampled_from(["rtgs", "t0", "t1", "T1", ""])),
+    metadata,
+)
+
+
+def _described(result):
+    """An Instruction, or the list of broken rules, as plain values to compare."""
+    if isinstance(result, list):
+        return ("errors", result)
+    i = result
     return ("ok", i.amount, i.amount_minor, i.minor_units, i.idempotency_key, i.requested_window)
 
 
+def _outcome(impl, policy, args):
+    try:
+        return _described(impl.validate(policy, *args))
+    except fastcore.ValidationFailed as exc:
+        return _described(exc.errors)
+
+
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.tuples(
-        values,
-        amounts,
-        texts,
-        texts,
-        values,
-        values,
-        values,
-        texts,
-        texts,
-        st.one_of(st.none(), st.sampled_from(["rtgs", "t0", "t1", "T1", ""])),
-        metadata,
-    )
-)
+@given(rows)
 def test_compiled_and_twin_agree(args):
     assert _outcome(fastcore, POLICIES[0], args) == _outcome(TWIN, POLICIES[1], args)
 
@@ -308,42 +317,12 @@ def test_amount_agreement_and_exactness(raw, currency):
         assert Decimal(compiled[1]) == Decimal(text)  # canonical string is the same number, exactly
 
 
-def _row_outcome(result):
-    if isinstance(result, list):
-        return ("errors", result)
-    return (
-        "ok",
-        result.amount,
-        result.amount_minor,
-        result.minor_units,
-        result.idempotency_key,
-        result.requested_window,
-    )
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(
-        st.tuples(
-            values,
-            amounts,
-            texts,
-            texts,
-            values,
-            values,
-            values,
-            texts,
-            texts,
-            st.one_of(st.none(), st.sampled_from(["rtgs", "t0", "t1"])),
-            metadata,
-        ),
-        max_size=20,
-    )
-)
+@given(st.lists(rows, max_size=20))
 def test_validate_all_is_validate_per_row(rows):
     """A bulk request's validation in one call answers, row by row, what `validate` answers alone."""
     for impl, policy in ((fastcore, POLICIES[0]), (TWIN, POLICIES[1])):
-        assert [_row_outcome(r) for r in impl.validate_all(policy, rows)] == [_outcome(impl, policy, a) for a in rows]
+        assert [_described(r) for r in impl.validate_all(policy, rows)] == [_outcome(impl, policy, a) for a in rows]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
