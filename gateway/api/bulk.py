@@ -2,7 +2,7 @@
 
 The fast lane takes a bulk request of declared length within GATEWAY_BULK_MAX_BODY_BYTES; this route
 takes the others (a chunked body, a body over the limit) and documents the operation. Both hand it
-to the edge (gateway.api.edge.Edge.submit_all).
+to the edge (gateway.api.edge.Edge.submit with bulk=True).
 """
 
 from typing import Any, ClassVar

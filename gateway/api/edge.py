@@ -133,23 +133,15 @@ class Edge:
         body: bytes | BodyReader,
         idempotency_key: str | None,
         traceparent: str | None,
+        bulk: bool = False,
     ) -> Answer:
-        """POST /api/v1/transactions/: identify, then the intake (which admits in its Redis round trip)."""
-        return await self._submission(method, path, header, body, idempotency_key, traceparent, self._single)
+        """POST /api/v1/transactions/: identify, then the intake (which admits in its Redis round trip).
 
-    async def submit_all(
-        self,
-        method: str,
-        path: str,
-        header: Header,
-        body: bytes | BodyReader,
-        idempotency_key: str | None,
-        traceparent: str | None,
-    ) -> Answer:
-        """POST /api/v1/transactions/bulk: identify, then the intake of every transaction of the array.
-        The whole request is refused only for what concerns all of it (credentials, media type, not an
-        array, the partner's limit, Redis down); anything else is decided per transaction."""
-        return await self._submission(method, path, header, body, idempotency_key, traceparent, self._bulk)
+        `bulk`: POST /api/v1/transactions/bulk, the intake of every transaction of the array. The whole
+        request is refused only for what concerns all of it (credentials, media type, not an array, the
+        partner's limit, Redis down); anything else is decided per transaction."""
+        intake = self._bulk if bulk else self._single
+        return await self._submission(method, path, header, body, idempotency_key, traceparent, intake)
 
     async def _submission(
         self,
@@ -332,9 +324,7 @@ async def submitted(request: Request, bulk: bool) -> Response[bytes]:
     """A submission Litestar's route took (a chunked body, or one over the fast lane's limit): read its
     body within the route's limit and hand it to the same edge as the fast lane."""
     edge: Edge = request.app.state.edge
-    submit, limit = (
-        (edge.submit_all, "GATEWAY_BULK_MAX_BODY_BYTES") if bulk else (edge.submit, "GATEWAY_MAX_BODY_BYTES")
-    )
+    limit = "GATEWAY_BULK_MAX_BODY_BYTES" if bulk else "GATEWAY_MAX_BODY_BYTES"
 
     async def body() -> bytes:
         try:
@@ -345,8 +335,8 @@ async def submitted(request: Request, bulk: bool) -> Response[bytes]:
             raise
 
     headers = request.headers
-    answer = await submit(
-        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent")
+    answer = await edge.submit(
+        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent"), bulk
     )
     return as_response(request, answer)
 

@@ -65,8 +65,9 @@ class FastLane:
             return value.decode("latin-1") if value is not None else None
 
         assert self.edge is not None
-        submit = self.edge.submit_all if bulk else self.edge.submit
-        answer = await submit("POST", scope["path"], header, body, header("idempotency-key"), header("traceparent"))
+        answer = await self.edge.submit(
+            "POST", scope["path"], header, body, header("idempotency-key"), header("traceparent"), bulk
+        )
         response_headers = answer.headers.copy()
         response_headers.append((b"content-length", str(len(answer.body)).encode()))
         response_headers.append((b"x-request-id", request_id))
