@@ -27,7 +27,9 @@ from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import StatusStore, batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
 from gateway.errors import ConfigurationError
+from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url
 from gateway.idempotency.redis_pipeline import RedisPipeline
+from gateway.idempotency.sharded import ShardedIdempotencyStore
 from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
@@ -102,9 +104,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
-        client = RedisPipeline(settings.redis_url, settings.redis_timeout_ms / 1000)
+        timeout = settings.redis_timeout_ms / 1000
+        cluster = is_cluster_url(settings.redis_url)  # several seed addresses: a Redis Cluster
+        client = RedisCluster(settings.redis_url, timeout) if cluster else RedisPipeline(settings.redis_url, timeout)
         app.state.redis = client
-        store = app.state.idempotency = IdempotencyStore(
+        store = app.state.idempotency = (ShardedIdempotencyStore if cluster else IdempotencyStore)(
             client,
             metrics,
             pending_ttl_ms=settings.pending_ttl_seconds * 1000,

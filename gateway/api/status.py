@@ -33,7 +33,6 @@ from gateway.api.openapi import (
 )
 from gateway.errors import DependencyUnavailable, Refused
 from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
-from gateway.idempotency.store import idem_key, txn_key
 from gateway.intake.schemas import Deduped
 from gateway.kafka.events import instant
 from gateway.settings import Settings
@@ -173,12 +172,12 @@ _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND batch_id
 
 async def _accepted(request: Request, partner: str, transaction_id: str) -> TransactionStatus | None:
     """A transaction only the gateway knows yet: its completed idempotency entry in Redis."""
-    redis = request.app.state.redis
+    redis, keys = request.app.state.redis, request.app.state.idempotency.layout
     try:
-        digest = await redis.execute("GET", txn_key(partner, transaction_id))
+        digest = await redis.execute("GET", keys.txn(partner, transaction_id))
         if digest is None:
             return None
-        state, response = await redis.execute("HMGET", idem_key(partner, digest.decode()), "state", "response")
+        state, response = await redis.execute("HMGET", keys.idem(partner, digest.decode()), "state", "response")
     except (RedisUnavailable, ReplyError) as exc:
         raise DependencyUnavailable("redis", str(exc)) from None
     if state != b"done" or response is None:

@@ -97,6 +97,10 @@ class RedisPipeline:
 
     # -- connection ------------------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
     async def connect(self) -> None:
         """Open the connection (shared by concurrent callers); RedisUnavailable when it cannot be made."""
         if self._transport is not None:

@@ -1,7 +1,8 @@
 """Idempotency in Redis: one Lua round trip decides; recording the outcome is sent, not waited for.
 
-Keys carry the partner in a hash tag, so the scripts touch one cluster slot:
-`idem:{partner}:<sha256 of the idempotency key>` and `txn:{partner}:<transaction_id>`.
+Keys carry the partner in a hash tag (`KeyLayout`): `idem:{partner}:<sha256 of the idempotency key>`
+and `txn:{partner}:<transaction_id>` on one node, where one script decides both keys at once. A Redis
+Cluster spreads each partner over many slots instead (gateway.idempotency.sharded).
 The scripts run with EVALSHA on the worker's pipelined connection, which sends the source again
 when Redis lost it (SCRIPT FLUSH, restart), so no request sees NOSCRIPT.
 
@@ -16,11 +17,13 @@ import enum
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, NamedTuple
 
 from gateway.errors import DependencyUnavailable
+from gateway.idempotency.redis_cluster import RedisCluster
 from gateway.idempotency.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
 from gateway.telemetry.metrics import Metrics
 
@@ -31,15 +34,15 @@ def _source(name: str) -> str:
     return resources.files("gateway.idempotency").joinpath("lua", f"{name}.lua").read_text()
 
 
-def _script(name: str, *functions: str) -> Script:
+def lua_script(name: str, *functions: str) -> Script:
     """A script from lua/, prefixed by the files of the local functions it calls."""
     return Script("".join(_source(function) for function in (*functions, name)))
 
 
-RESERVE = _script("reserve", "admit", "claim")
-RESERVE_ALL = _script("reserve_all", "admit", "claim")
-COMPLETE, COMPLETE_ALL = _script("complete", "record"), _script("complete_all", "record")
-RELEASE, LIMIT = _script("release"), _script("limit", "admit")
+RESERVE = lua_script("reserve", "admit", "claim")
+RESERVE_ALL = lua_script("reserve_all", "admit", "claim")
+COMPLETE, COMPLETE_ALL = lua_script("complete", "record"), lua_script("complete_all", "record")
+RELEASE, LIMIT = lua_script("release", "drop"), lua_script("limit", "admit")
 
 
 class Decision(enum.Enum):
@@ -78,14 +81,35 @@ class Quota(NamedTuple):
     retry_after_us: int = 0
 
 
-def idem_key(partner: str, key_digest: str) -> str:
-    """The Redis key of an idempotency key (its SHA-256 hex digest): fingerprint, state, response."""
-    return f"idem:{{{partner}}}:{key_digest}"
+class KeyLayout:
+    """Where a partner's idempotency entries and transaction ids live.
+
+    With `spread` 0 (one node), both keys of a submission carry the partner's own hash tag, `{partner}`,
+    so one script can decide them together. With `spread` N (a cluster), an entry's tag is
+    `{partner.b}` with b taken from its key's digest, and an id's from a CRC of the id, each in 0..N-1:
+    a partner's load lands on N slots, so on every master, while every key is still found from what
+    the request carries. The two keys of one submission are then in different slots, decided in two
+    steps (gateway.idempotency.sharded), and a bulk request costs one script per slot used."""
+
+    __slots__ = ("spread",)
+
+    def __init__(self, spread: int = 0) -> None:
+        self.spread = spread
+
+    def idem(self, partner: str, key_digest: str) -> str:
+        """The Redis key of an idempotency key (its SHA-256 hex digest): fingerprint, state, response."""
+        if not self.spread:
+            return f"idem:{{{partner}}}:{key_digest}"
+        return f"idem:{{{partner}.{int(key_digest[:8], 16) % self.spread}}}:{key_digest}"
+
+    def txn(self, partner: str, transaction_id: str) -> str:
+        """The Redis key of a transaction id: the digest of the idempotency key that owns it."""
+        if not self.spread:
+            return f"txn:{{{partner}}}:{transaction_id}"
+        return f"txn:{{{partner}.{zlib.crc32(transaction_id.encode()) % self.spread}}}:{transaction_id}"
 
 
-def txn_key(partner: str, transaction_id: str) -> str:
-    """The Redis key of a transaction id: the digest of the idempotency key that owns it."""
-    return f"txn:{{{partner}}}:{transaction_id}"
+ONE_NODE = KeyLayout()
 
 
 def rate_key(partner: str) -> str:
@@ -127,10 +151,11 @@ class Reservation:
         event_id: str = "",
         topic: str = "",
         admission: Admission | None = None,
+        layout: KeyLayout = ONE_NODE,
     ) -> None:
         self.key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-        self.idem_key = idem_key(partner, self.key_digest)
-        self.txn_key = txn_key(partner, transaction_id)
+        self.idem_key = layout.idem(partner, self.key_digest)
+        self.txn_key = layout.txn(partner, transaction_id)
         self.fingerprint = fingerprint
         self.event_id = event_id  # the record this reservation is about to produce
         self.topic = topic
@@ -152,11 +177,13 @@ DoubtWatcher = Callable[[Reservation, PendingRecord], None]
 
 
 class IdempotencyStore:
-    """The `reserve`, `complete` and `release` scripts on the worker's Redis pipeline."""
+    """The `reserve`, `complete` and `release` scripts on the worker's Redis pipeline (one node)."""
+
+    layout = ONE_NODE
 
     def __init__(
         self,
-        redis: RedisPipeline,
+        redis: RedisPipeline | RedisCluster,
         metrics: Metrics,
         *,
         pending_ttl_ms: int,
@@ -204,7 +231,7 @@ class IdempotencyStore:
             (r.idem_key, r.txn_key, a.nonce_key, a.rate_key),
             [r.fingerprint, r.key_digest, self._pending_ttl_ms, r.event_id, r.topic, now_ms, *a.args],
         )
-        if (refused := _refused(reply)) is not None:
+        if (refused := refusal(reply)) is not None:
             r.quota = refused[1]
             return refused[0], None
         r.quota = Quota(int(reply[0]), int(reply[1]))
@@ -224,7 +251,7 @@ class IdempotencyStore:
             keys += (r.idem_key, r.txn_key)
             args += (r.fingerprint, r.key_digest, r.event_id, r.topic)
         reply = await self._run("reserve_all", RESERVE_ALL, tuple(keys), args)
-        if (refused := _refused(reply)) is not None:
+        if (refused := refusal(reply)) is not None:
             return refused[0], refused[1], []
         quota = Quota(int(reply[0]), int(reply[1]))
         decisions = [self._claimed(r, claimed, now_ms) for r, claimed in zip(reservations, reply[2:], strict=True)]
@@ -245,7 +272,7 @@ class IdempotencyStore:
     async def admit(self, a: Admission) -> tuple[Decision | None, Quota]:
         """The admission alone (a request that does not reserve): None when admitted, else why not."""
         reply = await self._run("limit", LIMIT, (a.nonce_key, a.rate_key), a.args)
-        if (refused := _refused(reply)) is not None:
+        if (refused := refusal(reply)) is not None:
             return refused
         return None, Quota(int(reply[1]), int(reply[2]))
 
@@ -270,11 +297,6 @@ class IdempotencyStore:
             return
         batch = self._tracked()
         started = time.perf_counter()
-        keys: list[str] = []
-        args: list[Any] = [self._done_ttl_ms]
-        for r, response in completions:
-            keys += (r.idem_key, r.txn_key)
-            args += (r.fingerprint, r.key_digest, response)
 
         def failed(error: BaseException) -> None:
             self._errors["complete_all"].inc()
@@ -295,11 +317,26 @@ class IdempotencyStore:
                 batch.set_result(True)
 
         try:
-            sent = self._redis.run_script(COMPLETE_ALL, tuple(keys), args)
+            sent = self._record_all(completions)
         except RedisUnavailable as exc:
             failed(exc)
         else:
             sent.add_done_callback(recorded)
+
+    def _record_all(self, completions: list[tuple[Reservation, bytes]]) -> "asyncio.Future[Any]":
+        """complete_all.lua for `completions`, sent with this tick's write: a future of one 1 or 0 each."""
+        keys: list[str] = []
+        args: list[Any] = [self._done_ttl_ms]
+        for r, response in completions:
+            keys += (r.idem_key, r.txn_key)
+            args += (r.fingerprint, r.key_digest, response)
+        return self._redis.run_script(COMPLETE_ALL, tuple(keys), args)
+
+    def _record(self, r: Reservation, response: bytes) -> "asyncio.Future[Any]":
+        """complete.lua for `r`, sent with this tick's write: a future of 1 (stored) or 0."""
+        return self._redis.run_script(
+            COMPLETE, (r.idem_key, r.txn_key), [r.fingerprint, r.key_digest, response, self._done_ttl_ms]
+        )
 
     def _tracked(self) -> "asyncio.Future[bool]":
         """A completion's future, which shutdown waits for."""
@@ -335,9 +372,7 @@ class IdempotencyStore:
                 outcome.set_result(bool(reply.result()))
 
         try:
-            sent = self._redis.run_script(
-                COMPLETE, (r.idem_key, r.txn_key), [r.fingerprint, r.key_digest, response, self._done_ttl_ms]
-            )
+            sent = self._record(r, response)
         except RedisUnavailable as exc:
             failed(exc)
         else:
@@ -390,7 +425,7 @@ class IdempotencyStore:
         return bool(await self._run("release", RELEASE, (r.idem_key, r.txn_key), [r.fingerprint, r.key_digest]))
 
 
-def _refused(reply: list[Any]) -> tuple[Decision, Quota] | None:
+def refusal(reply: list[Any]) -> tuple[Decision, Quota] | None:
     """The admission's refusal in a script's reply, or None when it admitted the request."""
     if reply[0] == b"limited":
         return Decision.LIMITED, Quota(0, int(reply[2]), int(reply[1]))

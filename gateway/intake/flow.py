@@ -214,6 +214,7 @@ class Intake:
             event_id,
             self._settings.topic(routing.window),
             admission,
+            self._store.layout,
         )
         event = TransactionAccepted(
             event_id=event_id,
