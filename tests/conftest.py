@@ -115,6 +115,57 @@ def kafka_broker(stack: Settings):
             Broker.start()
 
 
+class LocalRedisCluster:
+    """A Redis Cluster of the tests' own (deploy/redis-cluster.sh, 3 masters and 3 replicas) in a temporary
+    folder, on ports apart from the STACK=cluster ones (nodes from TEST_REDIS_CLUSTER_PORT, 17201; their
+    cluster bus 100 above): `url` lists the seeds the way GATEWAY_REDIS_URL does."""
+
+    def __init__(self, home: Path, first_port: int) -> None:
+        self.env = {
+            **os.environ,
+            "STACK_DIR": str(home),
+            "STACK_REDIS_CLUSTER_PORT": str(first_port),
+            "STACK_REDIS_CLUSTER_BUS_PORT": str(first_port + 100),
+        }
+        self.ports = list(range(first_port, first_port + 6))
+        self.url = "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
+
+    def run(self, *command: str) -> str:
+        done = subprocess.run(
+            [str(ROOT / "deploy" / "redis-cluster.sh"), *command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def masters(self) -> list[int]:
+        return [int(port) for port in self.run("masters").split()]
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: a master's replica takes over after cluster-node-timeout (2 s) and an election."""
+        self.run("kill-node", str(port))
+
+    def start(self, port: int) -> None:
+        """Start a killed node again; a replaced master rejoins as its successor's replica."""
+        self.run("start-node", str(port))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A Redis Cluster for the session (about 2 s to start), stopped at the end."""
+    cluster = LocalRedisCluster(
+        tmp_path_factory.mktemp("redis-cluster"), int(os.environ.get("TEST_REDIS_CLUSTER_PORT", 17201))
+    )
+    cluster.run("start")
+    try:
+        yield cluster
+    finally:
+        cluster.run("stop")
+
+
 @pytest.fixture
 def kafka_outage(kafka_broker: type[Broker]):
     """Stop the local stack's broker for the test body and start it again afterwards.

@@ -1,0 +1,174 @@
+"""The gateway's Redis Cluster client and sharded store against a real Redis Cluster (3 masters, 3
+replicas): slot routing, MOVED and ASK redirects, a master killed and replaced, the partner spread."""
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.errors import DependencyUnavailable
+from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url, key_slot, seeds_of
+from gateway.idempotency.redis_pipeline import RedisUnavailable, Script
+from gateway.idempotency.sharded import ShardedIdempotencyStore
+from gateway.idempotency.store import Decision, Reservation, unlimited
+from gateway.telemetry.metrics import Metrics
+
+ECHO_KEY = Script("return {KEYS[1], redis.call('INCR', KEYS[1])}")
+
+
+@pytest.fixture
+async def cluster(redis_cluster):
+    client = RedisCluster(redis_cluster.url, 2.0)
+    await client.connect()
+    yield client
+    client.close()
+
+
+def _node(port: int) -> Redis:
+    return Redis(host="127.0.0.1", port=port)
+
+
+async def _node_id(port: int) -> str:
+    async with _node(port) as node:
+        return (await node.execute_command("CLUSTER", "MYID")).decode()
+
+
+def test_cluster_urls():
+    assert is_cluster_url("redis://a:1,b:2") and not is_cluster_url("redis://a:1/0")
+    assert seeds_of("rediss://user:pw@a:1,[::1]:2/0") == ("rediss://user:pw@", [("a", 1), ("::1", 2)])
+    with pytest.raises(ValueError, match="only database 0"):
+        seeds_of("redis://a:1,b:2/3")
+
+
+async def test_slot_of_every_kind_of_key_is_the_clusters(cluster):
+    keys = ["plain", "{tag}x", "x{tag}", "{}whole", "{a}{b}", "{{nested}}", "idem:{p.7}:abc", "é{ü}", "a{}b{c}"]
+    for key in keys:
+        assert key_slot(key) == await cluster.execute("CLUSTER", "KEYSLOT", key), key
+
+
+async def test_commands_reach_every_master_in_order(cluster, unique):
+    keys = [f"{{k{n}}}-{unique}" for n in range(300)]
+    assert len({cluster._owners[key_slot(k)] for k in keys}) == 3  # every master takes a share
+    replies = await asyncio.gather(*(cluster.run_script(ECHO_KEY, [k], []) for k in keys for _ in range(3)))
+    assert [count for _, count in replies] == [1, 2, 3] * 300
+    assert [key.decode() for key, _ in replies] == [k for k in keys for _ in range(3)]
+
+
+async def test_moved_and_ask_redirects_are_followed(cluster, redis_cluster, unique):
+    """A slot migrated from one master to another, as a resharding does: during the migration a key
+    already moved is answered through ASK; afterwards the stale map meets MOVED and is corrected."""
+    await _settled(redis_cluster)
+    key = f"moving-{unique}"
+    slot = key_slot(key)
+    source = cluster._owners[slot][1]
+    target = next(port for _, port in cluster.masters if port != source)
+    source_id, target_id = await _node_id(source), await _node_id(target)
+    async with _node(source) as src, _node(target) as dst:
+        await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        try:
+            # the key is not on the source, so the source answers ASK and the target runs it after ASKING
+            assert await cluster.run_script(ECHO_KEY, [key], []) == [key.encode(), 1]
+            assert await cluster.execute("GET", key) == b"1"  # a plain command follows ASK too
+            for node in (dst, src):
+                await node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            assert await dst.get(key) == b"1"  # the script ran on the target
+            assert cluster._owners[slot][1] == source  # the client's map is stale now
+            assert await cluster.run_script(ECHO_KEY, [key], []) == [key.encode(), 2]  # MOVED, followed
+            assert cluster._owners[slot][1] == target
+        finally:  # the slot goes home, empty, the same way
+            await dst.delete(key)
+            await src.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", target_id)
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", source_id)
+            for node in (src, dst):
+                await node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", source_id)
+    await _settled(redis_cluster)
+
+
+async def _settled(redis_cluster, timeout: float = 30.0) -> None:
+    """Until every running node agrees on the slot map and says cluster_state:ok."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = set()
+        for port in redis_cluster.ports:
+            try:
+                async with _node(port) as node:
+                    info = (await node.execute_command("CLUSTER", "INFO")).decode()
+                    slots = await node.execute_command("CLUSTER", "SLOTS")
+            except Exception:
+                continue
+            if "cluster_state:ok" not in info:
+                break
+            views.add(tuple(sorted((start, end, master[1]) for start, end, master, *_ in slots)))
+        else:
+            if len(views) == 1:
+                return
+        assert time.monotonic() < deadline, "the cluster did not settle"
+        await asyncio.sleep(0.2)
+
+
+async def test_bulk_claims_spread_one_partner_over_every_master(cluster, unique):
+    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    partner = f"p-{unique}"
+
+    def reservation(key: str, txn: str, fp: str = "fp") -> Reservation:
+        return Reservation(partner, f"{key}-{unique}", f"{txn}-{unique}", fp, "ev", "t", layout=store.layout)
+
+    first = [reservation(f"k{n}", f"t{n}") for n in range(600)]
+    assert (await store.reserve(first[0]))[0] is Decision.NEW
+    await store.complete(first[0], b"stored")
+    bulk = [
+        *first,
+        reservation("k1", "t1"),  # a second copy in the same request: in flight
+        reservation("k2", "t2", "other"),  # the key with another payload
+        reservation("other", "t3"),  # an id taken by another key in the same request
+    ]
+    refused, quota, decisions = await store.reserve_all(bulk, unlimited(partner), len(bulk))
+    assert refused is None and quota.remaining == -1
+    assert decisions[0] == (Decision.REPLAY, b"stored")
+    assert Counter(d for d, _ in decisions[1:600]) == {Decision.NEW: 599}
+    assert [d for d, _ in decisions[600:]] == [Decision.IN_FLIGHT, Decision.MISMATCH, Decision.TXN_TAKEN]
+    masters = Counter(cluster._owners[key_slot(r.idem_key)] for r in first)
+    assert len(masters) == 3 and min(masters.values()) > 120  # about a third each, not one shard
+    assert await cluster.execute("EXISTS", bulk[-1].idem_key) == 0  # the double spend held nothing
+
+
+async def test_a_killed_master_fails_its_share_then_its_replica_takes_over(cluster, redis_cluster, unique):
+    """SIGKILL a master: requests for its slots get 503 (never a wrong answer) until the cluster
+    promotes its replica; the same client then routes there by itself, and what the master had
+    replicated (a completed entry) still answers as a replay."""
+    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    victim = cluster.masters[0][1]
+    candidates = [Reservation(f"p-{unique}", f"k{n}", f"t{n}", "fp", layout=store.layout) for n in range(400)]
+    on_victim = [
+        r for r in candidates if {cluster._owners[key_slot(k)][1] for k in (r.idem_key, r.txn_key)} == {victim}
+    ]
+    done, *waiting = on_victim[:3]
+    assert (await store.reserve(done))[0] is Decision.NEW and await store.complete(done, b"kept") is True
+    # WAIT on the connection that wrote: its replica has the completed entry
+    assert await cluster._node(("127.0.0.1", victim)).execute("WAIT", 1, 5000) == 1
+    redis_cluster.kill(victim)
+    try:
+        started, failures = time.monotonic(), 0
+        while True:
+            try:
+                decision = await store.reserve(waiting[0])
+            except DependencyUnavailable:
+                failures += 1
+                assert time.monotonic() - started < 30, "the replica was not promoted"
+                await asyncio.sleep(0.1)
+                continue
+            break
+        took = time.monotonic() - started
+        assert decision == (Decision.NEW, None)
+        assert failures > 0 and took > 1.0  # refused while no master served those slots
+        assert victim not in redis_cluster.masters()
+        assert await store.reserve(done) == (Decision.REPLAY, b"kept")  # replicated before the kill
+        with pytest.raises(RedisUnavailable):
+            await cluster._node(("127.0.0.1", victim)).execute("PING")
+    finally:
+        redis_cluster.start(victim)
+    await _settled(redis_cluster)
+    assert (await store.reserve(waiting[1]))[0] is Decision.NEW  # the old master is a replica now
