@@ -109,6 +109,7 @@ class Answer:
     seconds: float
     retry_after: bool
     problem: str
+    sent_at: float = 0.0  # time.monotonic() when the request went out
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Acceptance:
     topic: str
     partition: int
     offset: int
+    at: float = 0.0  # time.monotonic() when it was answered
 
 
 @dataclass
@@ -184,7 +186,7 @@ class Partner:
         document = json.loads(payload) if payload else {}
         problem = document.get("type", "").rsplit("/", 1)[-1] if status >= 400 else ""
         self.ledger.answers.append(
-            Answer(self.phase, status, time.monotonic() - started, "retry-after" in headers, problem)
+            Answer(self.phase, status, time.monotonic() - started, "retry-after" in headers, problem, started)
         )
         return status, headers, document
 
@@ -202,14 +204,21 @@ class Partner:
                 status, headers, document = await self._send(connection, body)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, KeyError, ValueError) as exc:
                 self.ledger.connection_errors[self.phase] += 1
-                self.ledger.answers.append(Answer(self.phase, 0, 0.0, False, type(exc).__name__))
+                self.ledger.answers.append(Answer(self.phase, 0, 0.0, False, type(exc).__name__, time.monotonic()))
                 self.retrying.add(txn)
                 await asyncio.sleep(0.5)
                 continue
             if status in (200, 202):
                 meta = document["metadata"]
                 self.ledger.accepted[txn].append(
-                    Acceptance(body["idempotency_key"], status, meta["topic"], meta["partition"], meta["offset"])
+                    Acceptance(
+                        body["idempotency_key"],
+                        status,
+                        meta["topic"],
+                        meta["partition"],
+                        meta["offset"],
+                        time.monotonic(),
+                    )
                 )
                 return
             if status == 503 or (status == 409 and document.get("type", "").endswith("request-in-flight")):
@@ -254,10 +263,11 @@ class Partner:
 # -- the stack and its faults -----------------------------------------------------------------------
 
 
-def _script(name: str, command: str) -> None:
-    done = subprocess.run([str(ROOT / "deploy" / f"{name}.sh"), command], capture_output=True, text=True, timeout=180)
+def _script(name: str, *command: str) -> str:
+    done = subprocess.run([str(ROOT / "deploy" / f"{name}.sh"), *command], capture_output=True, text=True, timeout=180)
     if done.returncode != 0:
-        raise RuntimeError(f"deploy/{name}.sh {command} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"deploy/{name}.sh {' '.join(command)} failed: {done.stderr[-2000:]}")
+    return done.stdout
 
 
 def _pid(name: str) -> int:
@@ -312,6 +322,83 @@ def faults(toxiproxy: Toxiproxy, gateway_pid: int) -> list[Fault]:
         Fault("kafka-reset", "Toxiproxy: Kafka connections reset", *toxic("kafka", "reset_peer", timeout=0)),
         Fault("kafka-dead-peer", "Toxiproxy: Kafka stops answering", *toxic("kafka", "timeout", timeout=0)),
     ]  # fmt: skip
+
+
+def busiest_leader(bootstrap: str, topic_prefix: str) -> tuple[int, str]:
+    """The broker leading the window partition with the most records, and that partition's name."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-probe", "enable.auto.commit": False})
+    try:
+        sizes = []
+        for window in WINDOWS:
+            for number, partition in topics[topic_prefix + window].partitions.items():
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic_prefix + window, number), timeout=10)
+                sizes.append((high, partition.leader, f"{topic_prefix}{window}[{number}]"))
+    finally:
+        consumer.close()
+    _, leader, name = max(sizes)
+    return leader, name
+
+
+def cluster_faults(bootstrap: str, topic_prefix: str, killed: dict[str, str]) -> list[Fault]:
+    """The cluster's faults (STACK=cluster): a broker and a Redis master die under load and stay dead
+    for the hold, and the cluster must carry on without them; then each is started again and rejoins.
+    `killed` says, per fault, what it killed."""
+    victims: dict[str, str] = {}  # script -> the node it killed
+
+    def kill(script: str, fault: str, choose: Callable[[], tuple[str, str]]) -> Callable[[], None]:
+        def inject() -> None:
+            victims[script], killed[fault] = choose()
+            _script(script, "kill-node", victims[script])
+
+        return inject
+
+    def leader() -> tuple[str, str]:
+        node, partition = busiest_leader(bootstrap, topic_prefix)
+        return str(node), f"Kafka node {node}, leader of {partition}"
+
+    def master() -> tuple[str, str]:
+        port = _script("redis-cluster", "masters").split()[0]
+        return port, f"Redis master 127.0.0.1:{port}"
+
+    def restart(script: str) -> Callable[[], None]:
+        return lambda: _script(script, "start-node", victims[script])
+
+    return [
+        Fault("kafka-leader-sigkill", "SIGKILL the leader of the busiest partition (RF 3, min ISR 2), restart it",
+              kill("kafka-cluster", "kafka-leader-sigkill", leader), restart("kafka-cluster")),
+        Fault("redis-master-sigkill", "SIGKILL a Redis master (its replica takes over), restart it as a replica",
+              kill("redis-cluster", "redis-master-sigkill", master), restart("redis-cluster")),
+    ]  # fmt: skip
+
+
+def p99_recovery(answers: list[Answer], before: str, since: float, until: float) -> dict[str, float | None]:
+    """How the p99 of answers (by the second they were sent) moved after a fault began at `since`: the
+    steady p99 of phase `before`, the worst second, and the seconds until every later second's p99 is
+    back under twice the steady one (or under it plus 50 ms), up to `until`."""
+
+    def p99(seconds: list[float]) -> float:
+        return sorted(seconds)[max(0, int(len(seconds) * 0.99) - 1)] if seconds else 0.0
+
+    steady = p99([a.seconds for a in answers if a.phase == before and a.status])
+    bound = max(2 * steady, steady + 0.05)
+    per_second: dict[int, list[float]] = defaultdict(list)
+    for a in answers:
+        if a.status and since <= a.sent_at < until:
+            per_second[int(a.sent_at - since)].append(a.seconds)
+    seconds = {second: p99(values) for second, values in sorted(per_second.items())}
+    back = 0
+    for second, value in seconds.items():
+        if value > bound:
+            back = second + 1
+    return {
+        "p99_before_ms": round(steady * 1000, 1),
+        "p99_worst_ms": round(max(seconds.values(), default=0.0) * 1000, 1),
+        "seconds_to_p99": back if back < int(until - since) else None,
+    }
 
 
 def ready(url: str) -> bool:
@@ -404,21 +491,32 @@ class Options:
     only: tuple[str, ...] = ()
     delivery_timeout_ms: int = 2000
     in_doubt_margin_ms: int = 1000
+    stack: str = "single"  # or "cluster": the cluster's faults, on GATEWAY_REDIS_URL and GATEWAY_KAFKA_BOOTSTRAP
 
 
 async def run(options: Options, log_path: Path) -> dict:
-    """Start a gateway through Toxiproxy, run every fault under load, audit; return the report."""
+    """Start a gateway (through Toxiproxy on the single stack), run every fault under load, audit; return
+    the report."""
     from tests.e2e.conftest import Server
 
-    toxiproxy = Toxiproxy()
-    toxiproxy.reset()
+    cluster = options.stack == "cluster"
+    toxiproxy = None if cluster else Toxiproxy()
     partner = f"chaos-{uuid.uuid4().hex[:8]}"
-    bootstrap = f"127.0.0.1:{_port('STACK_KAFKA_PORT', 19092)}"
+    topic_prefix = os.environ.get("GATEWAY_TOPIC_PREFIX", "settlement.")
+    if toxiproxy is None:
+        bootstrap = os.environ["GATEWAY_KAFKA_BOOTSTRAP"]
+        routes = {"GATEWAY_REDIS_URL": os.environ["GATEWAY_REDIS_URL"], "GATEWAY_KAFKA_BOOTSTRAP": bootstrap}
+    else:
+        toxiproxy.reset()
+        bootstrap = f"127.0.0.1:{_port('STACK_KAFKA_PORT', 19092)}"
+        routes = {
+            "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{_port('STACK_REDIS_PROXY_PORT', 16380)}/0",
+            "GATEWAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{_port('STACK_KAFKA_PROXY_PORT', 19095)}",
+        }
     env = {
         **os.environ,
+        **routes,
         "GATEWAY_PARTNER": partner,
-        "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{_port('STACK_REDIS_PROXY_PORT', 16380)}/0",
-        "GATEWAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{_port('STACK_KAFKA_PROXY_PORT', 19095)}",
         "GATEWAY_DELIVERY_TIMEOUT_MS": str(options.delivery_timeout_ms),
         "GATEWAY_IN_DOUBT_MARGIN_MS": str(options.in_doubt_margin_ms),
         "GATEWAY_READY_CACHE_MS": "0",
@@ -433,8 +531,11 @@ async def run(options: Options, log_path: Path) -> dict:
     load = asyncio.create_task(client.run(stop))
     recovery: dict[str, float | None] = {}
     settle: dict[str, float] = {}  # seconds after /ready until every retried transaction was settled
+    killed: dict[str, str] = {}
+    injected_at: dict[str, float] = {}
+    chosen = faults(toxiproxy, server.process.pid) if toxiproxy else cluster_faults(bootstrap, topic_prefix, killed)
     try:
-        for fault in faults(toxiproxy, server.process.pid):
+        for fault in chosen:
             if options.only and fault.name not in options.only:
                 continue
             client.phase = f"before-{fault.name}"
@@ -444,6 +545,7 @@ async def run(options: Options, log_path: Path) -> dict:
             client.phase = fault.name
             print(f"[chaos] {fault.name}: {fault.what}", file=sys.stderr, flush=True)
             await asyncio.to_thread(fault.inject)
+            injected_at[fault.name] = time.monotonic()
             await asyncio.sleep(options.hold)
             await asyncio.to_thread(fault.recover)
             recovery[fault.name] = await wait_ready(server.url, 60)
@@ -454,19 +556,29 @@ async def run(options: Options, log_path: Path) -> dict:
             settle[list(recovery)[-1]] = await client.settled(90)
         await asyncio.sleep(options.steady)
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(_pid("kafka"), signal.SIGCONT)  # never leave the broker paused, whatever stopped the run
-        toxiproxy.reset()
+        if toxiproxy is None:  # whatever stopped the run, every node runs again
+            for script in ("kafka-cluster", "redis-cluster"):
+                await asyncio.to_thread(_script, script, "start")
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(_pid("kafka"), signal.SIGCONT)  # never leave the broker paused
+            toxiproxy.reset()
         stop.set()
         await load
         server.stop()
-    records = read_log(partner, bootstrap, os.environ.get("GATEWAY_TOPIC_PREFIX", "settlement."))
+    records = read_log(partner, bootstrap, topic_prefix)
     report = audit(client.ledger, records, hang)
     for name, seconds in recovery.items():
         report[name]["seconds_to_ready"] = seconds
         report[name]["seconds_to_settle"] = settle.get(name)
+        at = injected_at[name]
+        report[name].update(p99_recovery(client.ledger.answers, f"before-{name}", at, at + options.hold))
+        if name in killed:
+            report[name]["killed"] = killed[name]
     duplicates = {txn: coordinates for txn, coordinates in records.items() if len(coordinates) > 1}
     return {
+        "stack": options.stack,
+        "re_accepted": re_accepted(client.ledger, injected_at),
         "partner": partner,
         "gateway_log": str(log_path),
         "duplicates": dict(sorted(duplicates.items())[:50]),  # for explaining them: grep the gateway log
@@ -476,19 +588,43 @@ async def run(options: Options, log_path: Path) -> dict:
     }
 
 
+def re_accepted(ledger: Ledger, injected_at: dict[str, float]) -> dict[str, dict]:
+    """Each transaction accepted twice, for finding the cause: its phase, and when each 202 or 200 came,
+    in seconds after its fault began (before it, when negative)."""
+    found = {}
+    for txn, acceptances in ledger.accepted.items():
+        if sum(a.status == 202 for a in acceptances) > 1:
+            phase = ledger.phase_of[txn]
+            start = injected_at.get(phase)
+            found[txn] = {
+                "phase": phase,
+                "answers": [
+                    {"status": a.status, "offset": f"{a.topic}[{a.partition}]@{a.offset}"}
+                    | ({"seconds_after_fault": round(a.at - start, 2)} if start else {})
+                    for a in acceptances
+                ],
+            }
+    return found
+
+
 def table(result: dict) -> str:
     """The report as a Markdown table, one row per fault and one for the steady load between them."""
     rows = [
         "| fault | acknowledged | lost | re-accepted | duplicate records | unexpected 5xx/4xx | hangs | unsettled "
-        "| s to ready | s to settle | answers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s to ready | s to settle | p99 before → worst (ms) | s to p99 | answers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["faults"].items():
         answers = ", ".join(f"{k if k != '0' else 'no answer'}: {v}" for k, v in row["answers"].items())
+        p99 = (
+            f"{row['p99_before_ms']} → {row['p99_worst_ms']} | {row['seconds_to_p99']}"
+            if "p99_before_ms" in row
+            else "- | -"
+        )
         rows.append(
             f"| {name} | {row['acknowledged']} | {row['lost']} | {row['re_accepted']} "
             f"| {row['duplicate_records']} | {row['unexpected']} | {row['hangs']} | {row['unsettled']} "
-            f"| {row.get('seconds_to_ready', '-')} | {row.get('seconds_to_settle', '-')} | {answers} |"
+            f"| {row.get('seconds_to_ready', '-')} | {row.get('seconds_to_settle', '-')} | {p99} | {answers} |"
         )
     return "\n".join(rows)
 
@@ -502,6 +638,9 @@ def main() -> int:
     parser.add_argument("--delivery-timeout-ms", type=int, default=5000)
     parser.add_argument("--in-doubt-margin-ms", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "faults" / "results")
+    parser.add_argument(
+        "--stack", choices=("single", "cluster"), default=os.environ.get("STACK", "single"), help="(default: $STACK)"
+    )
     args = parser.parse_args()
     options = Options(
         hold=args.hold,
@@ -510,6 +649,7 @@ def main() -> int:
         only=tuple(filter(None, args.faults.split(","))),
         delivery_timeout_ms=args.delivery_timeout_ms,
         in_doubt_margin_ms=args.in_doubt_margin_ms,
+        stack=args.stack,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
