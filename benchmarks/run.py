@@ -1,7 +1,8 @@
 """`make bench`: the gateway, the peer and the ceiling under identical Locust load, in one run.
 
     .venv/bin/python -m benchmarks.run [--smoke] [--out DIR] [--servers gateway,peer,ceiling]
-                                       [--soak-seconds N] [--targets FILE]
+                                       [--soak-seconds N] [--targets FILE] [--redis-clients-rounds N]
+                                       [--redis-cluster-url URL]
 
 Needs the local stack's Redis and Kafka (GATEWAY_REDIS_URL, GATEWAY_KAFKA_BOOTSTRAP; deploy/bench.sh
 brings them up). Each server runs alone, with one worker per core, and goes through the same phases:
@@ -23,6 +24,14 @@ then, for the gateway only, a soak at half its maximum throughput that samples e
 memory. Latencies are exact (HDR histograms in microseconds, see locustfile.py). The report goes to
 OUT/<timestamp>.json with a plot OUT/<timestamp>.png; the verdict against targets.toml is printed and
 is the exit status. `--smoke` runs a 10-second version against the gateway only and gates nothing.
+
+Last, with no server running, `redis_clients` (issue 13, benchmarks/redis_clients.py, in its own
+process): the gateway's pipelined Redis client against redis-py, coredis and valkey-glide on the
+`reserve` script, calls/s at 64 concurrent calls and one connection's p50/p99, side by side, on the
+bench's Redis (GATEWAY_REDIS_URL) and, when a cluster is given (--redis-cluster-url, default
+BENCH_REDIS_CLUSTER_URL; or GATEWAY_REDIS_URL itself lists several addresses), on the cluster; medians
+of interleaved rounds (about 1.5 minutes per topology). Reported, not gated; `--redis-clients-rounds 0`
+skips it.
 """
 
 import argparse
@@ -79,13 +88,16 @@ class Plan:
     bulk_sizes: tuple[int, ...] = (100, 500, 1000)
     bulk_seconds: int = 10
     bulk_connections: int = 8
+    redis_clients_rounds: int = 3
+    redis_clients_seconds: float = 3.0  # each of the two measurements, per client, topology and round
     smoke: bool = False
 
 
 SMOKE = Plan(
     warmup_seconds=1, one_connection_seconds=2, replay_seconds=2, steady_rate=100, steady_users=4,
     steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000,
-    bulk_sizes=(100,), bulk_seconds=2, bulk_connections=2, smoke=True,
+    bulk_sizes=(100,), bulk_seconds=2, bulk_connections=2, redis_clients_rounds=1, redis_clients_seconds=0.3,
+    smoke=True,
 )  # fmt: skip
 
 
@@ -420,7 +432,7 @@ def machine() -> dict[str, Any]:
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     memory = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
     packages = ("granian", "litestar", "msgspec", "confluent-kafka", "redis", "hiredis", "fastapi", "pydantic")
-    packages += ("uvicorn", "aiokafka", "locust")
+    packages += ("uvicorn", "aiokafka", "locust", "coredis", "valkey-glide")
     return {
         "cpus": os.cpu_count(),
         "cpu_model": cpu.group(1) if cpu else "unknown",
@@ -530,6 +542,38 @@ def partners_ab(authenticated: Server, open_: Server, rounds: int, scratch: str)
     return {"rounds": runs, "medians": medians, "summary": summary}
 
 
+def redis_targets(redis_url: str, cluster_url: str | None) -> tuple[str | None, str | None]:
+    """The single node and the cluster the Redis clients A/B runs on: the bench's Redis is the one or,
+    when its URL lists several addresses, the other."""
+    if "," in redis_url.partition("://")[2].partition("/")[0]:
+        return None, redis_url
+    return redis_url, cluster_url or None
+
+
+def redis_clients_phase(plan: Plan, single: str | None, cluster: str | None, log: Any) -> dict[str, Any]:
+    """Issue 13's A/B (benchmarks/redis_clients.py), in its own process (valkey-glide's Rust runtime
+    stays out of this one); its report, or what went wrong."""
+    command = [sys.executable, "-m", "benchmarks.redis_clients", "--rounds", str(plan.redis_clients_rounds)]
+    command += ["--seconds", str(plan.redis_clients_seconds), "--warmup", "0.3" if plan.smoke else "1"]
+    command += ["--single", single] if single else []
+    command += ["--cluster", cluster] if cluster else []
+    topologies = [name for name, url in (("single node", single), ("cluster", cluster)) if url]
+    log(f"redis clients A/B (issue 13): {' and '.join(topologies)}, {plan.redis_clients_rounds} rounds")
+    budget = plan.redis_clients_rounds * len(topologies) * 4 * 2 * plan.redis_clients_seconds + 180
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "redis_clients.json"
+        try:
+            run = subprocess.run(
+                [*command, "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=budget
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"did not finish in {budget:.0f} s"}
+        if run.returncode or not out.exists():
+            return {"error": f"exit {run.returncode}: {run.stdout[-2000:]}"}
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
 def _ms(us: float | None) -> float | None:
     return None if us is None else round(us / 1000, 3)
 
@@ -600,10 +644,20 @@ def main() -> int:
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "8100")))
     parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of the partners A/B (0 skips it)")
     parser.add_argument("--ab-only", action="store_true", help="only the partners A/B and its gates")
+    parser.add_argument(
+        "--redis-clients-rounds", type=int, default=None, help="rounds of the Redis clients A/B (0 skips it)"
+    )
+    parser.add_argument(
+        "--redis-cluster-url",
+        default=os.environ.get("BENCH_REDIS_CLUSTER_URL"),
+        help="a Redis Cluster for the Redis clients A/B too (default: BENCH_REDIS_CLUSTER_URL)",
+    )
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan()
     if args.soak_seconds is not None:
         plan.soak_seconds = args.soak_seconds
+    if args.redis_clients_rounds is not None:
+        plan.redis_clients_rounds = args.redis_clients_rounds
     names = ["gateway"] if args.smoke else args.servers.split(",")
     targets = tomllib.loads(args.targets.read_text())
     plan.steady_rate = targets["steady"]["rate"] if not args.smoke else plan.steady_rate
@@ -654,6 +708,9 @@ def main() -> int:
         from benchmarks.micro_fastcore import measure
 
         report["micro"] = measure(plan.micro_number)
+        if plan.redis_clients_rounds:
+            single, cluster = redis_targets(settings.redis_url, args.redis_cluster_url)
+            report["redis_clients"] = redis_clients_phase(plan, single, cluster, log)
     best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
     if "gateway" in best:
         report["ratios"] = {
@@ -708,6 +765,12 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
             )
         half = bulk.get("half_rate", {}).get("latency_us", {}).get("bulk", {})
         print(f"; half rate p50/p99 µs {half.get('p50', 0):.0f} / {half.get('p99', 0):.0f}" if half else "")
+    clients = report.get("redis_clients")
+    if clients:
+        print("redis clients A/B (issue 13), medians of the rounds:")
+        print(clients.get("table") or f"  not run: {clients.get('error')}")
+        for line in clients.get("verdicts", []):
+            print(f"- {line}")
     for g in report["gates"]:
         print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
     print(f"verdict: {report['verdict']}")
