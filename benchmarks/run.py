@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.run [--smoke] [--out DIR] [--servers gateway,peer,ceiling]
                                        [--soak-seconds N] [--targets FILE] [--redis-clients-rounds N]
-                                       [--redis-cluster-url URL]
+                                       [--redis-cluster-url URL] [--cluster-rounds N]
 
 Needs the local stack's Redis and Kafka (GATEWAY_REDIS_URL, GATEWAY_KAFKA_BOOTSTRAP; deploy/bench.sh
 brings them up). Each server runs alone, with one worker per core, and goes through the same phases:
@@ -24,6 +24,10 @@ then, for the gateway only, a soak at half its maximum throughput that samples e
 memory. Latencies are exact (HDR histograms in microseconds, see locustfile.py). The report goes to
 OUT/<timestamp>.json with a plot OUT/<timestamp>.png; the verdict against targets.toml is printed and
 is the exit status. `--smoke` runs a 10-second version against the gateway only and gates nothing.
+
+With the cluster stack up (deploy/bench.sh starts it beside the single one and passes its variables in
+BENCH_CLUSTER_ENV), `cluster` measures the open gateway on one node and on the cluster side by side, the
+way the partners A/B does (`--cluster-rounds`, 0 skips it).
 
 Last, with no server running, `redis_clients` (issue 13, benchmarks/redis_clients.py, in its own
 process): the gateway's pipelined Redis client against redis-py, coredis and valkey-glide on the
@@ -170,6 +174,12 @@ def bench_registry(directory: Path) -> tuple[Path, str]:
     return path, f"Bearer {key}"
 
 
+def cluster_env() -> dict[str, str]:
+    """The GATEWAY_* variables of the cluster stack (deploy/bench.sh puts `STACK=cluster deploy/stack.sh
+    env` in BENCH_CLUSTER_ENV); empty when there is none."""
+    return dict(line.split("=", 1) for line in os.environ.get("BENCH_CLUSTER_ENV", "").splitlines() if "=" in line)
+
+
 def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
     """The gateway (authenticated, and open), the peer (FastAPI, Pydantic, uvicorn, redis.asyncio,
     aiokafka) and the ceiling."""
@@ -186,6 +196,8 @@ def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
     return {
         "gateway": gateway("gateway", port_base + 1, {"GATEWAY_PARTNERS_FILE": str(registry)}, authorization),
         "gateway-open": gateway("gateway-open", port_base + 4, {}),
+        # the open gateway again, on the cluster stack (BENCH_CLUSTER_ENV, set by deploy/bench.sh)
+        "gateway-cluster": gateway("gateway-cluster", port_base + 5, cluster_env()),
         "peer": Server(
             "peer",
             [
@@ -509,37 +521,46 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     return verdicts
 
 
-def partners_ab(authenticated: Server, open_: Server, rounds: int, scratch: str) -> dict[str, Any]:
-    """What authentication and the rate limit cost, measured so that the machine's drift cancels: both
-    gateways run at once (the idle one takes no CPU) and are measured in alternating rounds, each
-    round one connection (wrk, p50) then 128 connections (wrk, throughput); medians over the rounds."""
-    for server in (authenticated, open_):
+def alternating(first: Server, second: Server, rounds: int, scratch: str) -> dict[str, Any]:
+    """Two gateways side by side, measured so that the machine's drift cancels: both run at once (the
+    idle one takes no CPU) and are measured in alternating rounds, each round one connection (wrk, p50)
+    then 128 connections (wrk, throughput); medians over the rounds, and `first` over `second`."""
+    for server in (first, second):
         server.start(Path(scratch))
-    runs: dict[str, dict[str, list[float]]] = {s.name: {"p50_us": [], "rps": []} for s in (authenticated, open_)}
+    runs: dict[str, dict[str, list[float]]] = {s.name: {"p50_us": [], "rps": []} for s in (first, second)}
     try:
-        wrk(authenticated.url, 64, 5, authenticated.authorization)  # warm both, the broker and Redis
-        wrk(open_.url, 64, 5)
+        for server in (first, second):  # warm both, the broker and Redis
+            wrk(server.url, 64, 5, server.authorization)
         for round_ in range(rounds):
-            order = (authenticated, open_) if round_ % 2 == 0 else (open_, authenticated)
-            for server in order:
+            for server in (first, second) if round_ % 2 == 0 else (second, first):
                 one = wrk(server.url, 1, 5, server.authorization)
                 many = wrk(server.url, 128, 8, server.authorization)
                 if one["errors"] or many["errors"]:
-                    raise SystemExit(f"partners A/B: {server.name} answered errors: {one['errors']} / {many['errors']}")
+                    raise SystemExit(f"A/B: {server.name} answered errors: {one['errors']} / {many['errors']}")
                 runs[server.name]["p50_us"].append(one["latency_us"]["p50"])
                 runs[server.name]["rps"].append(many["rps"])
     finally:
-        for server in (authenticated, open_):
+        for server in (first, second):
             server.stop()
     medians = {name: {k: statistics.median(v) for k, v in values.items()} for name, values in runs.items()}
-    auth, open_m = medians[authenticated.name], medians[open_.name]
-    summary = {
+    a, b = medians[first.name], medians[second.name]
+    ratios = {
+        "throughput_ratio": round(a["rps"] / max(1e-9, b["rps"]), 3),
+        "p50_ratio": round(a["p50_us"] / max(1e-9, b["p50_us"]), 3),
+    }
+    return {"rounds": runs, "medians": medians, "ratios": ratios}
+
+
+def partners_ab(authenticated: Server, open_: Server, rounds: int, scratch: str) -> dict[str, Any]:
+    """What authentication and the rate limit cost: the authenticated and the open gateway, alternating."""
+    result = alternating(authenticated, open_, rounds, scratch)
+    auth, open_m = result["medians"][authenticated.name], result["medians"][open_.name]
+    result["summary"] = {
         "max_rps": {"authenticated": auth["rps"], "open": open_m["rps"]},
         "one_connection_new_p50_us": {"authenticated": auth["p50_us"], "open": open_m["p50_us"]},
-        "throughput_ratio": round(auth["rps"] / max(1e-9, open_m["rps"]), 3),
-        "p50_ratio": round(auth["p50_us"] / max(1e-9, open_m["p50_us"]), 3),
+        **result.pop("ratios"),
     }
-    return {"rounds": runs, "medians": medians, "summary": summary}
+    return result
 
 
 def redis_targets(redis_url: str, cluster_url: str | None) -> tuple[str | None, str | None]:
@@ -645,6 +666,9 @@ def main() -> int:
     parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of the partners A/B (0 skips it)")
     parser.add_argument("--ab-only", action="store_true", help="only the partners A/B and its gates")
     parser.add_argument(
+        "--cluster-rounds", type=int, default=3, help="rounds of single node against cluster (0 skips it)"
+    )
+    parser.add_argument(
         "--redis-clients-rounds", type=int, default=None, help="rounds of the Redis clients A/B (0 skips it)"
     )
     parser.add_argument(
@@ -685,6 +709,11 @@ def main() -> int:
             log(f"partners A/B: authenticated and open gateway, alternating, {args.ab_rounds} rounds")
             report["partners_ab"] = partners_ab(
                 contenders["gateway"], contenders["gateway-open"], args.ab_rounds, scratch
+            )
+        if args.cluster_rounds and not args.smoke and cluster_env() and not args.ab_only:
+            log(f"cluster: the open gateway on one node and on the cluster, alternating, {args.cluster_rounds} rounds")
+            report["cluster"] = alternating(
+                contenders["gateway-cluster"], contenders["gateway-open"], args.cluster_rounds, scratch
             )
         if args.ab_only:
             names = []
@@ -765,6 +794,14 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
             )
         half = bulk.get("half_rate", {}).get("latency_us", {}).get("bulk", {})
         print(f"; half rate p50/p99 µs {half.get('p50', 0):.0f} / {half.get('p99', 0):.0f}" if half else "")
+    cluster = report.get("cluster")
+    if cluster:
+        one, many = cluster["medians"]["gateway-open"], cluster["medians"]["gateway-cluster"]
+        print(
+            f"cluster (open gateway, medians): wrk 128 conn. {many['rps']:.0f}/s on the cluster against "
+            f"{one['rps']:.0f}/s on one node (x{cluster['ratios']['throughput_ratio']}); one connection p50 "
+            f"{many['p50_us']:.0f} / {one['p50_us']:.0f} µs"
+        )
     clients = report.get("redis_clients")
     if clients:
         print("redis clients A/B (issue 13), medians of the rounds:")

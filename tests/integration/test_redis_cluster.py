@@ -5,15 +5,19 @@ import asyncio
 import time
 from collections import Counter
 
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway.api.app import create_app
 from gateway.errors import DependencyUnavailable
 from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url, key_slot, seeds_of
 from gateway.idempotency.redis_pipeline import RedisUnavailable, Script
 from gateway.idempotency.sharded import ShardedIdempotencyStore
 from gateway.idempotency.store import Decision, Reservation, unlimited
 from gateway.telemetry.metrics import Metrics
+from tests.conftest import transaction
 
 ECHO_KEY = Script("return {KEYS[1], redis.call('INCR', KEYS[1])}")
 
@@ -172,3 +176,30 @@ async def test_a_killed_master_fails_its_share_then_its_replica_takes_over(clust
         redis_cluster.start(victim)
     await _settled(redis_cluster)
     assert (await store.reserve(waiting[1]))[0] is Decision.NEW  # the old master is a replica now
+
+
+async def test_the_gateway_on_a_redis_cluster(stack, redis_cluster, log, unique):
+    """The whole app with GATEWAY_REDIS_URL listing the cluster's seeds: single and bulk submissions,
+    a replay, a double spend and the status API, with exactly one record per acceptance in Kafka."""
+    settings = msgspec.structs.replace(stack, partner=f"cl-{unique}", redis_url=redis_cluster.url)
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert (await client.get("/ready")).json()["checks"]["redis"] == "ok"
+        first = transaction(unique)
+        accepted = await client.post("/api/v1/transactions/", json=first)
+        assert accepted.status_code == 202, accepted.text
+        replay = await client.post("/api/v1/transactions/", json=first)
+        assert (
+            replay.status_code == 200 and replay.json()["metadata"]["offset"] == accepted.json()["metadata"]["offset"]
+        )
+        spent = await client.post("/api/v1/transactions/", json={**first, "idempotency_key": f"again-{unique}"})
+        assert spent.status_code == 409 and spent.json()["type"].endswith("transaction-id-conflict"), spent.text
+        items = [transaction(f"{unique}-{n}") for n in range(50)]
+        answer = await client.post("/api/v1/transactions/bulk", json=[*items, first])
+        assert answer.status_code == 207, answer.text
+        assert [r["status"] for r in answer.json()["results"]] == [202] * 50 + [200]
+        status = await client.get(f"/api/v1/transactions/txn_{unique}")
+        assert status.status_code == 200 and status.json()["status"] in ("accepted", "batched", "settled"), status.text
+    records = log.everything()
+    assert {txn: len(found) for txn, found in records.items() if unique in txn} == {
+        f"txn_{u}": 1 for u in [unique, *(f"{unique}-{n}" for n in range(50))]
+    }
