@@ -24,22 +24,22 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-run: install ## Serve the gateway on :8000 (starts local Redis, Kafka and PostgreSQL unless configured)
+run: install ## Serve the gateway on :8000 (starts local Redis, Kafka and PostgreSQL unless configured; STACK=cluster)
 	@deploy/run.sh
 
 test: install ## Run every test against real Redis, Kafka and PostgreSQL (started here when not running)
 	@deploy/test.sh
 
-chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS
+chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS, STACK=cluster
 	@deploy/chaos.sh $(CHAOS_ARGS)
 
-bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min)
+bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min; STACK=cluster)
 	@deploy/bench.sh $(BENCH_ARGS)
 
-stack-up: install ## Start the local Redis, Kafka and PostgreSQL and leave them running
+stack-up: install ## Start the local Redis, Kafka and PostgreSQL and leave them running (STACK=cluster: the clusters)
 	@deploy/stack.sh up >/dev/null
 
-stack-down: ## Stop the local Redis, Kafka and PostgreSQL
+stack-down: ## Stop the local Redis, Kafka and PostgreSQL (STACK=cluster: the clusters)
 	@deploy/stack.sh down
 
 lint: install ## ruff and mypy
@@ -47,7 +47,9 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff format --check gateway processor fastcore tests tools deploy benchmarks
 	$(BIN)/mypy
 
-clean: stack-down ## Remove the environment, the stack's data and build products
+clean: ## Stop both local stacks; remove the environment, the stacks' data and build products
+	@STACK=single deploy/stack.sh down
+	@STACK=cluster deploy/stack.sh down
 	rm -rf $(VENV) .stack build fastcore/_core.c fastcore/*.so *.egg-info
 
 .PHONY: help install run test chaos bench stack-up stack-down lint clean

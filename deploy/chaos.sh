@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make chaos`: the long fault suite (tests/faults/chaos.py) on the local stack, with Toxiproxy in
-# front of Redis and Kafka. Stops what it started; exits non-zero when any fault lost or re-accepted
-# a transaction, answered an unexpected status or hung.
+# front of Redis and Kafka; with STACK=cluster, the cluster's faults (a Kafka node and a Redis master
+# killed) on the cluster stack, without Toxiproxy. Stops what it started; exits non-zero when any fault
+# lost or re-accepted a transaction, answered an unexpected status or hung.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -9,7 +10,7 @@ set -euo pipefail
   || die "make chaos kills Redis and Kafka, so it runs on the local stack only: unset GATEWAY_REDIS_URL and GATEWAY_KAFKA_BOOTSTRAP"
 use_stack
 toxiproxy_started=""
-if ! "$ROOT/deploy/toxiproxy.sh" status; then
+if [ "$STACK" = single ] && ! "$ROOT/deploy/toxiproxy.sh" status; then
   "$ROOT/deploy/toxiproxy.sh" start
   toxiproxy_started=1
 fi

@@ -17,10 +17,40 @@ STACK_KAFKA_FAULTS_PORT=${STACK_KAFKA_FAULTS_PORT:-19096}
 STACK_KAFKA_PROXY_PORT=${STACK_KAFKA_PROXY_PORT:-19095}
 STACK_REDIS_PROXY_PORT=${STACK_REDIS_PROXY_PORT:-16380}
 STACK_TOXIPROXY_PORT=${STACK_TOXIPROXY_PORT:-18474}
+# STACK picks the stack: `single` (default: the Redis and the Kafka broker above) or `cluster`, beside it
+# with ports and folders of its own: three combined KRaft nodes (deploy/kafka-cluster.sh, in
+# STACK_DIR/kafka-cluster) and a Redis Cluster of three masters and three replicas (deploy/redis-cluster.sh,
+# in STACK_DIR/redis-cluster). Both use the same PostgreSQL. Kafka node N (1-3) listens on
+# STACK_KAFKA_CLUSTER_PORT+N-1 (PLAINTEXT: 19192-19194) and STACK_KAFKA_CLUSTER_CONTROLLER_PORT+N-1
+# (CONTROLLER: 19292-19294), with a heap of STACK_KAFKA_CLUSTER_HEAP; Redis node i (0-5) on
+# STACK_REDIS_CLUSTER_PORT+i (17001-17006) and its cluster bus on STACK_REDIS_CLUSTER_BUS_PORT+i
+# (17101-17106; Redis's default, the port + 10000, would take 27001-27006, where other Redis servers run here).
+STACK=${STACK:-single}
+STACK_KAFKA_CLUSTER_PORT=${STACK_KAFKA_CLUSTER_PORT:-19192}
+STACK_KAFKA_CLUSTER_CONTROLLER_PORT=${STACK_KAFKA_CLUSTER_CONTROLLER_PORT:-19292}
+STACK_KAFKA_CLUSTER_HEAP=${STACK_KAFKA_CLUSTER_HEAP:-512m}
+STACK_REDIS_CLUSTER_PORT=${STACK_REDIS_CLUSTER_PORT:-17001}
+STACK_REDIS_CLUSTER_BUS_PORT=${STACK_REDIS_CLUSTER_BUS_PORT:-17101}
+# shellcheck disable=SC2034 # read by the scripts that source this file
+KAFKA_CLUSTER_NODES=3 REDIS_CLUSTER_NODES=6
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 
 say() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+case "$STACK" in single | cluster) ;; *) die "STACK must be single or cluster, not '$STACK'" ;; esac
+
+# addresses FIRST_PORT COUNT: 127.0.0.1:FIRST_PORT,127.0.0.1:FIRST_PORT+1,... (COUNT of them)
+addresses() {
+  local i list=()
+  for ((i = 0; i < $2; i++)); do list+=("127.0.0.1:$(($1 + i))"); done
+  (IFS=, && echo "${list[*]}")
+}
+
+# single_stack_only WHAT: refuse STACK=cluster for what acts on the single broker and Redis themselves
+single_stack_only() {
+  [ "$STACK" = single ] || die "$1 runs on the single-node stack only (it stops, kills and proxies its broker and Redis): unset STACK"
+}
 
 # pid_alive PIDFILE: true when the file names a live process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -40,6 +70,37 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
+# stop_all NAME GRACE PIDFILE...: stop_pid for several processes at once (the nodes of a cluster: a node's
+# clean shutdown may need the others); each is named NAME and its pid file's folder
+stop_all() {
+  local name=$1 grace=$2 pidfile
+  shift 2
+  for pidfile in "$@"; do stop_pid "$pidfile" "$name $(basename "$(dirname "$pidfile")")" "$grace" & done
+  wait
+}
+
+# all_alive NAME PIDFILE...: true when every one runs; when some but not all do, names the others on stderr
+all_alive() {
+  local name=$1 pidfile down=()
+  shift
+  for pidfile in "$@"; do pid_alive "$pidfile" || down+=("$(basename "$(dirname "$pidfile")")"); done
+  [ ${#down[@]} -eq 0 ] && return 0
+  [ ${#down[@]} -eq $# ] || say "$name: ${down[*]} not running"
+  return 1
+}
+
+# kill_pid PIDFILE NAME: SIGKILL (a crash: nothing flushed, no goodbye to the rest of a cluster), wait
+# until the process is gone; removes the pid file
+kill_pid() {
+  local pidfile=$1 name=$2 pid i
+  pid_alive "$pidfile" || die "$name is not running"
+  pid=$(cat "$pidfile")
+  kill -KILL "$pid"
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidfile"
+  say "$name killed (pid $pid)"
+}
+
 # postgres_url: the local PostgreSQL's URL for the application role, with its password once it exists
 # (hex, so nothing in it needs quoting).
 postgres_url() {
@@ -49,13 +110,17 @@ postgres_url() {
 }
 
 # stop_started: stop what use_stack started (a script with more to clean up calls it from its own trap).
-stop_started() { [ -z "${started:-}" ] || "$ROOT/deploy/stack.sh" down toxiproxy $started; }
+# toxiproxy, which tests may have started in front of the single stack, goes with the stack it fronts.
+stop_started() {
+  local fronts=toxiproxy
+  [ "$STACK" = single ] || fronts=""
+  [ -z "${started:-}" ] || "$ROOT/deploy/stack.sh" down $fronts $started
+}
 
 # use_stack: bring the local stack up (or reuse what runs or is configured), stop on exit only what
 # this script started, and export the GATEWAY_* variables that point at it. For run.sh, test.sh, bench.sh.
 use_stack() {
   started=$("$ROOT/deploy/stack.sh" up)
-  # toxiproxy, which tests may have started in front of the stack, goes with the stack it fronts
   trap stop_started EXIT
   set -a
   eval "$("$ROOT/deploy/stack.sh" env)"
@@ -70,4 +135,27 @@ apt_install() {
   if ! apt-cache show "$@" >/dev/null 2>&1; then $sudo apt-get update -qq >&2 || true; fi
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
     || { $sudo apt-get update -qq >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
+}
+
+# install_redis: redis-server (and redis-cli) from apt when missing
+install_redis() {
+  command -v redis-server >/dev/null && return 0
+  say "redis-server is missing; installing it from apt"
+  apt_install redis-server || die "could not install redis-server; install it with your package manager"
+}
+
+# wait_redis PORT LOG: until our Redis on PORT answers PING. 20 s to answer at all; a Redis loading a
+# large AOF answers LOADING, and gets STACK_REDIS_START_TIMEOUT (300 s).
+wait_redis() {
+  local started=$SECONDS limit=20 answer
+  while :; do
+    answer=$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null || true)
+    [ "$answer" = PONG ] && return 0
+    if [[ "$answer" == *LOADING* && $limit -eq 20 ]]; then
+      limit=${STACK_REDIS_START_TIMEOUT:-300}
+      say "Redis on 127.0.0.1:$1 is loading its data from the AOF; waiting up to ${limit}s"
+    fi
+    [ $((SECONDS - started)) -lt "$limit" ] || die "Redis on 127.0.0.1:$1 did not answer PING within ${limit}s; see $2"
+    sleep 0.1
+  done
 }

@@ -9,12 +9,6 @@ set -euo pipefail
 REDIS_HOME=$STACK_DIR/redis
 PIDFILE=$REDIS_HOME/redis.pid
 
-install_redis() {
-  command -v redis-server >/dev/null && return 0
-  say "redis-server is missing; installing it from apt"
-  apt_install redis-server || die "could not install redis-server; install it with your package manager"
-}
-
 start() {
   if pid_alive "$PIDFILE"; then say "Redis already running on 127.0.0.1:$STACK_REDIS_PORT"; return 0; fi
   [ "$STACK_REDIS_PORT" != 6379 ] || die "STACK_REDIS_PORT must not be 6379: the local stack never takes the system Redis's port"
@@ -24,18 +18,7 @@ start() {
   redis-server --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --dir "$REDIS_HOME" \
     --appendonly yes --appendfsync everysec --save "" \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$REDIS_HOME/redis.log" >&2
-  # 20 s to answer at all; a Redis loading a large AOF answers LOADING, and gets STACK_REDIS_START_TIMEOUT
-  local started=$SECONDS limit=20 answer
-  while :; do
-    answer=$(redis-cli -h 127.0.0.1 -p "$STACK_REDIS_PORT" ping 2>/dev/null || true)
-    [ "$answer" = PONG ] && break
-    if [[ "$answer" == *LOADING* && $limit -eq 20 ]]; then
-      limit=${STACK_REDIS_START_TIMEOUT:-300}
-      say "Redis is loading its data from the AOF; waiting up to ${limit}s"
-    fi
-    [ $((SECONDS - started)) -lt "$limit" ] || die "Redis did not answer PING within ${limit}s; see $REDIS_HOME/redis.log"
-    sleep 0.1
-  done
+  wait_redis "$STACK_REDIS_PORT" "$REDIS_HOME/redis.log"
   say "Redis ready on 127.0.0.1:$STACK_REDIS_PORT"
 }
 

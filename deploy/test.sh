@@ -4,6 +4,8 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
+single_stack_only "make test"
+
 # headless Chromium loads /docs with the network limited to localhost (tests/e2e/test_docs_offline.py)
 if ! command -v chromium >/dev/null; then
   say "installing chromium (apt) for the offline docs check"

@@ -172,3 +172,84 @@ def test_dashboard_queries_only_metrics_the_gateway_exports():
         for name in re.findall(r"\b(settlement_\w+|http_server_\w+)", target["expr"])
     }
     assert names and names <= exported, names - exported
+
+
+def _profile(name: str) -> dict:
+    return {key: service for key, service in _compose()["services"].items() if name in service.get("profiles", [])}
+
+
+def test_cluster_profile_leaves_the_default_services_as_they_are():
+    services = _compose()["services"]
+    assert {name for name, service in services.items() if "profiles" not in service} == {
+        "redis",
+        "kafka",
+        "postgres",
+        "gateway",
+        "processor",
+    }
+    assert services["gateway"]["environment"]["GATEWAY_KAFKA_BOOTSTRAP"] == "kafka:19092"
+
+
+def test_cluster_profile_kafka_is_three_kraft_nodes_with_replication_3_and_min_isr_2():
+    compose = _compose()
+    nodes = {
+        name: service for name, service in _profile("cluster").items() if service["image"].startswith("apache/kafka:4.")
+    }
+    assert sorted(nodes) == ["kafka-1", "kafka-2", "kafka-3"]
+    environments = [service["environment"] for service in nodes.values()]
+    assert len({env["CLUSTER_ID"] for env in environments}) == 1, "one cluster id formatted into every node"
+    [voters] = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in environments}
+    voter_addresses = dict(voter.split("@") for voter in voters.split(","))
+    assert len(voter_addresses) == 3
+    published = set()
+    for name, service in nodes.items():
+        env = service["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        host, controller_port = voter_addresses[str(env["KAFKA_NODE_ID"])].split(":")
+        assert host == name and f"CONTROLLER://:{controller_port}" in env["KAFKA_LISTENERS"]
+        assert f"INTERNAL://{name}:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
+        settings = {
+            "KAFKA_DEFAULT_REPLICATION_FACTOR": "3",
+            "KAFKA_MIN_INSYNC_REPLICAS": "2",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "2",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "2",
+            "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
+            "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+        }
+        assert {key: str(env[key]) for key in settings} == settings
+        volume, path = service["volumes"][0].split(":")[:2]
+        assert volume in compose["volumes"] and path == env["KAFKA_LOG_DIRS"]
+        assert "localhost:19092" in " ".join(service["healthcheck"]["test"])
+        [port] = service["ports"]
+        assert f"EXTERNAL://localhost:{port.split(':')[0]}" in env["KAFKA_ADVERTISED_LISTENERS"]
+        published.add(port)
+    assert len(published) == 3
+
+
+def test_cluster_profile_redis_is_six_cluster_nodes_and_a_one_shot_create():
+    profile = _profile("cluster")
+    nodes = {name: service for name, service in profile.items() if name.startswith("redis-node-")}
+    assert len(nodes) == 6
+    for name, service in nodes.items():
+        assert service["image"].startswith("redis:7.")
+        command = " ".join(service["command"])
+        for setting in (
+            "redis-server",
+            "--cluster-enabled yes",
+            "--cluster-node-timeout 2000",
+            "--appendonly yes",
+            "--appendfsync everysec",
+        ):
+            assert setting in command, (name, setting)
+        assert service["hostname"] == name  # announced to clients: --cluster-announce-hostname
+        assert service["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    create = profile["redis-cluster-create"]
+    assert create["restart"] == "no"
+    assert create["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
+    script = " ".join(create["command"])
+    assert "redis-cli --cluster create" in script and "--cluster-replicas 1" in script and "--cluster-yes" in script
+    assert all(name in script for name in nodes)
+    assert "cluster_slots_assigned:16384" in script, "a cluster that exists is not created again"
