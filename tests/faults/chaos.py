@@ -37,6 +37,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.kafka_log import read_topic
 from tests.toxiproxy import Toxiproxy
@@ -375,29 +376,31 @@ def cluster_faults(bootstrap: str, topic_prefix: str, killed: dict[str, str]) ->
     ]  # fmt: skip
 
 
-def p99_recovery(answers: list[Answer], before: str, since: float, until: float) -> dict[str, float | None]:
-    """How the p99 of answers (by the second they were sent) moved after a fault began at `since`: the
-    steady p99 of phase `before`, the worst second, and the seconds until every later second's p99 is
-    back under twice the steady one (or under it plus 50 ms), up to `until`."""
+def p99_recovery(answers: list[Answer], before: str, since: float, until: float) -> dict[str, Any]:
+    """How the p99 of answers moved after a fault began at `since`, by the second they were sent: the
+    steady p99 of phase `before`, the p99 of each second's trailing 3-second window up to `until`, the
+    worst of them, and the seconds until every later window is back under twice the steady p99 (or under
+    it plus 50 ms); 3-second windows hold enough answers that one slow request is not the p99. A window
+    in which no request was sent (every connection waiting) counts as slow, shown as None."""
 
-    def p99(seconds: list[float]) -> float:
-        return sorted(seconds)[max(0, int(len(seconds) * 0.99) - 1)] if seconds else 0.0
+    def p99(seconds: list[float]) -> float | None:
+        return sorted(seconds)[max(0, -(-len(seconds) * 99 // 100) - 1)] if seconds else None
 
-    steady = p99([a.seconds for a in answers if a.phase == before and a.status])
+    steady = p99([a.seconds for a in answers if a.phase == before and a.status]) or 0.0
     bound = max(2 * steady, steady + 0.05)
     per_second: dict[int, list[float]] = defaultdict(list)
     for a in answers:
         if a.status and since <= a.sent_at < until:
             per_second[int(a.sent_at - since)].append(a.seconds)
-    seconds = {second: p99(values) for second, values in sorted(per_second.items())}
-    back = 0
-    for second, value in seconds.items():
-        if value > bound:
-            back = second + 1
+    last = int(until - since)
+    windows = [p99([v for s in range(max(0, end - 2), end + 1) for v in per_second.get(s, [])]) for end in range(last)]
+    back = max((end + 1 for end, value in enumerate(windows) if value is None or value > bound), default=0)
+    measured = [value for value in windows if value is not None]
     return {
         "p99_before_ms": round(steady * 1000, 1),
-        "p99_worst_ms": round(max(seconds.values(), default=0.0) * 1000, 1),
-        "seconds_to_p99": back if back < int(until - since) else None,
+        "p99_by_second_ms": [None if value is None else round(value * 1000, 1) for value in windows],
+        "p99_worst_ms": round(max(measured, default=0.0) * 1000, 1),
+        "seconds_to_p99": back if back < last else None,
     }
 
 
@@ -544,8 +547,8 @@ async def run(options: Options, log_path: Path) -> dict:
             await asyncio.sleep(options.steady)
             client.phase = fault.name
             print(f"[chaos] {fault.name}: {fault.what}", file=sys.stderr, flush=True)
+            injected_at[fault.name] = time.monotonic()  # the kill comes at the end of `inject`
             await asyncio.to_thread(fault.inject)
-            injected_at[fault.name] = time.monotonic()
             await asyncio.sleep(options.hold)
             await asyncio.to_thread(fault.recover)
             recovery[fault.name] = await wait_ready(server.url, 60)

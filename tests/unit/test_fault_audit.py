@@ -1,7 +1,7 @@
 """The fault suite's auditor counts what it should: a test of the test, so a green fault run means
 something (tests/faults/chaos.py)."""
 
-from tests.faults.chaos import Acceptance, Answer, Ledger, audit
+from tests.faults.chaos import Acceptance, Answer, Ledger, audit, p99_recovery, re_accepted
 
 T1 = "settlement.t1"
 
@@ -47,3 +47,43 @@ def test_loss_re_acceptance_duplicates_and_bad_answers_are_each_counted():
     assert row["duplicate_records"] == 1 and row["unsettled"] == 1
     assert row["unexpected"] == 3 and row["hangs"] == 1
     assert report["steady load between faults"]["duplicate_records"] == 1  # "c", folded into the steady row
+
+
+def test_p99_recovery_is_the_end_of_the_last_slow_window():
+    # steady: 100 answers of 10 ms; then a fault at t=100: five seconds of 2 s answers, then 10 ms again
+    answers = [Answer("before-x", 202, 0.010, False, "", 90 + n / 100) for n in range(100)]
+    for second in range(20):
+        seconds = 2.0 if second < 5 else 0.010
+        answers += [Answer("x", 202, seconds, False, "", 100 + second + n / 100) for n in range(100)]
+    result = p99_recovery(answers, "before-x", since=100.0, until=120.0)
+    assert result["p99_before_ms"] == 10.0
+    assert result["p99_worst_ms"] == 2000.0
+    # the trailing 3-second window ending in second 6 still holds second 4's slow answers
+    assert result["seconds_to_p99"] == 7
+    assert result["p99_by_second_ms"][7:] == [10.0] * 13
+    # one slow answer among 300 in a window is not the p99
+    answers.append(Answer("x", 202, 5.0, False, "", 115.5))
+    assert p99_recovery(answers, "before-x", since=100.0, until=120.0)["seconds_to_p99"] == 7
+    # a stretch in which every connection waited and nothing was sent is not a recovery
+    quiet = [a for a in answers if not 108 <= a.sent_at < 111]
+    assert p99_recovery(quiet, "before-x", since=100.0, until=120.0)["seconds_to_p99"] == 11
+    # still slow at the end: not recovered within the hold
+    answers += [Answer("x", 202, 3.0, False, "", 119 + n / 10) for n in range(10)]
+    assert p99_recovery(answers, "before-x", since=100.0, until=120.0)["seconds_to_p99"] is None
+
+
+def test_re_acceptances_are_listed_with_their_timing():
+    ledger = Ledger()
+    ledger.phase_of["a"] = "redis-master-sigkill"
+    ledger.accepted["a"] += [Acceptance("key-a", 202, T1, 0, 10, at=99.5), Acceptance("key-a", 202, T1, 1, 7, at=104.0)]
+    ledger.accepted["b"] += [Acceptance("key-b", 202, T1, 0, 11, at=101.0)]
+    found = re_accepted(ledger, {"redis-master-sigkill": 100.0})
+    assert found == {
+        "a": {
+            "phase": "redis-master-sigkill",
+            "answers": [
+                {"status": 202, "offset": f"{T1}[0]@10", "seconds_after_fault": -0.5},
+                {"status": 202, "offset": f"{T1}[1]@7", "seconds_after_fault": 4.0},
+            ],
+        }
+    }
