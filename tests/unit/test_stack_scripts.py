@@ -53,6 +53,9 @@ def test_kafka_cluster_node_is_a_combined_kraft_node_of_a_three_voter_quorum(tmp
     assert [config[key] for key in DURABILITY] == ["3", "2", "false"]
     assert [config[key] for key in INTERNAL_TOPICS] == ["3", "3", "2", "3", "2"]
     assert config["num.partitions"] == "3" and config["auto.create.topics.enable"] == "false"
+    # a dead node is fenced (new leaders, shrunk ISRs) within the gateway's delivery timeout
+    assert int(config["broker.session.timeout.ms"]) < 5000
+    assert int(config["broker.heartbeat.interval.ms"]) * 3 <= int(config["broker.session.timeout.ms"])
     assert not list(tmp_path.iterdir()), "config writes nothing"
 
 
