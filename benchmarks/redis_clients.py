@@ -545,9 +545,13 @@ def main(argv: list[str] | None = None) -> int:
 
     loop_factory = None
     if args.loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
+        try:
+            import uvloop
+        except ImportError:  # not in the dev extra (`make test`); Granian then runs on asyncio's loop too
+            log("uvloop is not installed: measuring on asyncio's event loop")
+            args.loop = "asyncio"
+        else:
+            loop_factory = uvloop.new_event_loop
     started = time.monotonic()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         measured = runner.run(run())
