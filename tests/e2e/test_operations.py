@@ -94,12 +94,11 @@ async def test_counters_equal_what_was_sent_across_two_workers(server, stack, un
     settings = msgspec.structs.replace(stack, partner=server.partner)
     policy, rules = build_policy(settings)
     body = json.dumps(transaction(f"{unique}pending")).encode()
-    prepared = Intake(settings, policy, rules, None, None, None, time.time).prepare(server.partner, body, None)  # type: ignore[arg-type]
     redis = RedisPipeline(stack.redis_url, 2.0)
+    store = IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    prepared = Intake(settings, policy, rules, store, None, None, time.time).prepare(server.partner, body, None)  # type: ignore[arg-type]
     try:
-        await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
-            prepared.reservation
-        )
+        await store.reserve(prepared.reservation)
     finally:
         redis.close()
     await one(body, 409)

@@ -81,7 +81,10 @@ def body_of(response: dict) -> bytes:
     return (content.get("string") or "").encode()
 
 
-@pytest.mark.timeout(300)  # about 50 s on two cores; the runs themselves are given 240 s
+# The two runs share two cores with the gateway, Redis and Kafka. One positive run alone took 192 s
+# (the previous commit) and 213 s (this one) on 2026-11-30, so the pair needs more than the 240 s they
+# had; a run that hangs still fails, at 540 s.
+@pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(server, tmp_path):
     operations = documented_operations(server.url)
     started = time.monotonic()
@@ -91,7 +94,7 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(s
         for mode in MODES:
             runs[mode] = start_run(server.url, mode, tmp_path / mode)
         for mode, process in runs.items():
-            outputs[mode], _ = process.communicate(timeout=240)
+            outputs[mode], _ = process.communicate(timeout=540)
     finally:
         for process in runs.values():
             if process.poll() is None:
