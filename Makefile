@@ -33,7 +33,7 @@ test: install ## Run every test against real Redis, Kafka and PostgreSQL (starte
 chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS, STACK=cluster
 	@deploy/chaos.sh $(CHAOS_ARGS)
 
-bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling under Locust and wrk; report, plot, verdict (~25 min; STACK=cluster)
+bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling, one node vs cluster, Redis clients A/B; report, plot, verdict (~30 min; STACK=cluster)
 	@deploy/bench.sh $(BENCH_ARGS)
 
 stack-up: install ## Start the local Redis, Kafka and PostgreSQL and leave them running (STACK=cluster: the clusters)
