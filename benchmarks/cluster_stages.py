@@ -14,13 +14,15 @@ import os
 import re
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.run import ROOT, Server, granian_command
+
 PORT = 8391
 
 
@@ -31,25 +33,15 @@ def stack_env(stack: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines())
 
 
-def measure(extra: dict[str, str], requests: int) -> tuple[float, dict[str, float]]:
+def measure(extra: dict[str, str], requests: int, log_dir: Path) -> tuple[float, dict[str, float]]:
     """Median round trip (ms) and median of each Server-Timing stage (ms) of a gateway with `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {"GATEWAY_ACCESS_LOG": "false"}
-    command = [str(ROOT / ".venv" / "bin" / "granian"), "--interface", "asgi", "--factory"]
-    command += ["gateway.api.app:create_app", "--host", "127.0.0.1", "--port", str(PORT), "--workers", "1", "--no-ws"]
-    server = subprocess.Popen(command, cwd=ROOT, env=env | extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{PORT}"
+    command = [*granian_command(1), "--port", str(PORT), "--factory", "gateway.api.app:create_app"]
+    server = Server("gateway-stages", command, PORT, "/ready", {"GATEWAY_ACCESS_LOG": "false", **extra})
+    server.start(log_dir)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
         totals: list[float] = []
         stages: dict[str, list[float]] = {}
-        with httpx.Client(base_url=url) as client:
+        with httpx.Client(base_url=server.url) as client:
             for n in range(requests):
                 unique = uuid.uuid4().hex
                 body = {
@@ -72,8 +64,7 @@ def measure(extra: dict[str, str], requests: int) -> tuple[float, dict[str, floa
                 for name, value in re.findall(r"(\w+);dur=([\d.]+)", answer.headers.get("server-timing", "")):
                     stages.setdefault(name, []).append(float(value))
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
     return statistics.median(totals), {name: statistics.median(values) for name, values in stages.items()}
 
 
@@ -83,18 +74,21 @@ def main() -> None:
     args = parser.parse_args()
     single, cluster = stack_env("single"), stack_env("cluster")
     redis = {"one node": single["GATEWAY_REDIS_URL"], "cluster": cluster["GATEWAY_REDIS_URL"]}
-    kafka = {"one broker": {"GATEWAY_KAFKA_BOOTSTRAP": single["GATEWAY_KAFKA_BOOTSTRAP"]}}
+    kafka = {
+        "one broker": {"GATEWAY_KAFKA_BOOTSTRAP": single["GATEWAY_KAFKA_BOOTSTRAP"], "GATEWAY_TOPIC_REPLICATION": "1"}
+    }
     kafka["cluster (RF 3)"] = {
         "GATEWAY_KAFKA_BOOTSTRAP": cluster["GATEWAY_KAFKA_BOOTSTRAP"],
         "GATEWAY_TOPIC_REPLICATION": "3",
     }
     print("| Redis | Kafka | round trip p50 ms | Server-Timing medians, ms |")
     print("|---|---|---:|---|")
-    for kafka_name, kafka_env in kafka.items():
-        for redis_name, redis_url in redis.items():
-            total, stages = measure({"GATEWAY_REDIS_URL": redis_url, **kafka_env}, args.requests)
-            timing = ", ".join(f"{name} {value:.2f}" for name, value in stages.items())
-            print(f"| {redis_name} | {kafka_name} | {total:.2f} | {timing} |", flush=True)
+    with tempfile.TemporaryDirectory() as log_dir:
+        for kafka_name, kafka_env in kafka.items():
+            for redis_name, redis_url in redis.items():
+                total, stages = measure({"GATEWAY_REDIS_URL": redis_url, **kafka_env}, args.requests, Path(log_dir))
+                timing = ", ".join(f"{name} {value:.2f}" for name, value in stages.items())
+                print(f"| {redis_name} | {kafka_name} | {total:.2f} | {timing} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import importlib
 import inspect
 import itertools
 import json
@@ -59,8 +58,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from gateway.idempotency.redis_cluster import RedisCluster
 from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import RESERVE
+from gateway.idempotency.store import ONE_NODE, RESERVE, nonce_key, rate_key
 from gateway.ids import uuid7
 
 CLIENTS = ("pipeline", "redis-py", "coredis", "valkey-glide")
@@ -116,8 +116,9 @@ def parse_target(topology: str, url: str) -> Target:
 
 # the one-node layout of gateway.idempotency.store, every key of a call in its partner's slot: the
 # nonce key of an unsigned request (the digest of no nonce) and the partner's GCRA key
-NONCE_KEYS = [f"nonce:{{p.{n}}}:{hashlib.sha256(b'').hexdigest()[:32]}" for n in range(PARTNERS)]
-RATE_KEYS = [f"rate:{{p.{n}}}" for n in range(PARTNERS)]
+PARTNER_IDS = [f"p.{n}" for n in range(PARTNERS)]
+NONCE_KEYS = [nonce_key(partner, "") for partner in PARTNER_IDS]
+RATE_KEYS = [rate_key(partner) for partner in PARTNER_IDS]
 
 
 class Workload:
@@ -133,8 +134,14 @@ class Workload:
     def next(self) -> tuple[list[str], list[str]]:
         i = next(self._count)
         n = i % PARTNERS
+        partner = PARTNER_IDS[n]
         digest = hashlib.sha256(f"{self._tag}-{i}".encode()).hexdigest()  # of the idempotency key
-        keys = [f"idem:{{p.{n}}}:{digest}", f"txn:{{p.{n}}}:txn_{self._tag}_{i}", NONCE_KEYS[n], RATE_KEYS[n]]
+        keys = [
+            ONE_NODE.idem(partner, digest),
+            ONE_NODE.txn(partner, f"txn_{self._tag}_{i}"),
+            NONCE_KEYS[n],
+            RATE_KEYS[n],
+        ]
         fingerprint = digest[::-1]  # a SHA-256 hex digest, as the gateway's fingerprint is
         now_ms = str(int(time.time() * 1000))
         return keys, [fingerprint, digest, str(PENDING_TTL_MS), uuid7(), TOPIC, now_ms, *ADMISSION]
@@ -166,14 +173,8 @@ async def _closing(result: Any) -> None:
 
 
 async def open_pipeline(target: Target, concurrency: int, stack: contextlib.AsyncExitStack) -> Opened:
-    if target.topology == "single":
-        client: Any = RedisPipeline(target.url, TIMEOUT)
-    else:
-        try:
-            module = importlib.import_module("gateway.idempotency.redis_cluster")
-        except ImportError as exc:
-            raise Unavailable(f"gateway.idempotency.redis_cluster is not importable yet ({exc})") from None
-        client = module.RedisCluster(target.url, TIMEOUT)
+    single = target.topology == "single"
+    client = RedisPipeline(target.url, TIMEOUT) if single else RedisCluster(target.url, TIMEOUT)
     await client.connect()
     run_script = client.run_script
 

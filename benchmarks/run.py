@@ -180,12 +180,17 @@ def cluster_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in os.environ.get("BENCH_CLUSTER_ENV", "").splitlines() if "=" in line)
 
 
+def granian_command(workers: int) -> list[str]:
+    """Granian serving an ASGI app on loopback with `workers` workers (the port and app follow)."""
+    command = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
+    return [*command, "--no-ws", "--log-level", "warning"]
+
+
 def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
     """The gateway (authenticated, and open), the peer (FastAPI, Pydantic, uvicorn, redis.asyncio,
     aiokafka) and the ceiling."""
     ttl = {"GATEWAY_IDEMPOTENCY_TTL_SECONDS": "300"}  # keys of a run expire instead of filling Redis
-    granian = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
-    granian += ["--no-ws", "--log-level", "warning"]
+    granian = granian_command(workers)
     registry, authorization = bench_registry(scratch)
 
     def gateway(name: str, port: int, env: dict[str, str], authorization: str = "") -> Server:

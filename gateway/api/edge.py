@@ -139,22 +139,11 @@ class Edge:
 
         `bulk`: POST /api/v1/transactions/bulk, the intake of every transaction of the array. The whole
         request is refused only for what concerns all of it (credentials, media type, not an array, the
-        partner's limit, Redis down); anything else is decided per transaction."""
-        intake = self._bulk if bulk else self._single
-        return await self._submission(method, path, header, body, idempotency_key, traceparent, intake)
+        partner's limit, Redis down); anything else is decided per transaction.
 
-    async def _submission(
-        self,
-        method: str,
-        path: str,
-        header: Header,
-        body: bytes | BodyReader,
-        idempotency_key: str | None,
-        traceparent: str | None,
-        intake: "Submission",
-    ) -> Answer:
-        """What every submission goes through: the body, the caller, the media type, then `intake`;
-        a refusal or an unexpected error becomes its problem answer."""
+        Every submission goes through the body, the caller, the media type, then its intake; a refusal or
+        an unexpected error becomes its problem answer."""
+        intake = self._bulk if bulk else self._single
         caller: Caller | None = None
         try:
             if not isinstance(body, bytes):

@@ -78,6 +78,7 @@ class RedisCluster:
         self._timeout = timeout
         self._nodes: dict[Address, RedisPipeline] = {}
         self._owners: list[Address] = []  # slot -> master; empty until the first refresh
+        self.masters: list[Address] = []  # the masters of the slot map as last refreshed, in slot order
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,11 +91,6 @@ class RedisCluster:
             host = f"[{address[0]}]" if ":" in address[0] else address[0]
             node = self._nodes[address] = RedisPipeline(f"{self._prefix}{host}:{address[1]}", self._timeout)
         return node
-
-    @property
-    def masters(self) -> list[Address]:
-        """The masters of the current slot map, in slot order."""
-        return list(dict.fromkeys(self._owners))
 
     async def connect(self) -> None:
         """Have a slot map (the first call asks the seeds); RedisUnavailable when no node answers.
@@ -115,7 +111,7 @@ class RedisCluster:
                 continue
             owners = _slot_map(reply, address)
             if owners is not None:
-                self._owners = owners
+                self._owners, self.masters = owners, list(dict.fromkeys(owners))
                 return
             errors.append(f"{address[0]}:{address[1]}: not every slot is served")
         raise RedisUnavailable("no slot map from the cluster (" + "; ".join(errors) + ")")
@@ -153,8 +149,9 @@ class RedisCluster:
     async def ping(self) -> None:
         """PING every master; RedisUnavailable when one of them (and so a share of the keys) cannot answer."""
         await self.connect()
-        replies = await asyncio.gather(*(self._node(m).ping() for m in self.masters), return_exceptions=True)
-        if failed := [f"{m[0]}:{m[1]}: {r}" for m, r in zip(self.masters, replies, strict=True) if r is not None]:
+        masters = self.masters
+        replies = await asyncio.gather(*(self._node(m).ping() for m in masters), return_exceptions=True)
+        if failed := [f"{m[0]}:{m[1]}: {r}" for m, r in zip(masters, replies, strict=True) if r is not None]:
             self._refresh_soon()
             raise RedisUnavailable("master down: " + "; ".join(failed))
 
