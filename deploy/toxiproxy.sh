@@ -7,6 +7,8 @@
 #   deploy/toxiproxy.sh stop      stop it
 #   deploy/toxiproxy.sh status    exit 0 when our toxiproxy is running
 #   deploy/toxiproxy.sh reset     enable every proxy and remove every toxic
+#   deploy/toxiproxy.sh restart   kill it (within 2 s, a hung one too) and start it again: the way out when
+#                                 removing a toxic deadlocks it (Shopify/toxiproxy#558; tests/toxiproxy.py)
 # Proxies: redis  127.0.0.1:STACK_REDIS_PROXY_PORT (16380) -> Redis on STACK_REDIS_PORT
 #          kafka  127.0.0.1:STACK_KAFKA_PROXY_PORT (19095) -> the broker's FAULTS listener on
 #                 STACK_KAFKA_FAULTS_PORT (19096), which advertises the proxy (deploy/kafka.sh)
@@ -94,5 +96,9 @@ case "${1:-}" in
   stop) stop_pid "$PIDFILE" toxiproxy 10 ;;
   status) pid_alive "$PIDFILE" ;;
   reset) api POST /reset ;;
-  *) die "usage: $0 install|start|stop|status|reset" ;;
+  restart)
+    stop_pid "$PIDFILE" toxiproxy 2
+    start
+    ;;
+  *) die "usage: $0 install|start|stop|status|reset|restart" ;;
 esac

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API_URL = f"http://127.0.0.1:{os.environ.get('STACK_TOXIPROXY_PORT', '18474')}"
 REDIS_PROXY = f"127.0.0.1:{os.environ.get('STACK_REDIS_PROXY_PORT', '16380')}"
 KAFKA_PROXY = f"127.0.0.1:{os.environ.get('STACK_KAFKA_PROXY_PORT', '19095')}"
+PIDFILE = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "toxiproxy" / "toxiproxy.pid"
 
 
 class ToxiproxyError(RuntimeError):
@@ -102,16 +103,34 @@ class Toxiproxy:
     def enable(self, proxy: str) -> None:
         self._call("PATCH", f"/proxies/{proxy}", {"enabled": True})
 
-    def reset(self) -> None:
-        """Enable every proxy and remove every toxic."""
-        self._call("POST", "/reset")
+    def reset(self, timeout: float = 15.0) -> bool:
+        """Enable every proxy and remove every toxic; True when that took a restart of the server.
+
+        Removing a toxic can deadlock the server when a proxied connection closes meanwhile: the link's
+        writer waits for the lock the removal holds, the removal waits for the toxic that feeds that writer
+        (Shopify/toxiproxy#412, #558; seen here removing Kafka latency under load). A reset unanswered in
+        `timeout` seconds therefore restarts the server (deploy/toxiproxy.sh restart), which drops every
+        proxied connection and recreates the proxies without toxics."""
+        try:
+            Toxiproxy(self.url, timeout)._call("POST", "/reset")
+        except TimeoutError:
+            restart()
+            return True
+        return False
+
+
+def _script(command: str) -> Toxiproxy:
+    done = subprocess.run([str(ROOT / "deploy" / "toxiproxy.sh"), command], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ToxiproxyError(f"deploy/toxiproxy.sh {command} failed: {done.stderr.strip()}")
+    return Toxiproxy()
 
 
 def start() -> Toxiproxy:
     """Start toxiproxy with its proxies (deploy/toxiproxy.sh start; a no-op when running) and return its API."""
-    started = subprocess.run(
-        [str(ROOT / "deploy" / "toxiproxy.sh"), "start"], capture_output=True, text=True, timeout=300
-    )
-    if started.returncode != 0:
-        raise ToxiproxyError(f"deploy/toxiproxy.sh start failed: {started.stderr.strip()}")
-    return Toxiproxy()
+    return _script("start")
+
+
+def restart() -> Toxiproxy:
+    """Kill the server (a hung one too) and start it again with its proxies, no toxics, and return its API."""
+    return _script("restart")

@@ -292,8 +292,10 @@ class Fault:
     recover: Callable[[], None]
 
 
-def faults(toxiproxy: Toxiproxy, gateway_pid: int) -> list[Fault]:
-    """Every fault the suite injects, in the order it runs them."""
+def faults(toxiproxy: Toxiproxy, gateway_pid: int, restarts: list[str]) -> list[Fault]:
+    """Every fault the suite injects, in the order it runs them. A toxic whose removal hung Toxiproxy
+    (tests/toxiproxy.py, Toxiproxy.reset) is lifted by restarting it, which resets every proxied connection
+    as well; the proxy's name is then appended to `restarts`, so the report can say so."""
 
     def kill_worker() -> None:
         os.kill(random.choice(gateway_workers(gateway_pid)), signal.SIGKILL)
@@ -303,7 +305,12 @@ def faults(toxiproxy: Toxiproxy, gateway_pid: int) -> list[Fault]:
             toxiproxy.add_toxic(proxy, kind, attributes, stream="downstream")
             toxiproxy.add_toxic(proxy, kind, attributes, stream="upstream")
 
-        return inject, toxiproxy.reset
+        def recover() -> None:
+            if toxiproxy.reset():
+                print(f"[chaos] Toxiproxy hung removing the {proxy} {kind} toxic: restarted it", file=sys.stderr)
+                restarts.append(proxy)
+
+        return inject, recover
 
     kafka_pid = lambda: _pid("kafka")  # noqa: E731 (read when the fault runs: a restart changes it)
     return [
@@ -536,7 +543,13 @@ async def run(options: Options, log_path: Path) -> dict:
     settle: dict[str, float] = {}  # seconds after /ready until every retried transaction was settled
     killed: dict[str, str] = {}
     injected_at: dict[str, float] = {}
-    chosen = faults(toxiproxy, server.process.pid) if toxiproxy else cluster_faults(bootstrap, topic_prefix, killed)
+    restarts: list[str] = []  # a proxy's name each time lifting a toxic took a restart of Toxiproxy
+    restarted: set[str] = set()  # the faults that were lifted so
+    chosen = (
+        faults(toxiproxy, server.process.pid, restarts)
+        if toxiproxy
+        else cluster_faults(bootstrap, topic_prefix, killed)
+    )
     try:
         for fault in chosen:
             if options.only and fault.name not in options.only:
@@ -550,7 +563,10 @@ async def run(options: Options, log_path: Path) -> dict:
             injected_at[fault.name] = time.monotonic()  # the kill comes at the end of `inject`
             await asyncio.to_thread(fault.inject)
             await asyncio.sleep(options.hold)
+            before = len(restarts)
             await asyncio.to_thread(fault.recover)
+            if len(restarts) > before:
+                restarted.add(fault.name)
             recovery[fault.name] = await wait_ready(server.url, 60)
             if fault.name == "worker-sigkill":  # a replacement worker serves again
                 await asyncio.sleep(2)
@@ -578,6 +594,8 @@ async def run(options: Options, log_path: Path) -> dict:
         report[name].update(p99_recovery(client.ledger.answers, f"before-{name}", at, at + options.hold))
         if name in killed:
             report[name]["killed"] = killed[name]
+        if name in restarted:
+            report[name]["toxiproxy_restarted"] = True
     duplicates = {txn: coordinates for txn, coordinates in records.items() if len(coordinates) > 1}
     return {
         "stack": options.stack,
@@ -624,6 +642,8 @@ def table(result: dict) -> str:
             if "p99_before_ms" in row
             else "- | -"
         )
+        if row.get("toxiproxy_restarted"):
+            name += " (Toxiproxy restarted)"
         rows.append(
             f"| {name} | {row['acknowledged']} | {row['lost']} | {row['re_accepted']} "
             f"| {row['duplicate_records']} | {row['unexpected']} | {row['hangs']} | {row['unsettled']} "

@@ -1,8 +1,12 @@
 """Toxiproxy in front of the real Redis and Kafka (deploy/toxiproxy.sh): clients reach both through
 the proxies, fail under a toxic or a disabled proxy, and recover once the fault is lifted."""
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests import toxiproxy
-from tests.toxiproxy import KAFKA_PROXY, REDIS_PROXY, Toxiproxy, ToxiproxyError
+from tests.toxiproxy import KAFKA_PROXY, PIDFILE, REDIS_PROXY, Toxiproxy, ToxiproxyError
 
 TOPIC = "tests.toxiproxy"  # of its own: the window topics are read by tests that expect gateway events
 
@@ -129,3 +133,28 @@ def test_kafka_through_the_proxy_fails_under_a_toxic_and_recovers(proxy, topic):
         assert message is not None and message.error() is None and message.value() == b"after"
     finally:
         consumer.close()
+
+
+def test_a_reset_the_server_does_not_answer_restarts_it(proxy):
+    # a hung server, as when removing a toxic deadlocks it (Shopify/toxiproxy#558): stopped, its API is silent
+    proxy.add_toxic("redis", "latency", {"latency": 1000})
+    pid = int(PIDFILE.read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert proxy.reset(timeout=1) is True
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert int(PIDFILE.read_text()) != pid
+    with contextlib.suppress(FileNotFoundError):  # the hung one is gone (or a zombie until init reaps it)
+        assert Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert proxy.reset() is False  # the new one answers
+    proxies = proxy.proxies()
+    assert set(proxies) == {"redis", "kafka"}
+    assert all(p["enabled"] and not p["toxics"] for p in proxies.values())
+    host, port = REDIS_PROXY.split(":")
+    client = redis.Redis(host=host, port=int(port), socket_timeout=1)
+    try:
+        assert eventually(client.ping)
+    finally:
+        client.close()
