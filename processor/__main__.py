@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return 0
     if args.command == "digest":
-        digest, offsets = store.digest()
-        print(digest, sum(offsets.values()), "records")
+        snapshot = store.snapshot()
+        print(snapshot.digest, sum(snapshot.offsets.values()), "records", len(snapshot.steps), "steps")
         return 0
     metrics = ProcessorMetrics()
     processor = Processor(settings, store, metrics, settings.clock())

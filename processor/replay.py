@@ -1,9 +1,11 @@
 """Replay: rebuild the settlement state from offset 0 into an empty schema and compare digests.
 
-The live state is read in one snapshot (its digest and the offsets it is as of); the replay folds every
-window topic from the beginning up to exactly those offsets into `<schema>_replay`, dropped first, with
-the same code the live processor runs; then both digests are printed. Equal digests prove the live state
-is the fold of the log.
+The live state is read in one snapshot (its digest, the offsets it is as of, and the lifecycle steps it
+took on the way); the replay folds every window topic from the beginning into `<schema>_replay`, dropped
+first, with the same code the live processor runs, taking each lifecycle step with the clock reading it
+was taken with once the fold has reached the offsets it was taken at, and stops at exactly the live
+offsets; then both digests are printed. Equal digests prove the live state is the fold of the log (and
+of the clock readings that closed and settled its batches).
 """
 
 import logging
@@ -12,16 +14,18 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, TopicPartition
 
+from gateway import ids
 from processor.calendar import SettlementCalendar
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
-from processor.store import SettlementStore
+from processor.store import SettlementStore, Snapshot
 
 log = logging.getLogger("processor.replay")
 
 
-def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: str, until: dict[Partition, int]) -> str:
-    """Fold every record before `until` (per partition) into a fresh `schema`; return its digest."""
+def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: str, live: Snapshot) -> str:
+    """Fold the records before `live.offsets` (per partition) into a fresh `schema`, taking `live.steps`
+    where they were taken; return its digest."""
     store = SettlementStore(settings.database_url, schema, calendar)
     try:
         store.migrate(fresh=True)
@@ -33,31 +37,48 @@ def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: s
                 "enable.partition.eof": False,
             }
         )
-        wanted = {key: end for key, end in until.items() if end > 0}
-        consumer.assign([TopicPartition(topic, partition, 0) for topic, partition in wanted])
-        positions: dict[Partition, int | None] = dict.fromkeys(wanted)
-        now = datetime.now(UTC)
+        positions: dict[Partition, int] = {}
         try:
-            while wanted:
-                messages = consumer.consume(settings.poll_records, timeout=10)
-                if not messages:
-                    raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
-                records, unreadable, ends = collect(
-                    messages, lambda key, offset: key in wanted and offset < wanted[key]
-                )
-                if ends:
-                    store.apply(records, unreadable, {k: (positions[k], e) for k, e in ends.items()}, now)
-                    positions.update(ends)
-                for key, end in list(wanted.items()):
-                    if (positions.get(key) or 0) >= end:
-                        del wanted[key]
-                        consumer.pause([TopicPartition(*key)])
+            for step in live.steps:
+                _fold_until(settings, consumer, store, positions, step.offsets)
+                store.advance(step.taken_at, ids.uuid7)
+            _fold_until(settings, consumer, store, positions, live.offsets)
         finally:
             consumer.close()
-        digest, _ = store.digest()
-        return digest
+        return store.snapshot().digest
     finally:
         store.close()
+
+
+def _fold_until(
+    settings: ProcessorSettings,
+    consumer: Consumer,
+    store: SettlementStore,
+    positions: dict[Partition, int],
+    until: dict[Partition, int],
+) -> None:
+    """Fold every record from `positions` up to (not including) `until`, per partition."""
+    wanted = {key: end for key, end in until.items() if end > positions.get(key, 0)}
+    if not wanted:
+        return
+    partitions = [TopicPartition(*key, positions.get(key, 0)) for key in wanted]
+    consumer.assign(partitions)
+    consumer.resume(partitions)  # paused when an earlier stretch reached its end
+    now = datetime.now(UTC)
+    while wanted:
+        messages = consumer.consume(settings.poll_records, timeout=10)
+        if not messages:
+            raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
+        records, unreadable, ends = collect(
+            messages, lambda key, offset: key in wanted and positions.get(key, 0) <= offset < wanted[key]
+        )
+        if ends:
+            store.apply(records, unreadable, {key: (positions.get(key), end) for key, end in ends.items()}, now)
+            positions.update(ends)
+        for key, end in list(wanted.items()):
+            if positions.get(key, 0) >= end:
+                del wanted[key]
+                consumer.pause([TopicPartition(*key)])
 
 
 def replay(settings: ProcessorSettings, calendar: SettlementCalendar) -> int:
@@ -65,14 +86,15 @@ def replay(settings: ProcessorSettings, calendar: SettlementCalendar) -> int:
     live = SettlementStore(settings.database_url, settings.schema, calendar)
     try:
         live.migrate()
-        live_digest, offsets = live.digest()
+        snapshot = live.snapshot()
     finally:
         live.close()
-    replayed = rebuild(settings, calendar, f"{settings.schema}_replay", offsets)
-    records = sum(offsets.values())
-    print(f"live     {live_digest}  ({records} records across {len(offsets)} partitions)")
+    replayed = rebuild(settings, calendar, f"{settings.schema}_replay", snapshot)
+    records = sum(snapshot.offsets.values())
+    steps = len(snapshot.steps)
+    print(f"live     {snapshot.digest}  ({records} records across {len(snapshot.offsets)} partitions, {steps} steps)")
     print(f"replayed {replayed}  (schema {settings.schema}_replay)")
-    if replayed != live_digest:
+    if replayed != snapshot.digest:
         print("the digests differ: the live state is not the fold of the log", file=sys.stderr)
         return 1
     return 0

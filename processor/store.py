@@ -5,6 +5,10 @@ partitions, and the offsets are compare-and-set: a processor whose partitions we
 instance meanwhile finds the stored offset moved, and its transaction rolls back (`Fenced`) instead of
 applying the records a second time. So a crash, a kill or a rebalance neither loses nor doubles an
 event, without Kafka transactions.
+
+The batch lifecycle runs on the processor's clock, and what it decides changes how later records fold
+(late, or frozen in a closed batch); each step that changed something is recorded with the offsets the
+fold stood at, so that a replay takes it at the same place (processor/replay.py).
 """
 
 import hashlib
@@ -38,6 +42,21 @@ class Applied(NamedTuple):
     duplicates: int
     late: int
     unreadable: int
+
+
+class LifecycleStep(NamedTuple):
+    """A step of the batch lifecycle that changed something: when, and where the fold stood."""
+
+    taken_at: datetime
+    offsets: dict[Partition, int]
+
+
+class Snapshot(NamedTuple):
+    """The live state's digest, the offsets it is as of, and the lifecycle steps taken on the way."""
+
+    digest: str
+    offsets: dict[Partition, int]
+    steps: list[LifecycleStep]
 
 
 class BatchEvent(NamedTuple):
@@ -146,8 +165,8 @@ class SettlementStore:
                     copy.write("".join(record.line for record in records))
                 new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
                 if new < len(records):  # some records are of transactions already folded: the slow path
-                    cursor.execute(_EARLIER_COPIES)
-                    duplicates = cursor.execute(_DUPLICATES).rowcount
+                    duplicates = cursor.execute(_BETTER_COPIES).rowcount  # each replaced one is a duplicate now
+                    duplicates += cursor.execute(_DUPLICATES).rowcount
             if unreadable:
                 conn.cursor().executemany(
                     "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
@@ -175,11 +194,15 @@ class SettlementStore:
     def advance(self, now: datetime, event_id: Any) -> dict[str, int]:
         """Close the batches whose cut-off and grace have passed (freezing count, totals and net
         positions), settle the rtgs transactions due and the batches whose settlement time has come,
-        and queue a BatchClosed or BatchSettled event for each, all in one transaction. `event_id()`
-        makes the events' ids. Returns how many of each it did."""
+        and queue a BatchClosed or BatchSettled event for each, all in one transaction, recorded as a
+        lifecycle step when it did anything. `event_id()` makes the events' ids. Returns how many of
+        each it did."""
         conn = self._conn
         done = {"closed": 0, "settled": 0, "rtgs_settled": 0}
         with conn.transaction():
+            # A consistent cut: a poll batch moves `consumed` first, so it either committed before this
+            # lock or waits for the step to commit; steps of several instances take turns.
+            conn.execute("LOCK TABLE consumed IN SHARE ROW EXCLUSIVE MODE")
             due = conn.execute(
                 "SELECT batch_id FROM batches WHERE status = 'open' AND closes_at <= %s ORDER BY closes_at, batch_id "
                 "FOR UPDATE",
@@ -219,6 +242,13 @@ class SettlementStore:
                 payload = {"transaction_count": count, "totals": totals, "net_positions": net, "late_count": late}
                 self._queue(batch_id, "BatchSettled", event_id(), now, payload)
                 done["settled"] += 1
+            if any(done.values()):
+                conn.execute(
+                    "INSERT INTO lifecycle_steps (taken_at, offsets, closed, settled, rtgs_settled) SELECT %s,"
+                    " coalesce(jsonb_agg(jsonb_build_array(topic, partition, next_offset)), '[]'), %s, %s, %s"
+                    " FROM consumed",
+                    (now, done["closed"], done["settled"], done["rtgs_settled"]),
+                )
         return done
 
     def _freeze(self, batch_id: str, now: datetime) -> dict:
@@ -287,24 +317,31 @@ class SettlementStore:
             status: count for status, count in self._conn.execute("SELECT status, count(*) FROM batches GROUP BY 1")
         }
 
-    def digest(self) -> tuple[str, dict[Partition, int]]:
-        """A SHA-256 of everything the log determines (transactions with their routing, amounts and Kafka
-        coordinates, duplicates, unreadable records, batch membership and exact totals over all
-        members), and the offsets it is as of, read in one snapshot. Processing times, and what they
-        decide (which batches are closed or settled, which records came late), are left out: they
-        depend on when the records were read, not on the log."""
+    def snapshot(self) -> Snapshot:
+        """The digest of the state, the offsets it is as of and the lifecycle steps taken on the way, read
+        in one snapshot. The digest is a SHA-256 of everything the log and those steps determine:
+        transactions with their routing, amounts, Kafka records, lateness and status; duplicates;
+        unreadable records; batches with their status, frozen count, totals, net positions and late
+        count, and exact totals over all members. Left out are only the processor's reading times
+        (when a record was folded, a batch opened, an event published)."""
         with self._conn.transaction():
             self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             offsets = dict(
                 ((topic, partition), offset)
                 for topic, partition, offset in self._conn.execute("SELECT topic, partition, next_offset FROM consumed")
             )
+            steps = [
+                LifecycleStep(taken_at, {(topic, partition): offset for topic, partition, offset in cut})
+                for taken_at, cut in self._conn.execute(
+                    "SELECT taken_at, offsets FROM lifecycle_steps ORDER BY sequence"
+                )
+            ]
             hasher = hashlib.sha256()
             for query in _DIGEST:
                 for row in self._conn.execute(query):
                     hasher.update(("|".join("" if v is None else str(v) for v in row) + "\n").encode())
                 hasher.update(b"--\n")
-        return hasher.hexdigest(), offsets
+        return Snapshot(hasher.hexdigest(), offsets, steps)
 
 
 # One poll batch's records, as COPY writes them (emptied at every commit).
@@ -319,7 +356,14 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
 """
 _COPY = sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
 
-# New transactions: the first record of each (partner, transaction id) not folded yet. A transaction
+# Which record of a transaction is *the* transaction must not depend on the order the partitions were
+# read in (a replay reads them in another), only on the log and on the lifecycle steps taken between
+# reads: it is the best copy by (its batch no longer open, record timestamp, topic, partition, offset),
+# so a copy on time beats a late one, and then the earliest wins. A copy read later that is better takes
+# the place of the one folded unless that one is frozen: on time in a batch that has closed (in its
+# totals), or settled (rtgs). The one it replaces becomes a duplicate.
+
+# New transactions: the best record of each (partner, transaction id) not folded yet. A transaction
 # whose batch is no longer open is late: kept and listed (late_count), never in the frozen totals.
 _FOLD = """
 WITH inserted AS (
@@ -335,7 +379,7 @@ WITH inserted AS (
         CASE WHEN i.settlement_window = 'rtgs' THEN greatest(i.occurred_at, b.settles_at) END,
         b.status <> 'open', 'batched'
     FROM incoming i JOIN batches b ON b.batch_id = i.batch_id
-    ORDER BY i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the earliest copy in a batch is inserted
+    ORDER BY b.status <> 'open', i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the best copy is inserted
     ON CONFLICT (partner, transaction_id) DO NOTHING
     RETURNING batch_id, late
 ), counted AS (
@@ -347,28 +391,38 @@ WITH inserted AS (
 SELECT (SELECT count(*) FROM inserted), (SELECT coalesce(sum(n), 0) FROM counted)
 """
 
-# Which record of a transaction is *the* transaction must not depend on the order the partitions were
-# read in (a replay reads them in another): it is the earliest by (record timestamp, topic, partition,
-# offset). A copy read later that is earlier by that order takes the place of the one folded, while
-# both their batches are open; the one it replaces becomes a duplicate.
-_EARLIER_COPIES = """
-WITH earlier AS (
+# Transactions already folded, not frozen, of which this poll batch holds a better copy: replaced by it.
+_BETTER_COPIES = """
+WITH better AS (
     SELECT DISTINCT ON (i.partner, i.transaction_id) i.*,
-        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond' AS accepted_at
+        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond' AS accepted_at,
+        wanted.status <> 'open' AS late, wanted.settles_at AS batch_settles_at,
+        t.batch_id AS held_batch, t.late AS held_late
     FROM incoming i
     JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
-    JOIN batches held ON held.batch_id = t.batch_id AND held.status = 'open'
-    JOIN batches wanted ON wanted.batch_id = i.batch_id AND wanted.status = 'open'
-    WHERE ('epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic, i.partition, i.kafka_offset)
-        < (t.accepted_at, t.topic, t.partition, t.kafka_offset)
-      AND NOT t.late AND t.status = 'batched'
-    ORDER BY i.partner, i.transaction_id, i.accepted_ms, i.topic, i.partition, i.kafka_offset
+    JOIN batches held ON held.batch_id = t.batch_id
+    JOIN batches wanted ON wanted.batch_id = i.batch_id
+    WHERE (t.late OR (held.status = 'open' AND t.status = 'batched'))
+      AND (wanted.status <> 'open', 'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic,
+           i.partition, i.kafka_offset)
+        < (held.status <> 'open', t.accepted_at, t.topic, t.partition, t.kafka_offset)
+    ORDER BY i.partner, i.transaction_id, wanted.status <> 'open', i.accepted_ms, i.topic, i.partition,
+        i.kafka_offset
 ), replaced AS (
     INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
     SELECT t.topic, t.partition, t.kafka_offset, t.partner, t.transaction_id, t.event_id, t.event_id = e.event_id,
         t.batch_id
-    FROM transactions t JOIN earlier e ON e.partner = t.partner AND e.transaction_id = t.transaction_id
+    FROM transactions t JOIN better e ON e.partner = t.partner AND e.transaction_id = t.transaction_id
     ON CONFLICT DO NOTHING
+), counted AS (  -- a late copy replaced leaves its batch's late count, a late one taking its place joins one
+    UPDATE batches b SET late_count = b.late_count + moved.n
+    FROM (
+        SELECT batch_id, sum(n) AS n FROM (
+            SELECT held_batch AS batch_id, -1 AS n FROM better WHERE held_late
+            UNION ALL SELECT batch_id, 1 FROM better WHERE late
+        ) moves GROUP BY batch_id HAVING sum(n) <> 0
+    ) moved
+    WHERE b.batch_id = moved.batch_id
 )
 UPDATE transactions t SET
     idempotency_key = e.idempotency_key, event_id = e.event_id, fingerprint = e.fingerprint, amount = e.amount,
@@ -377,10 +431,9 @@ UPDATE transactions t SET
     counterparty_id = e.counterparty_id, settlement_window = e.settlement_window,
     requested_window = e.requested_window, value_date = e.value_date, batch_id = e.batch_id, reason = e.reason,
     topic = e.topic, partition = e.partition, kafka_offset = e.kafka_offset, occurred_at = e.occurred_at,
-    accepted_at = e.accepted_at,
-    settles_at = CASE WHEN e.settlement_window = 'rtgs'
-        THEN greatest(e.occurred_at, (SELECT settles_at FROM batches WHERE batch_id = e.batch_id)) END
-FROM earlier e
+    accepted_at = e.accepted_at, late = e.late,
+    settles_at = CASE WHEN e.settlement_window = 'rtgs' THEN greatest(e.occurred_at, e.batch_settles_at) END
+FROM better e
 WHERE t.partner = e.partner AND t.transaction_id = e.transaction_id
 """
 
@@ -394,13 +447,17 @@ WHERE (t.topic, t.partition, t.kafka_offset) IS DISTINCT FROM (i.topic, i.partit
 ON CONFLICT DO NOTHING
 """
 
+_STEPS = "SELECT taken_at, offsets FROM lifecycle_steps ORDER BY sequence"
+
 _DIGEST = (
     "SELECT partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,"
     " destination_currency, source_account, destination_account, counterparty_id, settlement_window,"
-    " requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at, accepted_at"
-    " FROM transactions ORDER BY partner, transaction_id",
+    " requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at, accepted_at,"
+    " settles_at, late, status, settled_at FROM transactions ORDER BY partner, transaction_id",
     "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, batch_id"
     " FROM duplicates ORDER BY topic, partition, kafka_offset",
     "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",
     "SELECT batch_id, source_currency, count(*), sum(amount) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2",
+    "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, closed_at, settled_at,"
+    " transaction_count, totals, net_positions, late_count FROM batches ORDER BY batch_id",
 )

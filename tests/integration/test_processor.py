@@ -36,6 +36,7 @@ from gateway.kafka.events import (
 )
 from gateway.kafka.producer import ensure_topics
 from processor.calendar import SettlementCalendar
+from processor.records import collect
 from processor.replay import rebuild
 from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
@@ -124,6 +125,21 @@ class Setup:
             )
             assert count == sum(n for *_, n in members), batch_id
             assert totals == {c: s for c, s, _ in members}, batch_id
+        late = self.sql(
+            "SELECT b.batch_id, b.late_count, count(t.late) FILTER (WHERE t.late) FROM batches b "
+            "LEFT JOIN transactions t USING (batch_id) GROUP BY 1, 2 ORDER BY 1"
+        )
+        assert [(batch_id, counted) for batch_id, counted, _ in late] == [(batch_id, n) for batch_id, _, n in late]
+
+    def assert_replay_matches(self) -> None:
+        """The state is the fold of the log: a replay from offset 0 gives the same digest."""
+        store = self.store()
+        try:
+            live = store.snapshot()
+        finally:
+            store.close()
+        calendar = SettlementCalendar.from_settings(self.settings)
+        assert rebuild(self.settings, calendar, f"{self.settings.schema}_replay", live) == live.digest
 
 
 @pytest.fixture
@@ -354,13 +370,74 @@ def test_duplicates_and_kills_mid_apply_leave_every_invariant_true(setup):
     assert total == str(sum(Decimal(f"{n}.01") for n in range(3000)))  # each counted once, exactly
     setup.invariants()
     # the state is the fold of the log: a replay from offset 0 gives the same digest
+    setup.assert_replay_matches()
+
+
+def test_the_transaction_a_copy_becomes_depends_on_the_log_and_the_clock_not_on_the_read_order(setup):
+    """Copies of transactions read in an adverse order, batches closing and settling between reads: the
+    live state is what the rules say, and the replay (which reads the partitions in its own order and
+    takes the same lifecycle steps where they were taken) arrives at the same digest."""
+    partner = setup.gateway.partner
+
+    def copy(event: TransactionAccepted, window: str) -> TransactionAccepted:
+        return msgspec.structs.replace(event, event_id=ids.uuid7(), routing=_event(partner, 0, window=window).routing)
+
+    a_t0 = _event(partner, 1, window="t0")  # earlier, but read after its later copy's batch closed: frozen
+    b_t0 = _event(partner, 2, window="t0", value_date="2026-12-02")  # its later copy is read first, late
+    d_t0 = _event(partner, 4, window="t0")  # earlier, but read after its later rtgs copy settled
+    d_rtgs, a_t1, c, b_t1 = copy(d_t0, "rtgs"), copy(a_t0, "t1"), _event(partner, 3, window="t1"), copy(b_t0, "t1")
+    log = [a_t0, b_t0, d_t0, d_rtgs, a_t1, c, b_t1]  # record timestamps one second apart, in this order
+    producer = Producer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "enable.idempotence": True})
+    base = int(datetime(2026, 11, 30, 10, 0, tzinfo=UTC).timestamp() * 1000)
+    for n, event in enumerate(log):
+        topic = setup.gateway.topic(event.routing.window)
+        producer.produce(topic, EVENT_ENCODER.encode(event), partition=0, timestamp=base + n * 1000)
+    assert producer.flush(30) == 0
     store = setup.store()
+    reader = Consumer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "group.id": "ptest-order"})
+
+    def fold(window: str, count: int, now: datetime) -> None:
+        key = (setup.gateway.topic(window), 0)
+        start = store.stored_offsets([key]).get(key)
+        reader.assign([TopicPartition(*key, start or 0)])
+        messages = reader.consume(count, timeout=10)
+        assert len(messages) == count
+        records, unreadable, ends = collect(messages, lambda *_: True)
+        store.apply(records, unreadable, {key: (start, ends[key])}, now)
+
+    early = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    morning = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # t1 of 1 Dec closed, rtgs open, t0 before its cut-off
     try:
-        live, offsets = store.digest()
+        fold("rtgs", 1, early)  # d_rtgs
+        fold("t1", 2, early)  # a_t1, c
+        assert store.advance(morning, ids.uuid7) == {"closed": 1, "settled": 0, "rtgs_settled": 1}
+        fold("t1", 1, morning)  # b_t1: its batch has closed, late
+        assert setup.sql("SELECT late FROM transactions WHERE transaction_id = 'txn-2'") == [(True,)]
+        fold("t0", 3, morning)  # a_t0 (A frozen in t1), b_t0 (on time: takes B's place), d_t0 (D settled)
+        later = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)  # every batch closed and settled
+        assert store.advance(later, ids.uuid7) == {"closed": 3, "settled": 4, "rtgs_settled": 0}
     finally:
+        reader.close()
         store.close()
-    calendar = SettlementCalendar.from_settings(setup.settings)
-    assert rebuild(setup.settings, calendar, f"{setup.settings.schema}_replay", offsets) == live
+    assert setup.sql("SELECT transaction_id, batch_id, late, status FROM transactions ORDER BY 1") == [
+        ("txn-1", "t1-20261201-GBP", False, "settled"),
+        ("txn-2", "t0-20261202-GBP", False, "settled"),
+        ("txn-3", "t1-20261201-GBP", False, "settled"),
+        ("txn-4", "rtgs-20261201-GBP", False, "settled"),
+    ]
+    assert setup.sql("SELECT transaction_id, batch_id FROM duplicates ORDER BY 1") == [
+        ("txn-1", "t0-20261201-GBP"),
+        ("txn-2", "t1-20261201-GBP"),
+        ("txn-4", "t0-20261201-GBP"),
+    ]
+    assert setup.sql("SELECT batch_id, late_count, transaction_count FROM batches ORDER BY 1") == [
+        ("rtgs-20261201-GBP", 0, 1),
+        ("t0-20261201-GBP", 0, 0),
+        ("t0-20261202-GBP", 0, 1),
+        ("t1-20261201-GBP", 0, 2),  # B's late copy left it
+    ]
+    setup.invariants()
+    setup.assert_replay_matches()
 
 
 def test_two_instances_split_the_partitions_and_one_takes_over(setup):
