@@ -8,8 +8,11 @@ microseconds of Python instead of a connection-pool checkout, a lock and a strea
 Failures are loud and bounded: a connection that drops, or a reply that is late by more than the
 timeout, fails every waiting command with RedisUnavailable and closes the connection; the next
 command reconnects. Nothing is retried here, because a command that was sent may have run: the
-caller decides. Scripts run with EVALSHA; a NOSCRIPT answer (SCRIPT FLUSH, a restarted Redis) is
-answered by sending the script itself with EVAL, so no caller ever sees it.
+caller decides. A script's first run on a connection sends its source (EVAL, which also loads it), later
+runs its SHA-1 (EVALSHA): an EVALSHA that missed would be sent again after the commands behind it had
+run, and a completion overtaken by its replay's claim makes the replay a 409. A NOSCRIPT answer all the
+same (SCRIPT FLUSH on a live connection) is answered by sending the source, so no caller ever sees it;
+commands sent meanwhile may then run first, which at worst answers a retry 409 in flight.
 """
 
 import asyncio
@@ -94,6 +97,7 @@ class RedisPipeline:
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loaded: set[str] = set()  # SHA-1s of the scripts this connection has sent the source of
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -137,6 +141,7 @@ class RedisPipeline:
         except (OSError, TimeoutError) as exc:
             raise RedisUnavailable(f"cannot connect: {exc or type(exc).__name__}") from None
         self._transport = transport
+        self._loaded = set()  # a new connection may be to a new (or restarted, or promoted) server
         for command in self._handshake:
             try:
                 await asyncio.wait_for(self.send(*command), self._timeout)
@@ -218,10 +223,13 @@ class RedisPipeline:
         return await self.send(*args)
 
     def run_script(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> "asyncio.Future[Any]":
-        """EVALSHA `script`, falling back to EVAL once on NOSCRIPT; a future of its reply.
-
-        Needs a connection (see `send`)."""
+        """EVAL `script` on its first run on this connection, EVALSHA later, falling back to EVAL once on
+        NOSCRIPT; a future of its reply. Needs a connection (see `send`)."""
         assert self._loop is not None
+        if script.sha not in self._loaded:
+            sent = self.send("EVAL", script.source, len(keys), *keys, *args)
+            self._loaded.add(script.sha)  # Redis runs this connection's commands in order: loaded before any later
+            return sent
         result = self._loop.create_future()
 
         def settle(attempt: "asyncio.Future[Any]", fallback: bool) -> None:

@@ -51,12 +51,24 @@ async def test_script_is_reloaded_after_script_flush(pipeline, stack, unique):
     script = Script(f"return 'hello {unique}'")
     observer = Redis.from_url(stack.redis_url)
     try:
+        assert await pipeline.run_script(script, [], []) == f"hello {unique}".encode()  # the source: loaded
         await observer.script_flush()
         assert await pipeline.run_script(script, [], []) == f"hello {unique}".encode()  # EVALSHA missed, EVAL ran
         assert await observer.script_exists(script.sha) == [True]
         assert await pipeline.run_script(script, [], []) == f"hello {unique}".encode()
     finally:
         await observer.aclose()
+
+
+async def test_a_script_new_to_the_connection_runs_before_what_is_sent_after_it(pipeline, unique):
+    """A completion's script on its first run, then a replay's claim by a script already loaded, sent at
+    once: the claim must see the completion (an EVALSHA that missed would run after it)."""
+    key = f"order-{unique}"
+    read = Script("return redis.call('GET', KEYS[1])")
+    assert await pipeline.run_script(read, [key], []) is None  # loaded on this connection
+    write = Script(f"-- new to this Redis: {unique}\nreturn redis.call('SET', KEYS[1], 'done')")
+    written, seen = await asyncio.gather(pipeline.run_script(write, [key], []), pipeline.run_script(read, [key], []))
+    assert written == b"OK" and seen == b"done"
 
 
 async def test_selects_the_database_of_the_url(stack, unique):
