@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from gateway.settings import Settings
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +184,7 @@ def kafka_pause(stack: Settings):
     if not KAFKA_PIDFILE.exists():
         pytest.fail("this test pauses Kafka, so it needs the local stack's broker (deploy/kafka.sh)", pytrace=False)
     pid = int(KAFKA_PIDFILE.read_text())
-    os.kill(pid, signal.SIGSTOP)
+    stop(pid)
 
     def resume() -> None:
         os.kill(pid, signal.SIGCONT)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.kafka_log import read_topic
+from tests.processes import stop
 from tests.toxiproxy import Toxiproxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,7 +317,7 @@ def faults(toxiproxy: Toxiproxy, gateway_pid: int, restarts: list[str]) -> list[
     return [
         Fault("kafka-sigkill", "SIGKILL the broker, restart it", lambda: os.kill(kafka_pid(), signal.SIGKILL),
               lambda: _script("kafka", "start")),
-        Fault("kafka-sigstop", "SIGSTOP the broker, SIGCONT it", lambda: os.kill(kafka_pid(), signal.SIGSTOP),
+        Fault("kafka-sigstop", "SIGSTOP the broker, SIGCONT it", lambda: stop(kafka_pid()),
               lambda: os.kill(kafka_pid(), signal.SIGCONT)),
         Fault("redis-sigkill", "SIGKILL Redis, restart it", lambda: os.kill(_pid("redis"), signal.SIGKILL),
               lambda: _script("redis", "start")),

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests import toxiproxy
+from tests.processes import stop
 from tests.toxiproxy import KAFKA_PROXY, PIDFILE, REDIS_PROXY, Toxiproxy, ToxiproxyError
 
 TOPIC = "tests.toxiproxy"  # of its own: the window topics are read by tests that expect gateway events
@@ -139,7 +140,7 @@ def test_a_reset_the_server_does_not_answer_restarts_it(proxy):
     # a hung server, as when removing a toxic deadlocks it (Shopify/toxiproxy#558): stopped, its API is silent
     proxy.add_toxic("redis", "latency", {"latency": 1000})
     pid = int(PIDFILE.read_text())
-    os.kill(pid, signal.SIGSTOP)
+    stop(pid)
     try:
         assert proxy.reset(timeout=1) is True
     finally:
