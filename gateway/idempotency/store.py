@@ -3,8 +3,9 @@
 Keys carry the partner in a hash tag (`KeyLayout`): `idem:{partner}:<sha256 of the idempotency key>`
 and `txn:{partner}:<transaction_id>` on one node, where one script decides both keys at once. A Redis
 Cluster spreads each partner over many slots instead (gateway.idempotency.sharded).
-The scripts run with EVALSHA on the worker's pipelined connection, which sends the source again
-when Redis lost it (SCRIPT FLUSH, restart), so no request sees NOSCRIPT.
+The scripts run on the worker's pipelined connection: the source on a script's first run there, EVALSHA
+after, and the source again when Redis lost it (SCRIPT FLUSH), so no request sees NOSCRIPT and a
+completion is never overtaken by the replay behind it (gateway.idempotency.redis_pipeline).
 
 A pending reservation names the record it is about to produce (event id, topic, time), so that
 when it stays pending too long (its worker died, the delivery was in doubt, the completion was
