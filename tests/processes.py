@@ -1,5 +1,6 @@
 """Freezing a process for a fault: SIGSTOP, and the wait until it has really stopped."""
 
+import contextlib
 import os
 import signal
 import time
@@ -7,8 +8,13 @@ from pathlib import Path
 
 
 def thread_states(pid: int) -> set[str]:
-    """The states (R, S, T, ...) of the threads of `pid`, from /proc."""
-    return {(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in Path(f"/proc/{pid}/task").iterdir()}
+    """The states (R, S, T, ...) of the threads of `pid`, from /proc; a thread that ends meanwhile (a JVM's
+    come and go) is left out."""
+    states = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return states
 
 
 def stop(pid: int, timeout: float = 5.0) -> None:
