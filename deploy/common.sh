@@ -144,6 +144,29 @@ install_redis() {
   apt_install redis-server || die "could not install redis-server; install it with your package manager"
 }
 
+# install_promtool: promtool (`make test` checks and unit-tests the alert rules with it) from Debian's
+# prometheus package when missing. The package holds the server too, and its install script enables it
+# and starts it on :9090 (systemd, or its init script where there is none); a test machine runs no
+# Prometheus of its own, so what the install enabled and started is disabled and stopped again. Without
+# recommends: prometheus-node-exporter would be one more server (:9100).
+install_promtool() {
+  command -v promtool >/dev/null && return 0
+  say "promtool is missing; installing Debian's prometheus package (apt) for the alert rules' tests"
+  apt_install -o APT::Install-Recommends=false prometheus \
+    || die "could not install promtool (Debian's prometheus package); install it with your package manager"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service >&2 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    $sudo /etc/init.d/prometheus stop >&2 || true
+    # the init script's links, and the systemd unit's that the install made as well (for a later boot
+    # with systemd; update-rc.d removes those through systemctl)
+    $sudo update-rc.d prometheus disable >&2 || true
+  fi
+  command -v promtool >/dev/null || die "the prometheus package installed no promtool"
+}
+
 # wait_redis PORT LOG: until our Redis on PORT answers PING. 20 s to answer at all; a Redis loading a
 # large AOF answers LOADING, and gets STACK_REDIS_START_TIMEOUT (300 s).
 wait_redis() {

@@ -11,6 +11,8 @@ if ! command -v chromium >/dev/null; then
   say "installing chromium (apt) for the offline docs check"
   apt_install chromium || die "could not install chromium; install it with your package manager"
 fi
+# promtool checks and unit-tests the Prometheus alert rules (tests/unit/test_alert_rules.py)
+install_promtool
 # newman runs the Postman collection against a live gateway (tests/e2e/test_postman.py)
 NEWMAN_VERSION=6.2.2
 export NEWMAN=$ROOT/.venv/node/node_modules/.bin/newman
