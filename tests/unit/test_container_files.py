@@ -84,7 +84,9 @@ def test_compose_processor_runs_the_same_image_with_its_own_entry_point_and_real
     gateway = compose["services"]["gateway"]["environment"]
     assert settings.database_url == gateway["GATEWAY_DATABASE_URL"]  # both read and write one database
     assert settings.kafka_bootstrap == gateway["GATEWAY_KAFKA_BOOTSTRAP"]
-    assert settings.metrics_host == "0.0.0.0"  # reachable from outside its container
+    assert settings.metrics_host == "0.0.0.0"  # reachable from outside its container: Prometheus scrapes it
+    # an operations port (DESIGN 13): published on the host's loopback only
+    assert processor["ports"] == [f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}"]
 
 
 def test_compose_postgres_is_the_official_image_with_its_data_in_a_volume():
@@ -149,12 +151,40 @@ def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard(
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["observability"]
     scrape = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
-    [job] = scrape["scrape_configs"]
-    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["gateway:8000"]
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    gateway = jobs["settlement-gateway"]
+    assert gateway["metrics_path"] == "/metrics" and gateway["static_configs"][0]["targets"] == ["gateway:8000"]
     mounted = {volume.split(":")[0] for volume in services["grafana"]["volumes"]}
     assert {"./deploy/observability/grafana/provisioning", "./deploy/observability/grafana/dashboards"} <= mounted
     for volume in services["grafana"]["volumes"] + services["prometheus"]["volumes"]:
         assert (ROOT / volume.split(":")[0]).exists(), volume
+
+
+def test_observability_profile_scrapes_the_processor_and_loads_its_alert_rules():
+    from processor.settings import ProcessorSettings
+
+    services = _compose()["services"]
+    prometheus = services["prometheus"]
+    scrape = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
+    [job] = [job for job in scrape["scrape_configs"] if job["job_name"] == "settlement-processor"]
+    processor = services["processor"]
+    port = ProcessorSettings.from_env({k: str(v) for k, v in processor["environment"].items()}).metrics_port
+    # the processor's service name and metrics port on the compose network, the port exposed there
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [f"processor:{port}"]
+    assert str(port) in processor["expose"]
+    assert "processor" in prometheus["depends_on"]
+    # every rule file, relative to the configuration, is mounted beside it in the container
+    config_dir = next(
+        Path(volume.split(":")[1]).parent
+        for volume in prometheus["volumes"]
+        if volume.split(":")[0] == "./deploy/observability/prometheus.yml"
+    )
+    assert f"--config.file={config_dir / 'prometheus.yml'}" in prometheus["command"]
+    mounts = {volume.split(":")[0]: volume.split(":")[1:] for volume in prometheus["volumes"]}
+    assert scrape["rule_files"] == ["alerts.yml"]
+    for name in scrape["rule_files"]:
+        assert mounts[f"./deploy/observability/{name}"] == [str(config_dir / name), "ro"], name
+        assert (ROOT / "deploy/observability" / name).is_file(), name
 
 
 def test_dashboard_queries_only_metrics_the_gateway_exports():
