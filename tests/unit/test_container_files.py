@@ -187,21 +187,40 @@ def test_observability_profile_scrapes_the_processor_and_loads_its_alert_rules()
         assert (ROOT / "deploy/observability" / name).is_file(), name
 
 
-def test_dashboard_queries_only_metrics_the_gateway_exports():
+def _exported(registry) -> set[str]:
+    """The sample names a registry's metrics are scraped as."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {metric.name + suffix for metric in registry.collect() for suffix in suffixes[metric.type]}
+
+
+def _dashboard_metrics() -> set[str]:
     import json
 
-    from gateway.telemetry.metrics import Metrics
-
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    exported = {metric.name + suffix for metric in Metrics().registry.collect() for suffix in suffixes[metric.type]}
     dashboard = json.loads((ROOT / "deploy/observability/grafana/dashboards/settlement-gateway.json").read_text())
-    names = {
+    return {
         name
         for panel in dashboard["panels"]
-        for target in panel["targets"]
+        for target in panel.get("targets", [])  # a row has none
         for name in re.findall(r"\b(settlement_\w+|http_server_\w+)", target["expr"])
     }
-    assert names and names <= exported, names - exported
+
+
+def test_dashboard_queries_only_metrics_the_gateway_and_the_processor_export():
+    from gateway.telemetry.metrics import Metrics
+    from processor.service import ProcessorMetrics
+
+    gateway = _exported(Metrics().registry)
+    processor = _exported(ProcessorMetrics().registry)
+    names = _dashboard_metrics()
+    assert names <= gateway | processor, names - (gateway | processor)
+    assert names & gateway and names & processor, "a gateway part and a processor row"
+
+
+def test_dashboard_shows_every_processor_metric_the_alerts_read():
+    rules = yaml.safe_load((ROOT / "deploy/observability/alerts.yml").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    read = {name for expr in expressions for name in re.findall(r"\bsettlement_processor_\w+", expr)}
+    assert read and read <= _dashboard_metrics(), read - _dashboard_metrics()
 
 
 def _profile(name: str) -> dict:
