@@ -1,12 +1,13 @@
 """Settlement-window rules: read from TOML, checked, and compiled into fastcore's routing tables.
 
-Compilation expands each currency's holiday calendar into a business-day table over the configured
+Compilation expands each currency's weekend and holiday calendar into a business-day table over the configured
 years and turns its wall-clock times into Unix instants per day, so daylight-saving changes are
 resolved once at start-up and the router does integer comparisons only.
 """
 
 import tomllib
 from array import array
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -23,6 +24,8 @@ from fastcore.currencies import CURRENCIES
 from gateway.errors import ConfigurationError
 
 EPOCH = date(1970, 1, 1)
+# `weekend` names days as date.weekday() numbers them
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 class CurrencyRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,6 +40,7 @@ class CurrencyRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     t0_cutoff: str | None = None
     high_value: str | None = None
     settlement_time: str | None = None
+    weekend: list[str] | None = None
 
 
 class RulesFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -133,6 +137,32 @@ def high_value_minor(where: str, text: str, minor_units: int) -> int:
     return int(threshold.scaleb(minor_units))
 
 
+def weekend_days(where: str, names: Iterable[str]) -> frozenset[int]:
+    """The `weekend` key ("Sat", "Sun") as date.weekday() numbers; ConfigurationError naming the key."""
+    days = []
+    for name in names:
+        if name not in WEEKDAYS:
+            raise ConfigurationError(f"{where}.weekend: {name!r} is not one of {', '.join(WEEKDAYS)}")
+        days.append(WEEKDAYS.index(name))
+    if len(set(days)) != len(days):
+        raise ConfigurationError(f"{where}.weekend names a day twice")
+    if len(days) >= len(WEEKDAYS):
+        raise ConfigurationError(f"{where}.weekend leaves no business day in the week")
+    return frozenset(days)
+
+
+def business_day_test(where: str, values: dict[str, Any], years: range) -> Callable[[date], bool]:
+    """Whether a day is a business day of one currency: not in its `weekend` and not a closed date of its
+    calendar over `years`. `values` is `resolved(rules, code)`; `where` names it in errors."""
+    weekend = weekend_days(where, values["weekend"])
+    closed = closed_dates(where, values["calendar"], values["closed_days"], years)
+
+    def is_business_day(day: date) -> bool:
+        return day.weekday() not in weekend and day not in closed
+
+    return is_business_day
+
+
 def compile_calendar(where: str, values: dict[str, Any], first: date, last: date, impl: ModuleType = fastcore) -> Any:
     """One currency's fastcore calendar over [first, last]."""
     try:
@@ -146,7 +176,7 @@ def compile_calendar(where: str, values: dict[str, Any], first: date, last: date
     previous_evening = values["rtgs_opens_previous_day"]
     if not previous_evening and opening >= closing:
         raise ConfigurationError(f"{where}: rtgs_open must be before rtgs_close (or set rtgs_opens_previous_day)")
-    closed = closed_dates(where, values["calendar"], values["closed_days"], range(first.year, last.year + 1))
+    is_business_day = business_day_test(where, values, range(first.year, last.year + 1))
 
     def instant(day: date, at: time) -> int:
         return int(datetime.combine(day, at, zone).timestamp())
@@ -154,7 +184,7 @@ def compile_calendar(where: str, values: dict[str, Any], first: date, last: date
     business, day_start, rtgs_open, rtgs_close, t0_cutoff = array("B"), array("q"), array("q"), array("q"), array("q")
     day = first
     while day <= last:
-        business.append(day.weekday() < 5 and day not in closed)
+        business.append(is_business_day(day))
         day_start.append(instant(day, time(0, 0)))
         rtgs_open.append(instant(day - timedelta(days=1) if previous_evening else day, opening))
         rtgs_close.append(instant(day, closing))

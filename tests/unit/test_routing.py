@@ -1,14 +1,17 @@
 """Window routing at fixed instants, with the shipped rules, through both fastcore implementations."""
 
 import random
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import fastcore
+from fastcore.currencies import CURRENCIES
 from gateway.errors import ConfigurationError
-from gateway.intake.routing import EPOCH, default_rules_path, load_rules
+from gateway.intake.routing import EPOCH, business_day_test, default_rules_path, load_rules, load_rules_file, resolved
 
 TWIN = fastcore.load_twin()
 COMPILED_RULES = load_rules(None, date(2026, 6, 1))
@@ -19,15 +22,19 @@ IMPLEMENTATIONS = [
 ]
 
 
+def minor(amount, currency: str) -> int:
+    """Whole units (a number or a decimal string) as minor units of the currency, exactly."""
+    return int(Decimal(str(amount)).scaleb(CURRENCIES[currency][0]))
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
 def router(request):
     impl, rules = request.param
 
     def route(requested, source, destination, amount, at):
-        # amounts in whole units; minor units of the source currency from ISO 4217
-        units = {"JPY": 0}.get(source, 2)
+        # amounts in whole units of the source currency
         r = impl.route(
-            rules, requested, source, destination, int(amount * 10**units), datetime.fromisoformat(at).timestamp()
+            rules, requested, source, destination, minor(amount, source), datetime.fromisoformat(at).timestamp()
         )
         return (r.window, r.value_date, r.reason, r.batch)
 
@@ -105,6 +112,23 @@ CASES = [
      ("t1", "JPY", "JPY", 100_000, "2026-12-30T10:00:00+09:00"), ("t1", "2027-01-04", "requested")),
     ("a currency without rules of its own uses the defaults (UTC, weekends)",
      ("t0", "BRL", "ZAR", 100, "2026-06-19T13:00:00+00:00"), ("t0", "2026-06-19", "requested")),
+    # Kuwait settles Sunday to Thursday: Friday and Saturday are its weekend (Asia/Kuwait, UTC+3)
+    ("KWD t0 on a Friday is not a business day: t1 on Sunday",
+     ("t0", "KWD", "KWD", 100, "2026-10-09T10:00:00+03:00"), ("t1", "2026-10-11", "non_business_day")),
+    ("KWD t0 on a Saturday is not a business day either",
+     ("t0", "KWD", "KWD", 100, "2026-10-10T10:00:00+03:00"), ("t1", "2026-10-11", "non_business_day")),
+    ("KWD t0 on a Sunday is a business day",
+     ("t0", "KWD", "KWD", 100, "2026-10-11T10:00:00+03:00"), ("t0", "2026-10-11", "requested")),
+    ("KWD t1 on a Thursday settles on Sunday",
+     ("t1", "KWD", "KWD", 100, "2026-10-08T10:00:00+03:00"), ("t1", "2026-10-11", "requested")),
+    ("KWD rtgs on a Friday keeps rtgs for Sunday's opening",
+     ("rtgs", "KWD", "KWD", 100, "2026-10-09T10:00:00+03:00"), ("rtgs", "2026-10-11", "non_business_day")),
+    ("SAR with no window on a Sunday is same day",
+     (None, "SAR", "SAR", 100, "2026-10-11T10:00:00+03:00"), ("t0", "2026-10-11", "auto")),
+    ("USD to KWD on a Friday: the Fed is open, Kuwait is not",
+     ("t0", "USD", "KWD", 100, "2026-10-09T10:00:00+03:00"), ("t1", "2026-10-13", "non_business_day")),
+    ("USD to KWD t1 from Thursday: Friday and Saturday are Kuwait's weekend, Sunday the Fed's, Monday Columbus Day",
+     ("t1", "USD", "KWD", 100, "2026-10-08T10:00:00+03:00"), ("t1", "2026-10-13", "requested")),
 ]  # fmt: skip
 
 
@@ -158,6 +182,12 @@ def test_calendar_tables_cover_the_configured_years():
         ('[currencies.USD]\ncalendar = "country:XX"', "currencies.USD.calendar"),
         ('[currencies.USD]\nhigh_value = "-5"', "currencies.USD.high_value"),
         ('[currencies.USD]\nclosed_days = ["13-45"]', "currencies.USD.closed_days"),
+        ('[currencies.USD]\nweekend = ["Fri", "Sabbath"]', "currencies.USD.weekend: 'Sabbath'"),
+        ('[currencies.USD]\nweekend = ["Sat", "Sat"]', "currencies.USD.weekend names a day twice"),
+        (
+            '[currencies.USD]\nweekend = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]',
+            "currencies.USD.weekend leaves no business day",
+        ),
         ('[currencies.XAU]\ntime_zone = "UTC"', "currencies.XAU"),
         ('[currencies.USD]\ncut_off = "17:00"', "cut_off"),
         ('[currencies.EUR]\nrtgs_open = "18:00"\nrtgs_close = "07:00"', "currencies.EUR"),
@@ -181,3 +211,38 @@ def test_a_minimal_rules_file_loads(tmp_path: Path):
 def test_missing_rules_file_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigurationError, match="rules file"):
         load_rules(tmp_path / "absent.toml", date(2026, 6, 1))
+
+
+# --- business days: the weekend of each currency, and the holidays of its calendar --------------------------
+
+
+def test_business_day_test_follows_each_currency_weekend():
+    rules = load_rules_file(default_rules_path())
+    kuwait = business_day_test("currencies.KWD", resolved(rules, "KWD"), range(2026, 2027))
+    default = business_day_test("defaults", resolved(rules, None), range(2026, 2027))
+    thursday, friday, saturday, sunday = (date(2026, 10, d) for d in (8, 9, 10, 11))
+    assert [kuwait(d) for d in (thursday, friday, saturday, sunday)] == [True, False, False, True]
+    assert [default(d) for d in (thursday, friday, saturday, sunday)] == [True, True, False, False]
+    assert not kuwait(date(2026, 8, 25))  # a Tuesday, the Prophet's Birthday (the package's estimate)
+    usd = business_day_test("currencies.USD", resolved(rules, "USD"), range(2026, 2027))
+    assert not usd(date(2026, 6, 19)) and usd(date(2026, 6, 18))  # Juneteenth
+
+
+@pytest.mark.parametrize(
+    ("impl", "compiled"), [(fastcore, COMPILED_RULES), (TWIN, TWIN_RULES)], ids=["compiled", "twin"]
+)
+def test_the_compiled_calendar_is_the_business_day_test(impl, compiled):
+    """A t1 instruction made at noon local time settles on the currency's next business day, as
+    business_day_test (which the settlement processor also uses) counts them."""
+    rules = load_rules_file(default_rules_path())
+    first = date.fromordinal(EPOCH.toordinal() + compiled.first_day)
+    for code in ("KWD", "SAR", "EGP", "USD", "JPY", "BRL"):
+        values = resolved(rules, code if code in rules.currencies else None)
+        is_business_day = business_day_test(code, values, range(first.year, first.year + 5))
+        zone = ZoneInfo(values["time_zone"])
+        for day in (date(2026, 10, 1) + timedelta(days=n) for n in range(45)):
+            expected = day + timedelta(days=1)
+            while not is_business_day(expected):
+                expected += timedelta(days=1)
+            noon = datetime(day.year, day.month, day.day, 12, tzinfo=zone).timestamp()
+            assert impl.route(compiled, "t1", code, code, 100, noon).value_date == expected.isoformat(), (code, day)
