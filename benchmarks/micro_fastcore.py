@@ -25,7 +25,7 @@ import fastcore
 from benchmarks.peers.pydantic_model import TransactionModel
 from gateway.api.transactions import SEED_EXAMPLE
 from gateway.intake.flow import validation_fields
-from gateway.intake.routing import load_rules
+from gateway.intake.routing import load_policy, load_rules
 from gateway.intake.schemas import REQUEST_DECODER
 
 VALID = {**SEED_EXAMPLE, "amount": "250.00"}  # the seed's transaction, amount as a decimal string
@@ -49,7 +49,7 @@ def timed(call: Callable[[], object], number: int) -> tuple[float, float]:
 
 def fastcore_call(impl, fields: tuple) -> Callable[[], None]:
     """One validate (+ route when valid), as the gateway makes them."""
-    policy = impl.Policy("1000000000", [("USD", "RUB")])
+    policy = load_policy(None, [("USD", "RUB")], impl)
     rules = load_rules(None, date(2026, 1, 1), impl)
     validate, route, failed = impl.validate, impl.route, fastcore.ValidationFailed
 
@@ -65,7 +65,7 @@ def fastcore_call(impl, fields: tuple) -> Callable[[], None]:
 
 def from_json_call(body: bytes) -> Callable[[], None]:
     """msgspec decode of the raw body, then fastcore."""
-    policy = fastcore.Policy("1000000000", [("USD", "RUB")])
+    policy = load_policy(None, [("USD", "RUB")])
     rules = load_rules(None, date(2026, 1, 1))
     validate, route, failed = fastcore.validate, fastcore.route, fastcore.ValidationFailed
 

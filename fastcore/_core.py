@@ -24,6 +24,8 @@ METADATA_VALUE_MAX = cython.declare(cython.Py_ssize_t, 256)
 EXPONENT_MAX = cython.declare(cython.int, 30)
 # Amounts are held as int64 minor units; 18 significant digits always fit.
 DIGITS_MAX = cython.declare(cython.int, 18)
+# What the amount parser returns for an amount above its currency's maximum (-1 is any other error).
+ABOVE_MAXIMUM = cython.declare(cython.longlong, -2)
 
 WINDOW_RTGS = "rtgs"
 WINDOW_T0 = "t0"
@@ -51,25 +53,37 @@ class Policy:
     """Validation limits, compiled once at start-up from configuration."""
 
     minor_units = cython.declare(dict, visibility="readonly")
+    max_amounts = cython.declare(dict, visibility="readonly")
     max_minor = cython.declare(dict, visibility="readonly")
     blocked_pairs = cython.declare(dict, visibility="readonly")
-    max_amount = cython.declare(str, visibility="readonly")
 
-    def __init__(self, max_amount: str, blocked_pairs=()):
-        """`max_amount`: a positive whole number of currency units; `blocked_pairs`: (source, destination) codes."""
+    def __init__(self, max_amounts: dict, blocked_pairs=()):
+        """`max_amounts`: every settleable currency's largest amount per transaction, a positive whole
+        number of its own units (code -> int); `blocked_pairs`: (source, destination) codes."""
         self.minor_units = _settleable_currencies()
         if max(self.minor_units.values()) > 4:
             raise PolicyError("a currency with more than 4 minor units cannot be formatted")
-        if not (isinstance(max_amount, str) and max_amount.isascii() and max_amount.isdigit()) or int(max_amount) <= 0:
-            raise PolicyError(f"max amount must be a positive whole number, got {max_amount!r}")
+        # One count of units would mean a few dollars in one currency and billions in another, so
+        # every currency brings its own maximum, and a missing one is an error, not a default.
+        missing = sorted(code for code in self.minor_units if code not in max_amounts)
+        if missing:
+            raise PolicyError(f"no maximum amount for {len(missing)} settleable currencies: {', '.join(missing)}")
         ceiling = _pow10(DIGITS_MAX)
+        self.max_amounts = {}
         self.max_minor = {}
-        for code, units in self.minor_units.items():
-            limit = int(max_amount) * _pow10(units)
+        for code, maximum in max_amounts.items():
+            units = self.minor_units.get(code)
+            if units is None:
+                raise PolicyError(f"maximum amount for {code!r}, which is not a settleable ISO 4217 currency")
+            if type(maximum) is not int or maximum <= 0:
+                raise PolicyError(f"maximum amount of {code} must be a positive whole number, got {maximum!r}")
+            limit = maximum * _pow10(units)
             if limit >= ceiling:
-                raise PolicyError(f"max amount {max_amount} is too large for {code} (at most 18 digits in minor units)")
+                raise PolicyError(
+                    f"maximum amount {maximum} is too large for {code} (at most 18 digits in minor units)"
+                )
+            self.max_amounts[code] = maximum
             self.max_minor[code] = limit
-        self.max_amount = max_amount
         pairs: dict = {}
         for source, destination in blocked_pairs:
             for code in (source, destination):
@@ -234,7 +248,8 @@ def _amount_error(errors: list, code: str, message: str) -> cython.longlong:
 
 @cython.cfunc
 def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.longlong) -> cython.longlong:
-    """Parse a JSON number or decimal string exactly into minor units; -1 after appending an error.
+    """Parse a JSON number or decimal string exactly into minor units; -1 after appending an error,
+    ABOVE_MAXIMUM (nothing appended) when it exceeds `limit`, which the caller words for its currency.
 
     `units` < 0 means the currency is unknown: only the syntax and the sign are checked.
     """
@@ -320,10 +335,10 @@ def _parse_amount(errors: list, raw: bytes, units: cython.int, limit: cython.lon
             errors, "amount_precision_exceeded", f"has more than {units} decimal places for its currency"
         )
     if significant > DIGITS_MAX or significant + power + units > DIGITS_MAX:
-        return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
+        return ABOVE_MAXIMUM
     minor: cython.longlong = unscaled * _pow10(power + units)
     if minor > limit:
-        return _amount_error(errors, "amount_above_maximum", "exceeds the maximum amount per transaction")
+        return ABOVE_MAXIMUM
     return minor
 
 
@@ -378,6 +393,14 @@ def _check(
     )
     limit: cython.longlong = policy.max_minor[source_currency] if source_units >= 0 else 0
     minor: cython.longlong = _parse_amount(errors, amount, source_units, limit)
+    if minor == ABOVE_MAXIMUM:  # the maximum differs per currency, so the partner is told which applies
+        errors.append(
+            (
+                "amount",
+                "amount_above_maximum",
+                f"exceeds the maximum amount per transaction, {policy.max_amounts[source_currency]} {source_currency}",
+            )
+        )
     errors.extend(currency_errors)
     blocked = policy.blocked_pairs.get(source_currency) if source_units >= 0 and policy.blocked_pairs else None
     if blocked is not None and destination_units >= 0 and destination_currency in blocked:
@@ -505,8 +528,18 @@ class Rules:
 
     def __init__(self, first_day: cython.longlong, calendars: dict, default: CurrencyCalendar, high_value: dict):
         """`first_day`: days since 1970-01-01 of index 0; `calendars`: code -> CurrencyCalendar for the
-        currencies with their own (the rest use `default`); `high_value`: code -> threshold in minor units."""
+        currencies with their own (the rest use `default`); `high_value`: every settleable currency's
+        threshold in its own minor units (code -> int)."""
         self.first_day = first_day
+        settleable = _settleable_currencies()
+        missing = sorted(code for code in settleable if code not in high_value)
+        if missing:
+            raise PolicyError(f"no high-value threshold for {len(missing)} settleable currencies: {', '.join(missing)}")
+        for code, threshold in high_value.items():
+            if code not in settleable:
+                raise PolicyError(f"high-value threshold for {code!r}, which is not a settleable ISO 4217 currency")
+            if type(threshold) is not int or threshold <= 0:
+                raise PolicyError(f"high-value threshold of {code} must be a positive number of minor units")
         self.high_value = dict(high_value)
         self.default = default
         self.days = default.days

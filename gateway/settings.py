@@ -12,6 +12,13 @@ import msgspec
 from gateway.errors import ConfigurationError
 
 PREFIX = "GATEWAY_"
+# Variables no longer read, and where their job went: start-up refuses them rather than ignore a limit.
+REMOVED = {
+    "GATEWAY_MAX_AMOUNT": (
+        "the maximum amount is per currency now, in its own units: max_amount in the [thresholds] table of "
+        "the settlement rules file (GATEWAY_RULES_PATH, docs/settlement-rules.md); unset GATEWAY_MAX_AMOUNT"
+    ),
+}
 # how long past the delivery timeout a request may wait for its delivery report before it is in doubt
 REPORT_GRACE_MS = 500
 
@@ -43,7 +50,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 65_536
     bulk_max_items: int = 1000  # transactions in one bulk request
     bulk_max_body_bytes: int = 2_097_152  # the body of a bulk request
-    max_amount: str = "1000000000"
     blocked_pairs: str = ""
     rules_path: str = ""
     ready_timeout_ms: int = 1000
@@ -139,6 +145,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Read every GATEWAY_* variable; raise ConfigurationError naming the first bad one."""
+        environ = os.environ if environ is None else environ
+        for name, instead in REMOVED.items():
+            if name in environ:
+                raise ConfigurationError(f"{name} is no longer read: {instead}")
         variables = {name: PREFIX + name.upper() for name in cls.__struct_fields__}
         return read_environment(cls, variables, environ)
 

@@ -33,7 +33,7 @@ from gateway.idempotency.sharded import ShardedIdempotencyStore
 from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
-from gateway.intake.routing import load_rules
+from gateway.intake.routing import compile_policy, compile_rules, default_rules_path, load_rules_file
 from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
@@ -47,13 +47,13 @@ log = logging.getLogger("gateway")
 
 
 def build_policy(settings: Settings) -> tuple[fastcore.Policy, fastcore.Rules]:
-    """Compile the validation limits and routing rules into fastcore; ConfigurationError when unusable."""
+    """Compile the validation limits and routing rules of the one rules file into fastcore;
+    ConfigurationError when unusable."""
     today = datetime.fromtimestamp(settings.clock()(), UTC).date()
-    try:
-        policy = fastcore.Policy(settings.max_amount, settings.blocked_currency_pairs)
-    except fastcore.PolicyError as exc:
-        raise ConfigurationError(str(exc)) from None
-    return policy, load_rules(settings.rules_file(), today)
+    path = settings.rules_file() or default_rules_path()
+    source = f"settlement rules file {path}"
+    rules = load_rules_file(path)
+    return compile_policy(rules, settings.blocked_currency_pairs, source), compile_rules(rules, today, source)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

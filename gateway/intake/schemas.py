@@ -63,7 +63,8 @@ REQUEST_SCHEMA: dict[str, Any] = {
                 },
             ],
             "description": "greater than zero, a JSON number or a decimal string, parsed exactly; at most the "
-            "source currency's minor units and the configured maximum; exponents within -30 and 30",
+            "source currency's minor units and its own configured maximum (about USD 1,000,000,000 in its units); "
+            "exponents within -30 and 30",
             "examples": [250.00, "250.00"],
         },
         "source_currency": {**_CURRENCY, "examples": ["USD"]},

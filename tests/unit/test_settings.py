@@ -42,3 +42,11 @@ def test_blocked_pairs_parse_and_reject_garbage():
     ]
     with pytest.raises(ConfigurationError, match="BLOCKED_PAIRS"):
         _ = Settings.from_env({"GATEWAY_BLOCKED_PAIRS": "USDRUB"}).blocked_currency_pairs
+
+
+def test_the_removed_max_amount_variable_stops_start_up_and_says_where_the_maxima_are():
+    """One count of units for every currency meant USD 40,000 of VND and USD 3 billion of KWD; the maxima
+    are per currency in the rules file now, and a value left set must not be ignored silently."""
+    with pytest.raises(ConfigurationError, match=r"GATEWAY_MAX_AMOUNT is no longer read: .*max_amount"):
+        Settings.from_env({"GATEWAY_MAX_AMOUNT": "1000000"})
+    assert not hasattr(Settings.from_env({}), "max_amount")

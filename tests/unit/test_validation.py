@@ -5,6 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcore
+from fastcore.currencies import CURRENCIES
+from gateway.intake.routing import load_policy
 
 IMPLEMENTATIONS = [pytest.param(fastcore, id="compiled"), pytest.param(fastcore.load_twin(), id="twin")]
 FIELDS = (
@@ -35,10 +37,19 @@ VALID = {
 }
 
 
+SETTLEABLE = [code for code, (units, fund) in CURRENCIES.items() if units is not None and not fund]
+
+
+def uniform(maximum: int) -> dict[str, int]:
+    """The same maximum for every settleable currency (a Policy needs one for each)."""
+    return dict.fromkeys(SETTLEABLE, maximum)
+
+
 def run(impl, **changes):
-    """validate() with VALID overridden by `changes`: the Instruction, or the error list."""
+    """validate() with VALID overridden by `changes`, under the shipped rules' maxima (USD 1,000,000,000
+    and its equivalents): the Instruction, or the error list."""
     fields = {**VALID, **changes}
-    policy = impl.Policy("1000000000", [("USD", "RUB")])
+    policy = load_policy(None, [("USD", "RUB")], impl)
     try:
         return impl.validate(policy, *(fields[name] for name in FIELDS))
     except fastcore.ValidationFailed as exc:
@@ -64,7 +75,7 @@ def impl(request):
         (b"2.5e2", "USD", "250.00", 25000),
         (b"2.50E+2", "USD", "250.00", 25000),
         (b"0.01", "USD", "0.01", 1),
-        (b"12345678901234.5600", "USD", "12345678901234.56", None),  # too large for the default maximum
+        (b"12345678901234.5600", "USD", "12345678901234.56", None),  # above USD's maximum
         (b"1000", "JPY", "1000", 1000),
         (b"1.234", "KWD", "1.234", 1234),
         (b"1.10000000000000000000000000000", "USD", "1.10", 110),
@@ -238,21 +249,44 @@ def test_every_broken_rule_is_listed_in_field_order(impl):
     ]
 
 
-def test_policy_refuses_bad_configuration(impl):
-    with pytest.raises(fastcore.PolicyError):
-        impl.Policy("0")
-    with pytest.raises(fastcore.PolicyError):
-        impl.Policy("1.5")
-    with pytest.raises(fastcore.PolicyError):
-        impl.Policy("1000000000000000")  # beyond 18 digits in minor units
-    with pytest.raises(fastcore.PolicyError):
-        impl.Policy("100", [("USD", "XAU")])
+def test_the_maximum_is_the_source_currency_own_and_its_message_says_it(impl):
+    maxima = {**uniform(1_000_000_000), "VND": 25_000_000_000_000, "KWD": 250_000_000}
+    policy = impl.Policy(maxima)
+    fields = {**VALID, "source_currency": "KWD", "amount": b"250000000.001"}
+    with pytest.raises(fastcore.ValidationFailed) as refused:
+        impl.validate(policy, *(fields[name] for name in FIELDS))
+    assert refused.value.errors == [
+        ("amount", "amount_above_maximum", "exceeds the maximum amount per transaction, 250000000 KWD")
+    ]
+    fields = {**fields, "amount": b"250000000.000"}
+    assert impl.validate(policy, *(fields[name] for name in FIELDS)).amount_minor == 250_000_000_000
+    fields = {**fields, "source_currency": "VND", "amount": b"25000000000000"}
+    assert impl.validate(policy, *(fields[name] for name in FIELDS)).amount == "25000000000000"
+    assert policy.max_amounts["VND"] == 25_000_000_000_000 and policy.max_minor["KWD"] == 250_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("maxima", "blocked", "message"),
+    [
+        ({**uniform(100), "USD": 0}, (), "USD must be a positive whole number"),
+        ({**uniform(100), "USD": "100"}, (), "USD must be a positive whole number"),
+        ({**uniform(100), "USD": 1.5}, (), "USD must be a positive whole number"),
+        ({**uniform(100), "USD": True}, (), "USD must be a positive whole number"),
+        ({**uniform(100), "USD": 10**16}, (), "too large for USD"),  # beyond 18 digits in minor units
+        ({code: 100 for code in SETTLEABLE if code != "IDR"}, (), "1 settleable currencies: IDR"),
+        ({**uniform(100), "XAU": 100}, (), "'XAU', which is not a settleable"),
+        (uniform(100), [("USD", "XAU")], "blocked pair names 'XAU'"),
+    ],
+)
+def test_policy_refuses_bad_configuration(impl, maxima, blocked, message):
+    with pytest.raises(fastcore.PolicyError, match=message):
+        impl.Policy(maxima, blocked)
 
 
 # --- the two implementations agree on anything ------------------------------------------------------------
 
 TWIN = fastcore.load_twin()
-POLICIES = (fastcore.Policy("1000000000", [("USD", "RUB")]), TWIN.Policy("1000000000", [("USD", "RUB")]))
+POLICIES = (load_policy(None, [("USD", "RUB")]), load_policy(None, [("USD", "RUB")], TWIN))
 AMOUNT_ALPHABET = st.sampled_from(list(b'0123456789.-+eE" ,naNIf'))
 amounts = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=None).map(lambda d: str(d).encode()),
@@ -262,7 +296,9 @@ amounts = st.one_of(
     st.builds(lambda m, e: f"{m}e{e}".encode(), st.integers(-(10**6), 10**6), st.integers(-40, 40)),
     st.binary(max_size=20),
 )
-texts = st.one_of(st.none(), st.text(max_size=70), st.sampled_from(["USD", "GBP", "JPY", "KWD", "XAU", "RUB", "usd"]))
+texts = st.one_of(
+    st.none(), st.text(max_size=70), st.sampled_from(["USD", "GBP", "JPY", "KWD", "VND", "IDR", "XAU", "RUB", "usd"])
+)
 values = st.one_of(texts, st.integers(), st.lists(st.integers(), max_size=2))
 metadata = st.one_of(st.none(), st.dictionaries(st.text(max_size=70), st.one_of(st.text(max_size=300), st.integers())))
 
@@ -305,7 +341,7 @@ def test_compiled_and_twin_agree(args):
 
 
 @settings(max_examples=3000, deadline=None)
-@given(amounts, st.sampled_from(["USD", "JPY", "KWD"]))
+@given(amounts, st.sampled_from(["USD", "JPY", "KWD", "VND", "IDR"]))
 def test_amount_agreement_and_exactness(raw, currency):
     args = ("t", raw, currency, "GBP", "a", "b", "c", "k", None, None, None)
     compiled, twin = _outcome(fastcore, POLICIES[0], args), _outcome(TWIN, POLICIES[1], args)
@@ -327,6 +363,6 @@ def test_validate_all_is_validate_per_row(rows):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_validate_all_refuses_a_row_of_the_wrong_length(impl):
-    policy = impl.Policy("1000")
+    policy = impl.Policy(uniform(1000))
     with pytest.raises(TypeError, match="11 arguments"):
         impl.validate_all(policy, [("t", b"1")])
