@@ -62,6 +62,11 @@ def instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def event_time_ms(event: "TransactionAccepted") -> int:
+    """The event's time as its record's timestamp (Unix ms): the instant the router decided on."""
+    return round(datetime.fromisoformat(event.occurred_at).timestamp() * 1000)
+
+
 _CANONICAL = msgspec.json.Encoder(order="sorted")
 EVENT_ENCODER = msgspec.json.Encoder()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable
 from gateway.settings import REPORT_GRACE_MS, Settings
@@ -55,8 +55,9 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
-# a record to produce: topic, key, value, headers
-Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+# a record to produce: topic, key, value, headers, timestamp (Unix ms: the event time, the instant the
+# router decided on, so the processor judges a batch's cut-off by the clock that routed into it)
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]], int]
 # (future of the request, error or None, the message, seconds from produce to the report)
 Report = tuple["asyncio.Future[Delivery]", KafkaError | None, object, float]
 
@@ -85,7 +86,7 @@ class SettlementProducer:
         self._thread: threading.Thread | None = None
         self._running = False
         self._reports: list[Report] = []
-        self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Delivery]]] = []
+        self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], int, asyncio.Future[Delivery]]] = []
         self._send_scheduled = False
         self._deadlines: deque[tuple[float, asyncio.Future[Delivery]]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -173,12 +174,14 @@ class SettlementProducer:
                 m: Any = message
                 future.set_result(Delivery(m.topic(), m.partition(), m.offset(), m.timestamp()[1]))
 
-    async def produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Delivery:
+    async def produce(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], timestamp_ms: int
+    ) -> Delivery:
         """Send one record and return where the broker stored it (see the class for the errors).
 
         Records of one event-loop tick are handed to librdkafka together at the end of the tick, so
         its broker thread wakes once for all of them and sends them in one request."""
-        return await self.produce_all([(topic, key, value, headers)])[0]
+        return await self.produce_all([(topic, key, value, headers, timestamp_ms)])[0]
 
     def produce_all(self, records: list[Record]) -> list["asyncio.Future[Delivery]"]:
         """Hand many records (a bulk request's) to librdkafka together at the end of this tick; one
@@ -190,9 +193,9 @@ class SettlementProducer:
         create_future, outbox, deadlines = self._loop.create_future, self._outbox, self._deadlines
         deadline = time.monotonic() + self._wait
         futures: list[asyncio.Future[Delivery]] = []
-        for topic, key, value, headers in records:
+        for topic, key, value, headers, timestamp_ms in records:
             future: asyncio.Future[Delivery] = create_future()
-            outbox.append((topic, key, value, headers, future))
+            outbox.append((topic, key, value, headers, timestamp_ms, future))
             deadlines.append((deadline, future))
             futures.append(future)
         if not self._send_scheduled:
@@ -219,7 +222,7 @@ class SettlementProducer:
         self._send_scheduled = False
         outbox, self._outbox = self._outbox, []
         produce = self._producer.produce
-        for topic, key, value, headers, future in outbox:
+        for topic, key, value, headers, timestamp_ms, future in outbox:
             if future.done():
                 continue  # its request was cancelled before anything was sent
             started = time.perf_counter()
@@ -230,7 +233,7 @@ class SettlementProducer:
                 self._reports.append((future, error, message, time.perf_counter() - started))
 
             try:
-                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                produce(topic, value=value, key=key, headers=headers, timestamp=timestamp_ms, on_delivery=on_delivery)
             except BufferError:
                 self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
                 future.set_exception(DependencyUnavailable("kafka", "local producer queue is full"))
@@ -271,24 +274,58 @@ class SettlementProducer:
         return left
 
 
+# The window topics are the source of truth: the settlement state is their fold and must stay
+# rebuildable by a replay from offset 0, so they keep every record (no time or size limit).
+KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
-    """Blocking: create the window topics that are missing and wait until every partition has a
-    leader (a produce right after creation would fail otherwise); return the names created."""
+    """Blocking: create the window topics that are missing (keeping their records forever) and wait
+    until every partition has a leader (a produce right after creation would fail otherwise); return
+    the names created."""
     wanted = [settings.topic(window) for window in ("rtgs", "t0", "t1")]
     return create_topics(
-        settings.kafka_bootstrap, wanted, settings.topic_partitions, settings.topic_replication, timeout
+        settings.kafka_bootstrap, wanted, settings.topic_partitions, settings.topic_replication, timeout, KEEP_FOREVER
     )
 
 
-def create_topics(bootstrap: str, wanted: list[str], partitions: int, replication: int, timeout: float) -> list[str]:
+def finite_retention(bootstrap: str, topics: list[str], timeout: float = 15.0) -> list[str]:
+    """Blocking: the topics of `topics` that delete records (a finite retention.ms or retention.bytes,
+    or cleanup by compaction), each as `name (retention.ms=...)`; topics missing are left out."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    found = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics if name in existing]
+    if not found:
+        return []
+    finite = []
+    for resource, future in admin.describe_configs(found, request_timeout=timeout).items():
+        config = {name: entry.value for name, entry in future.result(timeout).items()}
+        wrong = {
+            key: config.get(key)
+            for key, keep in (*KEEP_FOREVER.items(), ("cleanup.policy", "delete"))
+            if config.get(key) != keep
+        }
+        if wrong:
+            finite.append(f"{resource.name} ({', '.join(f'{k}={v}' for k, v in wrong.items())})")
+    return finite
+
+
+def create_topics(
+    bootstrap: str,
+    wanted: list[str],
+    partitions: int,
+    replication: int,
+    timeout: float,
+    config: dict[str, str] | None = None,
+) -> list[str]:
     """Blocking: create the topics of `wanted` that are missing (brokers here never create topics on
-    their own) and wait until every partition has a leader; return the names created."""
+    their own), with `config`, and wait until every partition has a leader; return the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
     missing = [name for name in wanted if name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(name, partitions, replication) for name in missing],
+            [NewTopic(name, partitions, replication, config=config or {}) for name in missing],
             operation_timeout=timeout,
             request_timeout=timeout,
         )
