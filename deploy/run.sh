@@ -58,11 +58,12 @@ export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$STACK_DIR/metrics}
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 "$ROOT/.venv/bin/python" -m gateway check
 # The settlement processor beside the gateway: it folds the window topics into PostgreSQL (metrics,
-# /health and /ready on PROCESSOR_METRICS_PORT, 9102 by default). It stops when this script ends.
-"$ROOT/.venv/bin/settlement-processor" &
+# /health and /ready on PROCESSOR_METRICS_PORT, 9102 by default), supervised: started again with
+# back-off whenever it dies (as Granian respawns a worker). It stops when this script ends.
+"$ROOT/.venv/bin/settlement-processor" supervise &
 processor=$!
 trap 'kill -TERM "$processor" 2>/dev/null; wait "$processor" 2>/dev/null; stop_started' EXIT
-say "settlement processor started (pid $processor; metrics on :${PROCESSOR_METRICS_PORT:-9102})"
+say "settlement processor started under supervision (pid $processor; metrics on :${PROCESSOR_METRICS_PORT:-9102})"
 say "gateway on http://$HOST:$PORT (docs at /docs); Ctrl-C stops"
 # --respawn-failed-workers: a worker that dies is replaced at once while the others keep serving.
 # --respawn-interval only paces graceful respawns (SIGHUP): a new worker starts that long before its

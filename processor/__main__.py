@@ -1,14 +1,18 @@
-"""settlement-processor [run | migrate | replay | digest]
+"""settlement-processor [run | supervise | migrate | replay | digest]
 
-run      fold the window topics into PostgreSQL, advance batches, publish batch events (default);
-         metrics, /health and /ready on PROCESSOR_METRICS_PORT
-migrate  apply the schema migrations and exit
-replay   rebuild the whole state from offset 0 into an empty schema (<schema>_replay) up to the
-         offsets the live state has reached, and print both digests; exit 1 when they differ
-digest   print the digest of the live state and the offsets it is as of
+run        fold the window topics into PostgreSQL, advance batches, publish batch events (default);
+           metrics, /health and /ready on PROCESSOR_METRICS_PORT; waits out PostgreSQL and Kafka;
+           exits 2 on a configuration error (a window topic that deletes records among them)
+supervise  run `run` in a child process and start it again, with back-off, whenever it dies
+migrate    apply the schema migrations and exit
+replay     rebuild the whole state from offset 0 into an empty schema (<schema>_replay) up to the
+           offsets the live state has reached, and print both digests; exit 1 when they differ,
+           2 when the log no longer starts at offset 0
+digest     print the digest of the live state and the offsets it is as of
 """
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -24,6 +28,7 @@ from processor.replay import replay
 from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
+from processor.supervisor import supervise
 
 
 def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor: Processor) -> ThreadingHTTPServer:
@@ -36,9 +41,10 @@ def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor:
             elif self.path == "/health":
                 status, kind, body = 200, "application/json", b'{"status":"healthy","service":"settlement-processor"}'
             elif self.path == "/ready":
-                ready = processor.ready and not processor.stopping.is_set()
+                ready = processor.ready
                 status, kind = (200 if ready else 503), "application/json"
-                body = b'{"status":"ready"}' if ready else b'{"status":"starting or stopping"}'
+                reason = processor.problem or "starting, stopping, or waiting for PostgreSQL or Kafka"
+                body = json.dumps({"status": "ready"} if ready else {"status": "not ready", "reason": reason}).encode()
             else:
                 status, kind, body = 404, "application/json", b'{"status":"not found"}'
             self.send_response(status)
@@ -58,7 +64,9 @@ def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="settlement-processor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "migrate", "replay", "digest"))
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=("run", "supervise", "migrate", "replay", "digest")
+    )
     args = parser.parse_args(argv)
     try:
         settings = ProcessorSettings.from_env()
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"settlement-processor: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "supervise":
+        return supervise([sys.executable, "-m", "processor", "run"])
     if args.command == "replay":
         return replay(settings, calendar)
     store = SettlementStore(settings.database_url, settings.schema, calendar)
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         processor.run()
+    except ConfigurationError as exc:
+        print(f"settlement-processor: {exc}", file=sys.stderr)
+        return 2
     finally:
         if operations is not None:
             operations.shutdown()

@@ -6,17 +6,28 @@ receiving at the moment after which the router can no longer assign a transactio
   is never too early);
 - t1 of day D: midnight starting D (t1 is the next business day after today);
 - rtgs of day D: the RTGS close on D.
-It closes that moment plus the grace period (records still in flight), by the processor's clock. A t0
+It closes that moment plus the grace period, by event time: once the watermark (the oldest of the
+partitions' progress in record timestamps) passes it, so a processor that was down or lagging changes
+when a batch closes, never what it holds; the grace covers records stamped before the cut-off that
+reach the log after later ones (the gateways' clocks disagree, a delivery retried). A t0
 or t1 batch settles on D at the currency's `settlement_time`, or at its close when that is later. An
 rtgs batch's transactions settle one by one (gross): each at its own routing time, or at the RTGS
 opening of D when it came in before it; the batch is settled once it is closed and all of them are.
 """
 
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from gateway.intake.routing import RulesFile, clock_time, default_rules_path, load_rules_file, resolved
+from gateway.intake.routing import (
+    RulesFile,
+    business_day_test,
+    clock_time,
+    default_rules_path,
+    load_rules_file,
+    resolved,
+)
 from processor.settings import ProcessorSettings
 
 
@@ -38,6 +49,7 @@ class SettlementCalendar:
         self._rules = rules
         self._grace = grace
         self._cache: dict[str, BatchTimes] = {}
+        self._business: dict[tuple[str, int], Callable[[date], bool]] = {}  # (currency, year) -> its test
 
     @classmethod
     def from_settings(cls, settings: ProcessorSettings) -> "SettlementCalendar":
@@ -67,3 +79,28 @@ class SettlementCalendar:
         else:
             closes = datetime.combine(value_date, time(0, 0), zone) + self._grace
         return BatchTimes(closes, max(at(value_date, "settlement_time"), closes))
+
+    def late_batch(self, batch_id: str, closed_through: datetime) -> tuple[str, date]:
+        """The late path: the batch a transaction of `batch_id` joins when it is read after that batch
+        closed: the next one of its window and currency, on the currency's next business day, that
+        the watermark `closed_through` has not closed yet. Returns its id and value date."""
+        window, day, currency = parse_batch_id(batch_id)
+        for _ in range(3660):  # ten years of days: a calendar with no business day in it is a broken file
+            day = self._next_business_day(currency, day)
+            candidate = f"{window}-{day:%Y%m%d}-{currency}"
+            if self.batch_times(candidate).closes_at > closed_through:
+                return candidate, day
+        raise ValueError(f"no business day of {currency} within ten years after {batch_id}")
+
+    def _next_business_day(self, currency: str, day: date) -> date:
+        """The router's business days (its weekend and holidays of the currency), one year at a time."""
+        while True:
+            day += timedelta(days=1)
+            is_business_day = self._business.get((currency, day.year))
+            if is_business_day is None:
+                rules = resolved(self._rules, currency if currency in self._rules.currencies else None)
+                where = f"settlement rules: currencies.{currency}"
+                is_business_day = business_day_test(where, rules, range(day.year, day.year + 1))
+                self._business[(currency, day.year)] = is_business_day
+            if is_business_day(day):
+                return day

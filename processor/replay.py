@@ -39,10 +39,16 @@ def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: s
         )
         positions: dict[Partition, int] = {}
         try:
+            gone = _history_gone(consumer, list(live.offsets))
+            if gone:
+                raise HistoryGone(
+                    "the log no longer starts at offset 0 (" + ", ".join(gone) + "): records were deleted"
+                    " (retention or a deleted topic), so the state cannot be rebuilt from it"
+                )
             for step in live.steps:
-                _fold_until(settings, consumer, store, positions, step.offsets)
-                store.advance(step.taken_at, ids.uuid7)
-            _fold_until(settings, consumer, store, positions, live.offsets)
+                _fold_until(settings, consumer, store, calendar, positions, step.offsets)
+                store.advance(step.taken_at, ids.uuid7, watermark=step.watermark)
+            _fold_until(settings, consumer, store, calendar, positions, live.offsets)
         finally:
             consumer.close()
         return store.snapshot().digest
@@ -54,6 +60,7 @@ def _fold_until(
     settings: ProcessorSettings,
     consumer: Consumer,
     store: SettlementStore,
+    calendar: SettlementCalendar,
     positions: dict[Partition, int],
     until: dict[Partition, int],
 ) -> None:
@@ -69,16 +76,30 @@ def _fold_until(
         messages = consumer.consume(settings.poll_records, timeout=10)
         if not messages:
             raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
-        records, unreadable, ends = collect(
-            messages, lambda key, offset: key in wanted and positions.get(key, 0) <= offset < wanted[key]
+        batch = collect(
+            messages, lambda key, offset: key in wanted and positions.get(key, 0) <= offset < wanted[key], calendar
         )
-        if ends:
-            store.apply(records, unreadable, {key: (positions.get(key), end) for key, end in ends.items()}, now)
-            positions.update(ends)
+        if batch.ends:
+            store.apply(batch, {key: positions.get(key) for key in batch.ends}, now)
+            positions.update(batch.ends)
         for key, end in list(wanted.items()):
             if positions.get(key, 0) >= end:
                 del wanted[key]
                 consumer.pause([TopicPartition(*key)])
+
+
+class HistoryGone(Exception):
+    """The log no longer holds its first records: a replay from offset 0 is impossible."""
+
+
+def _history_gone(consumer: Consumer, partitions: list[Partition]) -> list[str]:
+    """The partitions whose first offset is no longer 0, as `topic[partition] starts at N`."""
+    gone = []
+    for topic, partition in sorted(partitions):
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if low > 0:
+            gone.append(f"{topic}[{partition}] starts at {low}")
+    return gone
 
 
 def replay(settings: ProcessorSettings, calendar: SettlementCalendar) -> int:
@@ -89,7 +110,11 @@ def replay(settings: ProcessorSettings, calendar: SettlementCalendar) -> int:
         snapshot = live.snapshot()
     finally:
         live.close()
-    replayed = rebuild(settings, calendar, f"{settings.schema}_replay", snapshot)
+    try:
+        replayed = rebuild(settings, calendar, f"{settings.schema}_replay", snapshot)
+    except HistoryGone as exc:
+        print(f"replay refused: {exc}", file=sys.stderr)
+        return 2
     records = sum(snapshot.offsets.values())
     steps = len(snapshot.steps)
     print(f"live     {snapshot.digest}  ({records} records across {len(snapshot.offsets)} partitions, {steps} steps)")

@@ -1,10 +1,12 @@
 """The processor's loop: consume the window topics as one group, fold each poll batch into PostgreSQL with
-its offsets, advance the batch lifecycle on the clock, publish batch events.
+its offsets, advance the batch lifecycle (closing by the event-time watermark, settling by the clock),
+publish batch events from the outbox.
 
 On every assignment it seeks to the offsets stored in the database (never Kafka's committed ones), so
 what it applies is decided by the database alone; offsets are never committed to Kafka.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -14,17 +16,24 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import ids
+from gateway.errors import ConfigurationError
 from gateway.kafka.events import CE_SOURCE, binary_mode_headers, instant
-from gateway.kafka.producer import create_topics
+from gateway.kafka.producer import create_topics, finite_retention
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
-from processor.store import Fenced, SettlementStore
+from processor.store import BatchEvent, Fenced, SettlementStore
 
 log = logging.getLogger("processor")
+
+# PostgreSQL unreachable, restarting or the connection lost: waited out. Any other database error is
+# a fault of ours, and ends the process (its supervisor starts it again).
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class ProcessorMetrics:
@@ -38,10 +47,21 @@ class ProcessorMetrics:
             "settlement_processor_duplicates", "Records of a transaction already folded (recorded)", registry=reg
         )
         self.late = Counter(
-            "settlement_processor_late_events", "Transactions that arrived for a closed batch", registry=reg
+            "settlement_processor_late_events",
+            "Transactions read after their batch closed (moved to the next batch of their window and currency)",
+            registry=reg,
         )
         self.unreadable = Counter(
-            "settlement_processor_unreadable_records", "Records that are not events", registry=reg
+            "settlement_processor_unreadable_records", "Records quarantined (not folded), with a reason", registry=reg
+        )
+        self.ready = Gauge("settlement_processor_ready", "1 while folding: PostgreSQL and Kafka answer", registry=reg)
+        self.watermark = Gauge(
+            "settlement_processor_watermark_timestamp_seconds",
+            "Event-time watermark: the oldest of the window partitions' progress (Unix seconds)",
+            registry=reg,
+        )
+        self.overdue = Gauge(
+            "settlement_processor_batches_overdue", "Batches past their settlement time and not settled", registry=reg
         )
         self.fenced = Counter(
             "settlement_processor_fenced_batches", "Poll batches not applied: another instance moved on", registry=reg
@@ -68,7 +88,10 @@ def _headers(event_type: str, event_id: str, occurred_at: datetime, batch_id: st
 
 
 class Processor:
-    """One processor instance: its consumer, its producer of batch events, its database connection."""
+    """One processor instance: its consumer, its producer of batch events, its database connection.
+
+    It outlives its dependencies: PostgreSQL or Kafka unreachable, it answers not ready, waits with
+    back-off and resumes from the offsets stored in the database; it never exits on them."""
 
     def __init__(
         self, settings: ProcessorSettings, store: SettlementStore, metrics: ProcessorMetrics, clock: Callable[[], float]
@@ -77,7 +100,15 @@ class Processor:
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._positions: dict[Partition, int | None] = {}  # what the database holds for each assigned partition
+        self._positions: dict[Partition, int | None] = {}  # what the database holds for each synced partition
+        self._unsynced: set[Partition] = set()  # assigned and paused until their stored offsets are read
+        self._partitions: list[Partition] = []  # every partition of the window topics (the watermark's)
+        self._retention_checked: set[str] = set()
+        self._in_flight: set[int] = set()  # batch events handed to the producer, not yet reported
+        self._confirmed: list[int] = []  # delivered, not yet marked published in the database
+        self._database_ok = True
+        self._kafka_ok_at = -1e9  # monotonic time of the last answer from a broker
+        self._subscribed = False
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -88,6 +119,7 @@ class Processor:
                 # an instance that dies without leaving is replaced after this long
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 2_000,
+                "reconnect.backoff.max.ms": 2_000,  # back within seconds of a broker's return
                 "logger": logging.getLogger("processor.kafka"),
             }
         )
@@ -97,11 +129,26 @@ class Processor:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
+                # never given up: an event in flight is never produced a second time by this instance
+                "message.timeout.ms": 0,
+                "reconnect.backoff.max.ms": 2_000,
                 "logger": logging.getLogger("processor.kafka"),
             }
         )
+        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "reconnect.backoff.max.ms": 2_000})
         self.stopping = threading.Event()
-        self.ready = False
+        self.problem: str | None = None  # a configuration fault found while running (operators' /ready)
+
+    @property
+    def ready(self) -> bool:
+        """Folding: subscribed, PostgreSQL answering, a broker answered within the last five seconds."""
+        return (
+            self._subscribed
+            and self._database_ok
+            and time.monotonic() - self._kafka_ok_at < 5
+            and self.problem is None
+            and not self.stopping.is_set()
+        )
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -109,7 +156,16 @@ class Processor:
     # -- assignment ----------------------------------------------------------------------------------
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stored = self._store.stored_offsets((p.topic, p.partition) for p in partitions)
+        keys = [(p.topic, p.partition) for p in partitions]
+        try:
+            stored = self._store.stored_offsets(keys)
+        except UNREACHABLE as exc:  # read them when PostgreSQL is back; fetch nothing until then
+            log.warning("assigned %d partitions while PostgreSQL is unreachable (%s)", len(keys), exc)
+            self._database_ok = False
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            self._unsynced.update(keys)
+            return
         for p in partitions:
             offset = stored.get((p.topic, p.partition))
             self._positions[(p.topic, p.partition)] = offset
@@ -120,31 +176,89 @@ class Processor:
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
+            self._unsynced.discard((p.topic, p.partition))
         consumer.unassign()
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _unsync(self, keys: list[Partition]) -> None:
+        """Stop folding `keys` until their stored offsets are read again (after a fenced batch, or a
+        database error that leaves unknown whether the last commit happened)."""
+        if not keys:
+            return
+        self._consumer.pause([TopicPartition(*key) for key in keys])
+        for key in keys:
+            self._positions.pop(key, None)
+            self._unsynced.add(key)
+
+    def _sync(self) -> None:
+        """Seek the unsynced partitions to their stored offsets and fold them again."""
+        if not self._unsynced:
+            return
+        stored = self._store.stored_offsets(list(self._unsynced))
+        for key in list(self._unsynced):
+            offset = stored.get(key)
+            try:
+                self._consumer.seek(TopicPartition(*key, OFFSET_BEGINNING if offset is None else offset))
+            except KafkaException as exc:  # not fetching yet: the next round
+                log.debug("seek %s: %s", key, exc)
+                continue
+            self._consumer.resume([TopicPartition(*key)])
+            self._positions[key] = offset
+            self._unsynced.discard(key)
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Until `stopping` is set: fold what arrives, advance batches every tick, publish their events.
-        What was applied is committed before it returns (each poll batch is one transaction)."""
-        self.subscribe()
+        """Until `stopping` is set: fold what arrives, advance batches every tick, publish their events;
+        wait out PostgreSQL and Kafka with back-off when they fail. What was applied is committed
+        before it returns (each poll batch is one transaction). Raises ConfigurationError when a window
+        topic deletes records."""
         next_tick = 0.0
+        backoff = 0.25
         try:
             while not self.stopping.is_set():
-                self.step(timeout=min(self._settings.tick_seconds, 0.5))
-                if time.monotonic() >= next_tick:
-                    self.tick()
-                    next_tick = time.monotonic() + self._settings.tick_seconds
-                self.ready = True
+                try:
+                    if not self._database_ok:
+                        self._store.reconnect()
+                        self._database_ok = True
+                        log.warning("PostgreSQL answers again; reading the stored offsets")
+                        self._unsync(list(self._positions))
+                    if not self._subscribed:
+                        self.subscribe()
+                    self._sync()
+                    self.step(timeout=min(self._settings.tick_seconds, 0.5))
+                    if time.monotonic() >= next_tick:
+                        self.tick()
+                        next_tick = time.monotonic() + self._settings.tick_seconds
+                    backoff = 0.25
+                except UNREACHABLE as exc:
+                    if self._database_ok:
+                        log.error("PostgreSQL: %s; waiting for it", exc)
+                    self._database_ok = False
+                    backoff = self._pause(backoff)
+                except KafkaException as exc:
+                    log.warning("Kafka: %s; waiting for it", exc)
+                    self._kafka_ok_at = -1e9
+                    backoff = self._pause(backoff)
         finally:
+            self._metrics.ready.set(0)
             self.close()  # leaves the group at once, so the others take over without waiting
 
+    def _pause(self, backoff: float) -> float:
+        self._metrics.ready.set(0)
+        self.stopping.wait(backoff)
+        return min(backoff * 2, 2.0)
+
     def subscribe(self) -> None:
-        """Join the group on the window topics (and make sure the batches topic exists)."""
+        """Join the group on the window topics (and make sure the batches topic exists). Raises
+        ConfigurationError when a window topic deletes records (the log must stay replayable)."""
         settings = self._settings
         create_topics(settings.kafka_bootstrap, [settings.batches_topic], 3, settings.topic_replication, 15.0)
+        finite = finite_retention(settings.kafka_bootstrap, settings.topics)
+        if finite:
+            raise ConfigurationError(_retention_problem(finite))
         self._consumer.subscribe(self._settings.topics, on_assign=self._assigned, on_revoke=self._revoked)
+        self._subscribed = True
 
     def step(self, timeout: float) -> int:
         """Consume one poll batch (waiting up to `timeout` seconds) and fold it; return the records read."""
@@ -157,78 +271,147 @@ class Processor:
         """Leave the group and flush the batch events (run() does it when it ends)."""
         self._consumer.close()
         self._producer.flush(5)
+        with contextlib.suppress(*UNREACHABLE):  # else produced again later: consumers de-duplicate by ce_id
+            self._mark_published()
 
     def _fold(self, messages: list[Any]) -> None:
-        # records of partitions revoked since they were fetched are left to their new owner
-        records, unreadable, ends = collect(messages, lambda key, offset: key in self._positions)
-        if not ends:
+        # records of partitions revoked or unsynced since they were fetched are left alone, and so are
+        # records before the stored offset (fetched before a seek)
+        positions = self._positions
+        batch = collect(
+            messages, lambda key, offset: key in positions and (positions[key] or 0) <= offset, self._store.calendar
+        )
+        if not batch.ends:
             return
-        positions = {key: (self._positions[key], following) for key, following in ends.items()}
         started = time.perf_counter()
         try:
-            applied = self._store.apply(records, unreadable, positions, self.now())
+            applied = self._store.apply(batch, {key: positions[key] for key in batch.ends}, self.now())
         except Fenced as exc:
             self._metrics.fenced.inc()
             log.warning("not applied, another instance moved on: %s; seeking to the stored offsets", exc)
-            self._reseek(list(ends))
+            self._unsync(list(batch.ends))
             return
+        except UNREACHABLE:
+            self._unsync(list(batch.ends))  # committed or not: the stored offsets will tell
+            raise
         self._metrics.apply_duration.observe(time.perf_counter() - started)
-        for key, following in ends.items():
-            self._positions[key] = following
+        positions.update(batch.ends)
         metrics = self._metrics
         metrics.applied.inc(applied.new)
         metrics.duplicates.inc(applied.duplicates)
         metrics.late.inc(applied.late)
         metrics.unreadable.inc(applied.unreadable)
 
-    def _reseek(self, keys: list[Partition]) -> None:
-        stored = self._store.stored_offsets(keys)
-        for key in keys:
-            offset = stored.get(key)
-            self._positions[key] = offset
-            self._consumer.seek(TopicPartition(key[0], key[1], OFFSET_BEGINNING if offset is None else offset))
-
     def tick(self) -> None:
-        """Advance the batch lifecycle to now, publish what it produced, refresh the gauges."""
-        done = self._store.advance(self.now(), ids.uuid7)
+        """Mark the partitions read to their end, advance the batch lifecycle (watermark and clock),
+        publish what it produced, refresh the gauges. Kafka unreachable, the lifecycle still advances by
+        the progress already stored (and batch events wait in the producer)."""
+        now = self.now()  # before asking for the end offsets: a record appended later is not behind it
+        try:
+            self._partitions = self._window_partitions()
+            self._mark_caught_up(now)
+        except (KafkaException, TimeoutError) as exc:  # TimeoutError: an admin request unanswered
+            if self._kafka_ok_at > 0:
+                log.warning("Kafka: %s; the watermark waits for it", exc or "no answer")
+            self._kafka_ok_at = -1e9
+        done = self._store.advance(now, ids.uuid7, self._partitions)
         if done["closed"] or done["settled"] or done["rtgs_settled"]:
             log.info("batches: %s", done)
         self.publish()
         for status, count in self._store.batches_by_status().items():
             self._metrics.batches.labels(status).set(count)
-        for (topic, partition), position in list(self._positions.items()):
-            try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except Exception:
+        self._metrics.overdue.set(self._store.overdue(now))
+        watermark = self._store.watermark(self._partitions)
+        if watermark is not None:
+            self._metrics.watermark.set(watermark.timestamp())
+        self._metrics.ready.set(1 if self.ready else 0)
+
+    def _mark_caught_up(self, now: datetime) -> None:
+        """Store `now` as the event time of every partition folded to its end offset (as the broker
+        reports it now), so idle partitions never hold the watermark back; lag gauges on the way."""
+        ends = self._end_offsets(list(self._positions))
+        caught_up = []
+        for key, high in ends.items():
+            position = self._positions.get(key)
+            self._metrics.lag.labels(key[0], str(key[1])).set(max(high - (position or 0), 0))
+            if (position or 0) >= high:
+                caught_up.append((*key, position))
+        self._store.caught_up(caught_up, now)
+        for topic, partition, position in caught_up:
+            if position is None and (topic, partition) in self._positions:
+                self._positions[(topic, partition)] = 0  # an empty partition: its row says offset 0 now
+
+    def _window_partitions(self) -> list[Partition]:
+        """Every partition of the window topics, from a broker (which also proves Kafka answers); a
+        window topic seen for the first time is checked for a retention that deletes records. Asked
+        through an admin client: the consumer's connection waits behind its fetch."""
+        topics = self._admin.list_topics(timeout=2).topics
+        found: list[Partition] = []
+        for topic in self._settings.topics:
+            metadata = topics.get(topic)
+            if metadata is None or metadata.error is not None:
                 continue
-            if high is not None and high >= 0:
-                self._metrics.lag.labels(topic, str(partition)).set(max(high - (position or 0), 0))
+            found += [(topic, partition) for partition in sorted(metadata.partitions)]
+            if topic not in self._retention_checked:
+                finite = finite_retention(self._settings.kafka_bootstrap, [topic], timeout=5)
+                self._retention_checked.add(topic)
+                if finite:
+                    self.problem = _retention_problem(finite)
+                    log.error("%s", self.problem)
+        self._kafka_ok_at = time.monotonic()
+        return found
+
+    def _end_offsets(self, keys: list[Partition]) -> dict[Partition, int]:
+        """The end offset of each partition of `keys`, asked from the brokers now (one request each)."""
+        if not keys:
+            return {}
+        futures = self._admin.list_offsets(
+            {TopicPartition(*key): OffsetSpec.latest() for key in keys}, request_timeout=2
+        )
+        return {(tp.topic, tp.partition): future.result(timeout=3).offset for tp, future in futures.items()}
 
     def publish(self) -> int:
-        """Write the queued batch events to the batches topic; mark those the broker confirmed."""
-        events = self._store.unpublished()
-        if not events:
-            return 0
-        confirmed: list[int] = []
+        """Hand the batch events not yet published (and not in flight) to the idempotent producer and
+        mark those the broker confirmed; never waits for the broker. Returns how many were handed over."""
+        self._producer.poll(0)  # delivery reports
+        self._mark_published()
+        events = [e for e in self._store.unpublished() if e.sequence not in self._in_flight]
 
-        def delivered(error: Any, message: Any, *, sequence: int) -> None:
+        def delivered(error: Any, message: Any, *, event: BatchEvent) -> None:
+            self._in_flight.discard(event.sequence)
             if error is None:
-                confirmed.append(sequence)
-            else:
-                log.warning("batch event %d not written: %s", sequence, error.str())
+                self._confirmed.append(event.sequence)
+                self._metrics.batch_events.labels(event.event_type).inc()
+            else:  # fatal only (the timeout is infinite): produced again on the next tick
+                log.warning("batch event %d not written: %s", event.sequence, error.str())
 
+        handed = 0
         for event in events:
-            self._producer.produce(
-                self._settings.batches_topic,
-                json.dumps(event.payload, sort_keys=True).encode(),
-                event.batch_id.encode(),
-                headers=_headers(event.event_type, event.event_id, event.occurred_at, event.batch_id),  # type: ignore[arg-type]
-                on_delivery=partial(delivered, sequence=event.sequence),
-            )
-        self._producer.flush(10)
-        if confirmed:
-            self._store.published(confirmed, self.now())
-            for event in events:
-                if event.sequence in confirmed:
-                    self._metrics.batch_events.labels(event.event_type).inc()
-        return len(confirmed)
+            try:
+                self._producer.produce(
+                    self._settings.batches_topic,
+                    json.dumps(event.payload, sort_keys=True).encode(),
+                    event.batch_id.encode(),
+                    headers=_headers(event.event_type, event.event_id, event.occurred_at, event.batch_id),  # type: ignore[arg-type]
+                    on_delivery=partial(delivered, event=event),
+                )
+            except BufferError:
+                break  # the local queue is full: the rest on a later tick
+            self._in_flight.add(event.sequence)
+            handed += 1
+        self._producer.poll(0)
+        return handed
+
+    def _mark_published(self) -> None:
+        if self._confirmed:
+            self._store.published(self._confirmed, self.now())
+            self._confirmed = []
+
+
+def _retention_problem(finite: list[str]) -> str:
+    return (
+        "window topics that delete records: " + "; ".join(finite) + ". The log is the source of truth and the"
+        " settlement state must stay rebuildable from offset 0: set retention.ms=-1 and retention.bytes=-1"
+        " (kafka-configs.sh --alter --entity-type topics --entity-name <topic> --add-config"
+        " retention.ms=-1,retention.bytes=-1)"
+    )

@@ -6,16 +6,23 @@ instance meanwhile finds the stored offset moved, and its transaction rolls back
 applying the records a second time. So a crash, a kill or a rebalance neither loses nor doubles an
 event, without Kafka transactions.
 
-The batch lifecycle runs on the processor's clock, and what it decides changes how later records fold
-(late, or frozen in a closed batch); each step that changed something is recorded with the offsets the
-fold stood at, so that a replay takes it at the same place (processor/replay.py).
+Batches close by event time: each partition's progress (the newest record timestamp folded, or the
+instant it was found read to its end) is stored with its offset, and a batch closes once the
+watermark, the oldest of every window partition's progress, passes its cut-off plus the grace. They
+settle on the processor's clock. What a step closes changes how later records fold: a record read
+after its batch closed takes the late path (the next batch of its window and currency). Each step that
+changed something is recorded with its clock reading, its watermark and the offsets the fold stood at,
+so that a replay takes it at the same place (processor/replay.py).
+
+A record that reaches SQL has passed every check (processor/checks.py); should the database still
+refuse one, the poll batch is applied again record by record and what it refuses is quarantined.
 """
 
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Any, NamedTuple
@@ -25,7 +32,7 @@ from psycopg import sql
 
 from gateway.kafka.events import instant
 from processor.calendar import SettlementCalendar, parse_batch_id
-from processor.records import COPY_COLUMNS, Incoming, Partition, Unreadable
+from processor.records import COPY_COLUMNS, Incoming, Partition, PollBatch, Unreadable
 
 log = logging.getLogger("processor.store")
 
@@ -45,9 +52,11 @@ class Applied(NamedTuple):
 
 
 class LifecycleStep(NamedTuple):
-    """A step of the batch lifecycle that changed something: when, and where the fold stood."""
+    """A step of the batch lifecycle that changed something: when, by which watermark, and where the
+    fold stood."""
 
     taken_at: datetime
+    watermark: datetime
     offsets: dict[Partition, int]
 
 
@@ -71,6 +80,12 @@ class BatchEvent(NamedTuple):
 MIGRATIONS = "migrations"
 
 
+def _record_key(record: Incoming) -> tuple[str, int, int]:
+    """The topic, partition and offset of a record (the first columns of its line)."""
+    topic, partition, offset, _ = record.fields.split("\t", 3)
+    return topic, int(partition), int(offset)
+
+
 def _migrations() -> list[tuple[str, str]]:
     folder = resources.files("processor").joinpath(MIGRATIONS)
     files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
@@ -83,12 +98,23 @@ class SettlementStore:
     def __init__(self, url: str, schema: str, calendar: SettlementCalendar) -> None:
         self._url = url
         self.schema = schema
-        self._calendar = calendar
+        self.calendar = calendar
         self._conn = psycopg.connect(url, autocommit=True)
         self._known_batches: set[str] = set()
 
     def close(self) -> None:
         self._conn.close()
+
+    def reconnect(self) -> None:
+        """A new connection after the old one broke (PostgreSQL restarted): the schema's search path and
+        the session's COPY table again. Raises psycopg.OperationalError while the server is down."""
+        self._conn.close()
+        self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        self._session()
+
+    def _session(self) -> None:
+        self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        self._conn.execute(_INCOMING)
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -115,8 +141,7 @@ class SettlementStore:
                 conn.execute(sql.SQL(text))  # a trusted file of the package, many statements
                 conn.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
                 applied.append(version)
-        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
-        conn.execute(_INCOMING)
+        self._session()
         return applied
 
     # -- the fold --------------------------------------------------------------------------------
@@ -131,47 +156,121 @@ class SettlementStore:
         )
         return {(topic, partition): offset for topic, partition, offset in rows}
 
-    def apply(
+    def apply(self, batch: PollBatch, expected: dict[Partition, int | None], now: datetime) -> Applied:
+        """Fold one poll batch and move each of its partitions from its `expected` stored offset (None:
+        none stored yet) to its end, in one transaction. Raises Fenced (nothing applied) when another
+        processor moved an offset meanwhile. Should the database refuse a record that passed the
+        checks, the batch is applied again record by record and the refused ones are quarantined."""
+        try:
+            return self._apply(batch, expected, now, batch.records)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            log.error("the database refused a record of this poll batch (%s); applying it record by record", exc)
+            return self._apply(batch, expected, now, batch.records, one_by_one=True)
+
+    def _apply(
         self,
-        records: Sequence[Incoming],
-        unreadable: Sequence[Unreadable],
-        positions: dict[Partition, tuple[int | None, int]],
+        batch: PollBatch,
+        expected: dict[Partition, int | None],
         now: datetime,
+        records: Sequence[Incoming],
+        one_by_one: bool = False,
     ) -> Applied:
-        """Fold one poll batch and move each partition from its expected stored offset (None: none stored
-        yet) to its next one, in one transaction. Raises Fenced (nothing applied) when another processor
-        moved an offset meanwhile."""
         conn = self._conn
+        unreadable = list(batch.unreadable)
+        new = late = duplicates = 0
         with conn.transaction():
             # Safe without waiting for the disk: the offsets commit with the state, so a commit that a
             # server crash loses takes its offsets along, and those records are read and applied again.
             conn.execute("SET LOCAL synchronous_commit TO off")
-            for (topic, partition), (expected, following) in positions.items():
-                if expected is None:
-                    moved = conn.execute(
-                        "INSERT INTO consumed VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (topic, partition, following)
-                    ).rowcount
-                else:
-                    moved = conn.execute(
-                        "UPDATE consumed SET next_offset = %s WHERE topic = %s AND partition = %s AND next_offset = %s",
-                        (following, topic, partition, expected),
-                    ).rowcount
-                if moved != 1:
-                    raise Fenced(f"{topic}[{partition}] is no longer at {expected}")
-            self._open_batches({r.batch_id for r in records}, now)
-            duplicates = 0
-            with conn.cursor() as cursor:
-                with cursor.copy(_COPY) as copy:
-                    copy.write("".join(record.line for record in records))
-                new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
-                if new < len(records):  # some records are of transactions already folded: the slow path
-                    duplicates = cursor.execute(_BETTER_COPIES).rowcount  # each replaced one is a duplicate now
-                    duplicates += cursor.execute(_DUPLICATES).rowcount
+            self._move(batch, expected, now)
+            # after the offsets: a lifecycle step that closed batches has committed before, or waits
+            (closed_through,) = conn.execute("SELECT closed_through FROM lifecycle").fetchone() or (None,)
+            assert closed_through is not None, "migration 0004 makes the lifecycle row"
+            for group in [[r] for r in records] if one_by_one else [records]:
+                lines, refused = self._route(group, closed_through, now)
+                unreadable += refused
+                if not lines:
+                    continue
+                try:
+                    with conn.transaction():  # a savepoint when one by one
+                        counts = self._fold(lines, now, one_by_one)
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                    if not one_by_one:
+                        raise
+                    unreadable.append(Unreadable(*_record_key(group[0]), f"refused by the database: {exc}"[:500]))
+                    continue
+                new, late, duplicates = new + counts[0], late + counts[1], duplicates + counts[2]
             if unreadable:
                 conn.cursor().executemany(
                     "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
                 )
-        return Applied(int(new or 0), duplicates, int(late or 0), len(unreadable))
+        return Applied(new, duplicates, late, len(unreadable))
+
+    def _move(self, batch: PollBatch, expected: dict[Partition, int | None], now: datetime) -> None:
+        """Compare-and-set each partition's offset, and advance its event time by the newest record
+        timestamp of the batch (never beyond the processor's clock: a record stamped in the future must
+        not close batches early)."""
+        for key, following in batch.ends.items():
+            topic, partition = key
+            newest = batch.newest.get(key)
+            event_time = min(datetime.fromtimestamp(newest / 1000, UTC), now) if newest is not None else None
+            if expected[key] is None:
+                moved = self._conn.execute(
+                    "INSERT INTO consumed VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (topic, partition, following, event_time),
+                ).rowcount
+            else:
+                moved = self._conn.execute(
+                    "UPDATE consumed SET next_offset = %s, event_time = greatest(event_time, %s)"
+                    " WHERE topic = %s AND partition = %s AND next_offset = %s",
+                    (following, event_time, topic, partition, expected[key]),
+                ).rowcount
+            if moved != 1:
+                raise Fenced(f"{topic}[{partition}] is no longer at {expected[key]}")
+
+    def _route(
+        self, records: Sequence[Incoming], closed_through: datetime, now: datetime
+    ) -> tuple[list[str], list[Unreadable]]:
+        """Each record's COPY line: on time in the batch it was routed to while that batch is open, else
+        on the late path into the next batch of its window and currency; and the batches they join,
+        opened. A record with no batch to join (a calendar without business days) is quarantined."""
+        calendar = self.calendar
+        lines: list[str] = []
+        refused: list[Unreadable] = []
+        joined: set[str] = set()
+        for record in records:
+            if calendar.batch_times(record.batch_id).closes_at > closed_through:
+                lines.append(
+                    f"{record.fields}\t{record.batch_id}\t{record.value_date}\t\\N\t\\N\tf\t{record.accepted_ms}\n"
+                )
+                joined.add(record.batch_id)
+                continue
+            try:
+                batch_id, value_date = calendar.late_batch(record.batch_id, closed_through)
+            except ValueError as exc:
+                refused.append(Unreadable(*_record_key(record), f"late, and {exc}"))
+                continue
+            lines.append(
+                f"{record.fields}\t{batch_id}\t{value_date.isoformat()}\t{record.batch_id}\t{record.value_date}"
+                f"\tt\t{record.accepted_ms}\n"
+            )
+            joined.add(batch_id)
+        self._open_batches(joined, now)
+        return lines, refused
+
+    def _fold(self, lines: list[str], now: datetime, one_by_one: bool) -> tuple[int, int, int]:
+        """COPY the lines and fold them: (new transactions, late ones among them, duplicates)."""
+        duplicates = 0
+        with self._conn.cursor() as cursor:
+            if one_by_one:
+                cursor.execute("DELETE FROM incoming")  # the previous record's line
+            with cursor.copy(_COPY) as copy:
+                copy.write("".join(lines))
+            new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
+            if new < len(lines):  # some records are of transactions already folded: the slow path
+                duplicates = cursor.execute(_BETTER_COPIES).rowcount  # each replaced one is a duplicate now
+                duplicates += cursor.execute(_DUPLICATES).rowcount
+        return int(new or 0), int(late or 0), duplicates
 
     def _open_batches(self, batch_ids: set[str], now: datetime) -> None:
         unknown = batch_ids - self._known_batches
@@ -180,7 +279,7 @@ class SettlementStore:
         rows = []
         for batch_id in sorted(unknown):
             window, value_date, currency = parse_batch_id(batch_id)
-            times = self._calendar.batch_times(batch_id)
+            times = self.calendar.batch_times(batch_id)
             rows.append((batch_id, window, value_date, currency, times.closes_at, times.settles_at, now))
         self._conn.cursor().executemany(
             "INSERT INTO batches (batch_id, settlement_window, value_date, currency, status, closes_at, settles_at,"
@@ -191,29 +290,52 @@ class SettlementStore:
 
     # -- the batch lifecycle -------------------------------------------------------------------------
 
-    def advance(self, now: datetime, event_id: Any) -> dict[str, int]:
-        """Close the batches whose cut-off and grace have passed (freezing count, totals and net
-        positions), settle the rtgs transactions due and the batches whose settlement time has come,
-        and queue a BatchClosed or BatchSettled event for each, all in one transaction, recorded as a
-        lifecycle step when it did anything. `event_id()` makes the events' ids. Returns how many of
-        each it did."""
+    def caught_up(self, partitions: Sequence[tuple[str, int, int | None]], now: datetime) -> None:
+        """Partitions found read to their end offset (topic, partition, stored next offset or None) as
+        of `now`: their event time moves up to `now`, so an idle partition never holds the watermark
+        back. Only while the stored offset is still that one (another instance may have moved on)."""
+        if not partitions:
+            return
+        self._conn.cursor().executemany(
+            "INSERT INTO consumed AS c VALUES (%(topic)s, %(partition)s, 0, %(now)s) ON CONFLICT (topic, partition)"
+            " DO UPDATE SET event_time = greatest(c.event_time, %(now)s)"
+            " WHERE c.next_offset = coalesce(%(offset)s, 0)",
+            [{"topic": t, "partition": p, "offset": o, "now": now} for t, p, o in partitions],
+        )
+
+    def advance(
+        self, now: datetime, event_id: Any, partitions: Iterable[Partition] = (), watermark: datetime | None = None
+    ) -> dict[str, int]:
+        """Close the batches the watermark has passed the close of (freezing count, totals and net
+        positions), settle the rtgs transactions due and the batches whose settlement time has come by
+        `now`, and queue a BatchClosed or BatchSettled event for each, all in one transaction, recorded
+        as a lifecycle step when it did anything. The watermark is the oldest event time of
+        `partitions` (every window partition; none closes anything while one has no progress yet), or
+        `watermark` as given (a replay retaking a step). `event_id()` makes the events' ids. Returns
+        how many of each it did."""
         conn = self._conn
         done = {"closed": 0, "settled": 0, "rtgs_settled": 0}
         with conn.transaction():
             # A consistent cut: a poll batch moves `consumed` first, so it either committed before this
             # lock or waits for the step to commit; steps of several instances take turns.
             conn.execute("LOCK TABLE consumed IN SHARE ROW EXCLUSIVE MODE")
+            if watermark is None:
+                watermark = self._watermark(list(partitions))
+            (closed_through,) = conn.execute("SELECT closed_through FROM lifecycle FOR UPDATE").fetchone() or (None,)
+            through = max(closed_through, watermark) if watermark is not None else closed_through
             due = conn.execute(
                 "SELECT batch_id FROM batches WHERE status = 'open' AND closes_at <= %s ORDER BY closes_at, batch_id "
                 "FOR UPDATE",
-                (now,),
+                (through,),
             ).fetchall()
             for (batch_id,) in due:
                 frozen = self._freeze(batch_id, now)
                 self._queue(batch_id, "BatchClosed", event_id(), now, frozen)
                 done["closed"] += 1
+            if due:
+                conn.execute("UPDATE lifecycle SET closed_through = %s", (through,))
             done["rtgs_settled"] = conn.execute(
-                "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' AND NOT late "
+                "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' "
                 "AND settlement_window = 'rtgs' AND settles_at <= %s",
                 (now, now),
             ).rowcount
@@ -221,15 +343,14 @@ class SettlementStore:
                 """SELECT batch_id FROM batches b WHERE status = 'closed' AND (
                        (settlement_window <> 'rtgs' AND settles_at <= %(now)s)
                     OR (settlement_window = 'rtgs' AND NOT EXISTS (
-                           SELECT 1 FROM transactions t WHERE t.batch_id = b.batch_id AND t.status = 'batched'
-                           AND NOT t.late)))
+                           SELECT 1 FROM transactions t WHERE t.batch_id = b.batch_id AND t.status = 'batched')))
                    ORDER BY batch_id FOR UPDATE""",
                 {"now": now},
             ).fetchall()
             for (batch_id,) in settling:
                 conn.execute(
                     "UPDATE transactions SET status = 'settled', settled_at = %s WHERE batch_id = %s "
-                    "AND status = 'batched' AND NOT late",
+                    "AND status = 'batched'",
                     (now, batch_id),
                 )
                 row = conn.execute(
@@ -244,12 +365,27 @@ class SettlementStore:
                 done["settled"] += 1
             if any(done.values()):
                 conn.execute(
-                    "INSERT INTO lifecycle_steps (taken_at, offsets, closed, settled, rtgs_settled) SELECT %s,"
-                    " coalesce(jsonb_agg(jsonb_build_array(topic, partition, next_offset)), '[]'), %s, %s, %s"
-                    " FROM consumed",
-                    (now, done["closed"], done["settled"], done["rtgs_settled"]),
+                    "INSERT INTO lifecycle_steps (taken_at, watermark, offsets, closed, settled, rtgs_settled)"
+                    " SELECT %s, %s, coalesce(jsonb_agg(jsonb_build_array(topic, partition, next_offset)), '[]'),"
+                    " %s, %s, %s FROM consumed",
+                    (now, through, done["closed"], done["settled"], done["rtgs_settled"]),
                 )
         return done
+
+    def _watermark(self, partitions: list[Partition]) -> datetime | None:
+        """The oldest event time of `partitions`; None while one of them has none."""
+        if not partitions:
+            return None
+        count, oldest = self._conn.execute(
+            "SELECT count(event_time), min(event_time) FROM consumed WHERE (topic, partition) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::int[]))",
+            ([t for t, _ in partitions], [p for _, p in partitions]),
+        ).fetchone() or (0, None)
+        return oldest if count == len(set(partitions)) else None
+
+    def watermark(self, partitions: Iterable[Partition]) -> datetime | None:
+        """The event-time watermark of `partitions` now (operators' gauge)."""
+        return self._watermark(list(partitions))
 
     def _freeze(self, batch_id: str, now: datetime) -> dict:
         conn = self._conn
@@ -258,7 +394,7 @@ class SettlementStore:
         count = 0
         rows = conn.execute(
             "SELECT partner, counterparty_id, source_currency, count(*), sum(amount) FROM transactions "
-            "WHERE batch_id = %s AND NOT late GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            "WHERE batch_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             (batch_id,),
         )
         sums: dict[str, Decimal] = {}
@@ -272,11 +408,21 @@ class SettlementStore:
             "net_positions = %s WHERE batch_id = %s RETURNING late_count",
             (now, count, json.dumps(totals), json.dumps(net), batch_id),
         ).fetchone()
+        # members that joined on the late path (read after the batch of their 202 had closed)
+        arrivals = conn.execute(
+            "SELECT partner, transaction_id, routed_batch_id FROM transactions WHERE batch_id = %s AND late"
+            " ORDER BY 1, 2",
+            (batch_id,),
+        ).fetchall()
         return {
             "transaction_count": count,
             "totals": totals,
             "net_positions": net,
             "late_count": late[0] if late else 0,
+            "late_arrivals": [
+                {"partner": partner, "transaction_id": txn, "routed_batch_id": routed}
+                for partner, txn, routed in arrivals
+            ],
         }
 
     def _queue(self, batch_id: str, event_type: str, event_id: str, now: datetime, facts: dict) -> None:
@@ -312,6 +458,13 @@ class SettlementStore:
 
     # -- what operators and tests ask ----------------------------------------------------------------
 
+    def overdue(self, now: datetime) -> int:
+        """Batches whose settlement time has passed and that are not settled (operators are alerted)."""
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM batches WHERE status <> 'settled' AND settles_at <= %s", (now,)
+        ).fetchone() or (0,)
+        return int(count)
+
     def batches_by_status(self) -> dict[str, int]:
         return {
             status: count for status, count in self._conn.execute("SELECT status, count(*) FROM batches GROUP BY 1")
@@ -331,9 +484,9 @@ class SettlementStore:
                 for topic, partition, offset in self._conn.execute("SELECT topic, partition, next_offset FROM consumed")
             )
             steps = [
-                LifecycleStep(taken_at, {(topic, partition): offset for topic, partition, offset in cut})
-                for taken_at, cut in self._conn.execute(
-                    "SELECT taken_at, offsets FROM lifecycle_steps ORDER BY sequence"
+                LifecycleStep(taken_at, watermark, {(topic, partition): offset for topic, partition, offset in cut})
+                for taken_at, watermark, cut in self._conn.execute(
+                    "SELECT taken_at, watermark, offsets FROM lifecycle_steps ORDER BY sequence"
                 )
             ]
             hasher = hashlib.sha256()
@@ -350,45 +503,45 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     topic text, partition integer, kafka_offset bigint, partner text, transaction_id text, idempotency_key text,
     event_id text, fingerprint text, amount numeric, source_currency text, destination_currency text,
     source_account text, destination_account text, counterparty_id text, settlement_window text,
-    requested_window text, value_date date, batch_id text, reason text, occurred_at timestamptz,
-    accepted_ms bigint
+    requested_window text, reason text, occurred_at timestamptz, batch_id text, value_date date,
+    routed_batch_id text, routed_value_date date, late boolean, accepted_ms bigint
 ) ON COMMIT DELETE ROWS
 """
 _COPY = sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
 
 # Which record of a transaction is *the* transaction must not depend on the order the partitions were
 # read in (a replay reads them in another), only on the log and on the lifecycle steps taken between
-# reads: it is the best copy by (its batch no longer open, record timestamp, topic, partition, offset),
-# so a copy on time beats a late one, and then the earliest wins. A copy read later that is better takes
-# the place of the one folded unless that one is frozen: on time in a batch that has closed (in its
-# totals), or settled (rtgs). The one it replaces becomes a duplicate.
+# reads: it is the best copy by (late, record timestamp, topic, partition, offset), so a copy on time
+# beats a late one, and then the earliest wins. A copy read later that is better takes the place of the
+# one folded unless that one is frozen: in a batch that has closed (in its totals), or settled (rtgs).
+# The one it replaces becomes a duplicate.
 
-# New transactions: the best record of each (partner, transaction id) not folded yet. A transaction
-# whose batch is no longer open is late: kept and listed (late_count), never in the frozen totals.
+# New transactions: the best record of each (partner, transaction id) not folded yet. One that took the
+# late path counts in the late_count of the batch it was routed to (and in the totals of the one it joins).
 _FOLD = """
 WITH inserted AS (
     INSERT INTO transactions (
         partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,
         destination_currency, source_account, destination_account, counterparty_id, settlement_window,
         requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at,
-        accepted_at, batched_at, settles_at, late, status)
+        accepted_at, batched_at, settles_at, late, routed_batch_id, routed_value_date, status)
     SELECT i.partner, i.transaction_id, i.idempotency_key, i.event_id, i.fingerprint, i.amount, i.source_currency,
         i.destination_currency, i.source_account, i.destination_account, i.counterparty_id, i.settlement_window,
         i.requested_window, i.value_date, i.batch_id, i.reason, i.topic, i.partition, i.kafka_offset, i.occurred_at,
         'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', %(now)s,
         CASE WHEN i.settlement_window = 'rtgs' THEN greatest(i.occurred_at, b.settles_at) END,
-        b.status <> 'open', 'batched'
+        i.late, i.routed_batch_id, i.routed_value_date, 'batched'
     FROM incoming i JOIN batches b ON b.batch_id = i.batch_id
-    ORDER BY b.status <> 'open', i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the best copy is inserted
+    ORDER BY i.late, i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the best copy is inserted
     ON CONFLICT (partner, transaction_id) DO NOTHING
-    RETURNING batch_id, late
+    RETURNING routed_batch_id, late
 ), counted AS (
     UPDATE batches b SET late_count = b.late_count + x.n
-    FROM (SELECT batch_id, count(*) AS n FROM inserted WHERE late GROUP BY batch_id) x
-    WHERE b.batch_id = x.batch_id
+    FROM (SELECT routed_batch_id, count(*) AS n FROM inserted WHERE late GROUP BY 1) x
+    WHERE b.batch_id = x.routed_batch_id
     RETURNING x.n
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT coalesce(sum(n), 0) FROM counted)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM inserted WHERE late)
 """
 
 # Transactions already folded, not frozen, of which this poll batch holds a better copy: replaced by it.
@@ -396,30 +549,28 @@ _BETTER_COPIES = """
 WITH better AS (
     SELECT DISTINCT ON (i.partner, i.transaction_id) i.*,
         'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond' AS accepted_at,
-        wanted.status <> 'open' AS late, wanted.settles_at AS batch_settles_at,
-        t.batch_id AS held_batch, t.late AS held_late
+        wanted.settles_at AS batch_settles_at, t.routed_batch_id AS held_routed, t.late AS held_late
     FROM incoming i
     JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
     JOIN batches held ON held.batch_id = t.batch_id
     JOIN batches wanted ON wanted.batch_id = i.batch_id
-    WHERE (t.late OR (held.status = 'open' AND t.status = 'batched'))
-      AND (wanted.status <> 'open', 'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic,
-           i.partition, i.kafka_offset)
-        < (held.status <> 'open', t.accepted_at, t.topic, t.partition, t.kafka_offset)
-    ORDER BY i.partner, i.transaction_id, wanted.status <> 'open', i.accepted_ms, i.topic, i.partition,
-        i.kafka_offset
+    WHERE held.status = 'open' AND t.status = 'batched'
+      AND (i.late, 'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic, i.partition,
+           i.kafka_offset)
+        < (t.late, t.accepted_at, t.topic, t.partition, t.kafka_offset)
+    ORDER BY i.partner, i.transaction_id, i.late, i.accepted_ms, i.topic, i.partition, i.kafka_offset
 ), replaced AS (
     INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
     SELECT t.topic, t.partition, t.kafka_offset, t.partner, t.transaction_id, t.event_id, t.event_id = e.event_id,
         t.batch_id
     FROM transactions t JOIN better e ON e.partner = t.partner AND e.transaction_id = t.transaction_id
     ON CONFLICT DO NOTHING
-), counted AS (  -- a late copy replaced leaves its batch's late count, a late one taking its place joins one
+), counted AS (  -- a late copy replaced leaves its routed batch's late count, a late one taking its place joins one
     UPDATE batches b SET late_count = b.late_count + moved.n
     FROM (
         SELECT batch_id, sum(n) AS n FROM (
-            SELECT held_batch AS batch_id, -1 AS n FROM better WHERE held_late
-            UNION ALL SELECT batch_id, 1 FROM better WHERE late
+            SELECT held_routed AS batch_id, -1 AS n FROM better WHERE held_late
+            UNION ALL SELECT routed_batch_id, 1 FROM better WHERE late
         ) moves GROUP BY batch_id HAVING sum(n) <> 0
     ) moved
     WHERE b.batch_id = moved.batch_id
@@ -431,7 +582,8 @@ UPDATE transactions t SET
     counterparty_id = e.counterparty_id, settlement_window = e.settlement_window,
     requested_window = e.requested_window, value_date = e.value_date, batch_id = e.batch_id, reason = e.reason,
     topic = e.topic, partition = e.partition, kafka_offset = e.kafka_offset, occurred_at = e.occurred_at,
-    accepted_at = e.accepted_at, late = e.late,
+    accepted_at = e.accepted_at, late = e.late, routed_batch_id = e.routed_batch_id,
+    routed_value_date = e.routed_value_date,
     settles_at = CASE WHEN e.settlement_window = 'rtgs' THEN greatest(e.occurred_at, e.batch_settles_at) END
 FROM better e
 WHERE t.partner = e.partner AND t.transaction_id = e.transaction_id
@@ -447,13 +599,12 @@ WHERE (t.topic, t.partition, t.kafka_offset) IS DISTINCT FROM (i.topic, i.partit
 ON CONFLICT DO NOTHING
 """
 
-_STEPS = "SELECT taken_at, offsets FROM lifecycle_steps ORDER BY sequence"
-
 _DIGEST = (
     "SELECT partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,"
     " destination_currency, source_account, destination_account, counterparty_id, settlement_window,"
     " requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at, accepted_at,"
-    " settles_at, late, status, settled_at FROM transactions ORDER BY partner, transaction_id",
+    " settles_at, late, routed_batch_id, routed_value_date, status, settled_at FROM transactions"
+    " ORDER BY partner, transaction_id",
     "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, batch_id"
     " FROM duplicates ORDER BY topic, partition, kafka_offset",
     "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",

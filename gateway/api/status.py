@@ -66,7 +66,11 @@ class TransactionStatus(msgspec.Struct, frozen=True):
     currency: str | None
     kafka: KafkaRecord
     steps: Steps
-    late: bool = False  # arrived after its batch closed: listed on the batch, not in its totals
+    # Read after the batch of its 202 closed (the late path): it settles in `batch` on `value_date`, the
+    # next batch of its window and currency; `routed_batch` and `routed_value_date` are its 202's.
+    late: bool = False
+    routed_batch: str | None = None
+    routed_value_date: str | None = None
 
 
 class BatchView(msgspec.Struct, frozen=True):
@@ -85,7 +89,7 @@ class BatchView(msgspec.Struct, frozen=True):
     transaction_count: int
     totals: dict[str, str]
     net_positions: dict[str, dict[str, str]]  # counterparty -> currency -> exact decimal
-    late_transactions: list[str]
+    late_transactions: list[str]  # routed here, read after it closed: they settle in the next batch
 
 
 class BatchPage(msgspec.Struct, frozen=True):
@@ -155,19 +159,20 @@ class StatusStore:
 
 _TRANSACTION = (
     "SELECT status, settlement_window, value_date, batch_id, amount, source_currency, topic, partition,"
-    " kafka_offset, accepted_at, batched_at, settled_at, late FROM transactions"
+    " kafka_offset, accepted_at, batched_at, settled_at, late, routed_batch_id, routed_value_date FROM transactions"
     " WHERE partner = %s AND transaction_id = %s"
 )
 _BATCH = (
     "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
     " closed_at, settled_at FROM batches b WHERE batch_id = %s"
-    " AND EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
+    " AND (EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
+    " OR EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.routed_batch_id = b.batch_id AND t.late))"
 )
 _PARTNER_PART = (
     "SELECT counterparty_id, source_currency, count(*), sum(amount) FROM transactions"
-    " WHERE partner = %s AND batch_id = %s AND NOT late GROUP BY 1, 2 ORDER BY 1, 2"
+    " WHERE partner = %s AND batch_id = %s GROUP BY 1, 2 ORDER BY 1, 2"
 )
-_LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND batch_id = %s AND late ORDER BY 1"
+_LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND routed_batch_id = %s AND late ORDER BY 1"
 
 
 async def _accepted(request: Request, partner: str, transaction_id: str) -> TransactionStatus | None:
@@ -247,7 +252,7 @@ async def transaction_status(
     rows = await store.rows(_TRANSACTION, partner, transaction_id)
     if rows:
         (status, window, value_date, batch, amount, currency, topic, partition, offset,
-         accepted_at, batched_at, settled_at, late) = rows[0]  # fmt: skip
+         accepted_at, batched_at, settled_at, late, routed_batch, routed_value_date) = rows[0]  # fmt: skip
         return TransactionStatus(
             transaction_id=transaction_id,
             status=status,
@@ -259,6 +264,8 @@ async def transaction_status(
             kafka=KafkaRecord(topic, partition, offset),
             steps=Steps(_iso(accepted_at) or "", _iso(batched_at), _iso(settled_at)),
             late=late,
+            routed_batch=routed_batch,
+            routed_value_date=routed_value_date.isoformat() if routed_value_date else None,
         )
     accepted = await _accepted(request, partner, transaction_id)
     if accepted is None:
@@ -317,7 +324,9 @@ _BATCH_EXAMPLE = BatchView(
     "/api/v1/batches/{batch_id:str}",
     summary="A settlement batch",
     description="Its status and times, and the partner's own part of it: count, exact totals per currency and "
-    "net positions per counterparty of its on-time transactions (frozen at close), and its late transactions.",
+    "the sums per counterparty and currency of its transactions (frozen at close; transactions that arrived late "
+    "from an earlier batch included), and its transactions routed here that arrived after it closed (they settle "
+    "in the next batch of the window and currency).",
     tags=["status"],
     operation_class=PartnerOperation,
     security=PARTNER_SECURITY,
@@ -336,7 +345,7 @@ async def batch(
 ) -> BatchView:
     """One batch the partner has transactions in."""
     store: StatusStore = request.app.state.status_store
-    rows = await store.rows(_BATCH, batch_id, partner)
+    rows = await store.rows(_BATCH, batch_id, partner, partner)
     if not rows:
         raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
     return await _batch_view(store, partner, rows[0])

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from gateway import ids
 from gateway.api.app import create_app
@@ -32,6 +32,7 @@ from gateway.kafka.events import (
     Transaction,
     TransactionAccepted,
     cloudevents_headers,
+    event_time_ms,
     fingerprint,
 )
 from gateway.kafka.producer import ensure_topics
@@ -108,7 +109,8 @@ class Setup:
 
     def invariants(self) -> None:
         """DESIGN 8: distinct accepted = sum of batch counts; each transaction in exactly one batch;
-        totals = exact re-sum of members; a closed batch's frozen count and totals are its on-time members."""
+        totals = exact re-sum of members; a closed batch's frozen count and totals are all its members
+        (late ones joined it from an earlier batch); its late count is the transactions that left it."""
         (distinct,) = self.sql("SELECT count(*) FROM transactions")[0]
         per_batch = self.sql("SELECT batch_id, count(*) FROM transactions GROUP BY 1")
         assert distinct == sum(n for _, n in per_batch)
@@ -119,15 +121,14 @@ class Setup:
             "SELECT batch_id, transaction_count, totals FROM batches WHERE status <> 'open'"
         ):
             members = self.sql(
-                "SELECT source_currency, sum(amount)::text, count(*) FROM transactions "
-                "WHERE batch_id = %s AND NOT late GROUP BY 1",
+                "SELECT source_currency, sum(amount)::text, count(*) FROM transactions WHERE batch_id = %s GROUP BY 1",
                 batch_id,
             )
             assert count == sum(n for *_, n in members), batch_id
             assert totals == {c: s for c, s, _ in members}, batch_id
         late = self.sql(
             "SELECT b.batch_id, b.late_count, count(t.late) FILTER (WHERE t.late) FROM batches b "
-            "LEFT JOIN transactions t USING (batch_id) GROUP BY 1, 2 ORDER BY 1"
+            "LEFT JOIN transactions t ON t.routed_batch_id = b.batch_id GROUP BY 1, 2 ORDER BY 1"
         )
         assert [(batch_id, counted) for batch_id, counted, _ in late] == [(batch_id, n) for batch_id, _, n in late]
 
@@ -156,16 +157,22 @@ def _produce(setup: Setup, events: list[TransactionAccepted], twice: set[int] = 
                 EVENT_ENCODER.encode(event),
                 event.transaction.source_account.encode(),
                 headers=cloudevents_headers(event, None),
+                timestamp=event_time_ms(event),  # as the gateway stamps it
             )
     assert producer.flush(30) == 0
 
 
-def _event(partner: str, n: int, window: str = "t1", value_date: str = "2026-12-01", amount: str = "10.00"):
+def _event(
+    partner: str,
+    n: int,
+    window: str = "t1",
+    value_date: str = "2026-12-01",
+    amount: str = "10.00",
+    at: str = "2026-11-30T10:00:00.000Z",
+):
     txn = Transaction(f"txn-{n}", amount, "USD", "GBP", f"acct-{n % 7}", "acct-dest", f"cp-{n % 3}", window, None)
     routing = Routing(window, window, value_date, f"{window}-{value_date.replace('-', '')}-GBP", "requested")
-    return TransactionAccepted(
-        ids.uuid7(), "2026-11-30T10:00:00.000Z", partner, f"key-{n}", fingerprint(txn), txn, routing
-    )
+    return TransactionAccepted(ids.uuid7(), at, partner, f"key-{n}", fingerprint(txn), txn, routing)
 
 
 def _wait(predicate, seconds: float, what: str) -> None:
@@ -308,11 +315,16 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
         assert net[setup.gateway.partner] == {"cp-0": {"USD": "9.50"}, "cp-1": {"USD": "5.50"}, "cp-2": {"USD": "7.50"}}
         assert net[f"{setup.gateway.partner}-b"] == {"cp-1": {"USD": "1000.00"}}
 
-        # a record for the closed batch: late, kept and listed, never in the frozen totals
+        # a record for the closed batch (accepted before its cut-off, read after it closed): late, on to
+        # the next t1 batch of GBP, never in the frozen totals of the first
         _produce(setup, [_event(setup.gateway.partner, 8, amount="5.00")])
         events.append(None)  # type: ignore[arg-type]
         fold_all()
-        assert setup.sql("SELECT late, status FROM transactions WHERE transaction_id = 'txn-8'") == [(True, "batched")]
+        late_path = (
+            "SELECT late, status, batch_id, value_date::text, routed_batch_id FROM transactions"
+            " WHERE transaction_id = 'txn-8'"
+        )
+        assert setup.sql(late_path) == [(True, "batched", "t1-20261202-GBP", "2026-12-02", batch)]
         processor.tick()
         assert setup.sql("SELECT transaction_count, totals, late_count FROM batches WHERE batch_id = %s", batch) == [
             (7, {"USD": "1022.50"}, 1)
@@ -322,21 +334,47 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
         processor.tick()
         assert setup.sql("SELECT status FROM batches WHERE batch_id = %s", batch) == [("settled",)]
         assert setup.sql("SELECT status, count(*) FROM transactions GROUP BY 1 ORDER BY 1") == [
-            ("batched", 1),  # the late one
+            ("batched", 1),  # the late one, waiting for its new batch
             ("settled", 7),
         ]
+
+        now[0] = datetime(2026, 12, 2, 16, 0, tzinfo=UTC).timestamp()  # the next batch closes and settles
+        processor.tick()
+        assert setup.sql(late_path) == [(True, "settled", "t1-20261202-GBP", "2026-12-02", batch)]
+        assert setup.sql(
+            "SELECT status, transaction_count, totals FROM batches WHERE batch_id = 't1-20261202-GBP'"
+        ) == [("settled", 1, {"USD": "5.00"})]
+        # the partner sees where it went and why, in the status API
+        with TestClient(create_app(setup.gateway)) as client:
+            view = client.get("/api/v1/transactions/txn-8").json()
+            moved_from = client.get(f"/api/v1/batches/{batch}").json()
+        assert (view["status"], view["late"], view["batch"], view["value_date"]) == (
+            "settled",
+            True,
+            "t1-20261202-GBP",
+            "2026-12-02",
+        )
+        assert (view["routed_batch"], view["routed_value_date"]) == (batch, "2026-12-01")
+        assert moved_from["late_transactions"] == ["txn-8"] and moved_from["transaction_count"] == 6
     finally:
         processor.close()
         store.close()
     published = _read_batch_events(setup)
     kinds = [(e["event_type"], e["batch_id"], h["ce_type"]) for e, h in published]
-    assert kinds == [
-        ("BatchClosed", batch, b"com.settlement.batch.closed.v1"),
-        ("BatchSettled", batch, b"com.settlement.batch.settled.v1"),
-    ]
-    closed = published[0][0]
+    for batch_id in (batch, "t1-20261202-GBP"):  # in order per batch (one partition each), once each
+        assert [kind for kind in kinds if kind[1] == batch_id] == [
+            ("BatchClosed", batch_id, b"com.settlement.batch.closed.v1"),
+            ("BatchSettled", batch_id, b"com.settlement.batch.settled.v1"),
+        ]
+    assert len(kinds) == 4
+    closed = next(e for e, _ in published if e["batch_id"] == batch and e["event_type"] == "BatchClosed")
     assert closed["totals"] == {"USD": "1022.50"} and closed["transaction_count"] == 7
-    assert all(h["ce_id"].decode() == e["event_id"] and h["ce_subject"] == batch.encode() for e, h in published)
+    assert closed["late_arrivals"] == []
+    next_closed = next(e for e, _ in published if e["batch_id"] != batch and e["event_type"] == "BatchClosed")
+    assert next_closed["late_arrivals"] == [
+        {"partner": setup.gateway.partner, "transaction_id": "txn-8", "routed_batch_id": batch}
+    ]
+    assert all(h["ce_id"].decode() == e["event_id"] and h["ce_subject"] == e["batch_id"].encode() for e, h in published)
     setup.invariants()
 
 
@@ -402,20 +440,21 @@ def test_the_transaction_a_copy_becomes_depends_on_the_log_and_the_clock_not_on_
         reader.assign([TopicPartition(*key, start or 0)])
         messages = reader.consume(count, timeout=10)
         assert len(messages) == count
-        records, unreadable, ends = collect(messages, lambda *_: True)
-        store.apply(records, unreadable, {key: (start, ends[key])}, now)
+        store.apply(collect(messages, lambda *_: True, store.calendar), {key: start}, now)
 
     early = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     morning = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # t1 of 1 Dec closed, rtgs open, t0 before its cut-off
     try:
         fold("rtgs", 1, early)  # d_rtgs
         fold("t1", 2, early)  # a_t1, c
-        assert store.advance(morning, ids.uuid7) == {"closed": 1, "settled": 0, "rtgs_settled": 1}
-        fold("t1", 1, morning)  # b_t1: its batch has closed, late
-        assert setup.sql("SELECT late FROM transactions WHERE transaction_id = 'txn-2'") == [(True,)]
+        assert store.advance(morning, ids.uuid7, watermark=morning) == {"closed": 1, "settled": 0, "rtgs_settled": 1}
+        fold("t1", 1, morning)  # b_t1: its batch has closed, late: on to the next t1 batch
+        assert setup.sql("SELECT late, batch_id, routed_batch_id FROM transactions WHERE transaction_id = 'txn-2'") == [
+            (True, "t1-20261202-GBP", "t1-20261201-GBP")
+        ]
         fold("t0", 3, morning)  # a_t0 (A frozen in t1), b_t0 (on time: takes B's place), d_t0 (D settled)
         later = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)  # every batch closed and settled
-        assert store.advance(later, ids.uuid7) == {"closed": 3, "settled": 4, "rtgs_settled": 0}
+        assert store.advance(later, ids.uuid7, watermark=later) == {"closed": 4, "settled": 5, "rtgs_settled": 0}
     finally:
         reader.close()
         store.close()
@@ -427,14 +466,15 @@ def test_the_transaction_a_copy_becomes_depends_on_the_log_and_the_clock_not_on_
     ]
     assert setup.sql("SELECT transaction_id, batch_id FROM duplicates ORDER BY 1") == [
         ("txn-1", "t0-20261201-GBP"),
-        ("txn-2", "t1-20261201-GBP"),
+        ("txn-2", "t1-20261202-GBP"),  # its late copy, on the late path
         ("txn-4", "t0-20261201-GBP"),
     ]
     assert setup.sql("SELECT batch_id, late_count, transaction_count FROM batches ORDER BY 1") == [
         ("rtgs-20261201-GBP", 0, 1),
         ("t0-20261201-GBP", 0, 0),
         ("t0-20261202-GBP", 0, 1),
-        ("t1-20261201-GBP", 0, 2),  # B's late copy left it
+        ("t1-20261201-GBP", 0, 2),  # B's late copy left it, and was replaced by its copy on time
+        ("t1-20261202-GBP", 0, 0),  # the late copy's batch, empty once it was replaced
     ]
     setup.invariants()
     setup.assert_replay_matches()
