@@ -3,6 +3,7 @@ exports the local stack's), and the tests of the settlement processor the real P
 GATEWAY_DATABASE_URL (the `database` fixture); when one cannot be reached the run fails loudly instead of
 skipping."""
 
+import contextlib
 import os
 import re
 import shlex
@@ -114,6 +115,48 @@ def kafka_broker(stack: Settings):
     finally:
         if _kafka_script("status").returncode != 0:
             Broker.start()
+
+
+POSTGRES_PIDFILE = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "postgres" / "data" / "postmaster.pid"
+
+
+def _postgres_script(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "deploy" / "postgres.sh"), command], capture_output=True, text=True, timeout=180)
+
+
+class Database:
+    """The local stack's PostgreSQL, killed and started by tests (deploy/postgres.sh)."""
+
+    @staticmethod
+    def kill() -> None:
+        """SIGKILL the server and every backend of it at once (a crash: nothing flushed, no goodbye to
+        clients); the next start recovers from its write-ahead log."""
+        postmaster = int(POSTGRES_PIDFILE.read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while _postgres_script("status").returncode == 0:
+            time.sleep(0.05)
+
+    @staticmethod
+    def start() -> None:
+        started = _postgres_script("start")
+        assert started.returncode == 0, started.stderr
+
+
+@pytest.fixture
+def postgres_server(database: str):
+    """The local stack's PostgreSQL, to kill and start in the middle of a test; running afterwards."""
+    if not POSTGRES_PIDFILE.exists() or _postgres_script("status").returncode != 0:
+        pytest.fail(
+            "this test kills PostgreSQL, so it needs the local stack's server (deploy/postgres.sh)", pytrace=False
+        )
+    try:
+        yield Database
+    finally:
+        if _postgres_script("status").returncode != 0:
+            Database.start()
 
 
 class LocalRedisCluster:
