@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.integration.settlement import Setup
 from tests.kafka_log import end_offsets, headers_of, read_topic
 
 
@@ -31,3 +32,9 @@ def log(stack):
             ]
 
     return Log()
+
+
+@pytest.fixture
+def setup(stack, database, tmp_path):
+    """Topics, a schema and a consumer group of one processor test (tests/integration/settlement.py)."""
+    return Setup(stack, database, tmp_path)

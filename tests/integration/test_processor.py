@@ -4,193 +4,39 @@ Each test folds topics of its own (a unique GATEWAY_TOPIC_PREFIX) into a schema 
 sees only its own records. After every test the invariants of DESIGN section 8 are checked.
 """
 
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import msgspec
-import psycopg
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from litestar.testing import AsyncTestClient, TestClient
 
 from gateway import ids
 from gateway.api.app import create_app
 from gateway.kafka.events import (
     EVENT_ENCODER,
-    Routing,
-    Transaction,
     TransactionAccepted,
-    cloudevents_headers,
-    event_time_ms,
-    fingerprint,
 )
-from gateway.kafka.producer import ensure_topics
-from processor.calendar import SettlementCalendar
 from processor.records import collect
-from processor.replay import rebuild
 from processor.service import Processor, ProcessorMetrics
-from processor.settings import ProcessorSettings
-from processor.store import SettlementStore
-from tests.conftest import ROOT, transaction
+from tests.conftest import transaction
 from tests.e2e.conftest import free_port
+from tests.integration.settlement import (
+    Setup,
+    accepted,
+    produce,
+    read_batch_events,
+    stop_process,
+    wait_until,
+)
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}
-
-
-class Setup:
-    """Topics, a schema and a consumer group of one test."""
-
-    def __init__(self, stack, database: str, logs: Path) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.logs = logs
-        self.gateway = msgspec.structs.replace(
-            stack,
-            topic_prefix=f"ptest-{tag}.",
-            partner=f"p-{tag}",
-            database_url=database,
-            database_schema=f"ptest_{tag}",
-        )
-        self.env = {
-            **os.environ,
-            "GATEWAY_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-            "GATEWAY_TOPIC_PREFIX": self.gateway.topic_prefix,
-            "GATEWAY_DATABASE_URL": database,
-            "GATEWAY_DATABASE_SCHEMA": f"ptest_{tag}",
-            "PROCESSOR_GROUP": f"ptest-{tag}",
-            "PROCESSOR_METRICS_PORT": "0",
-            "PROCESSOR_TICK_SECONDS": "0.2",
-            "PROCESSOR_POLL_RECORDS": "500",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.settings = ProcessorSettings.from_env(self.env)
-        self.database = database
-        ensure_topics(self.gateway)
-
-    def store(self) -> SettlementStore:
-        store = SettlementStore(self.database, self.settings.schema, SettlementCalendar.from_settings(self.settings))
-        store.migrate()
-        return store
-
-    def sql(self, query: str, *args) -> list[tuple]:
-        with psycopg.connect(self.database, autocommit=True) as conn:
-            conn.execute(f"SET search_path TO {self.settings.schema}")
-            return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
-
-    def start(self, name: str = "processor", *command: str, **env: str) -> subprocess.Popen:
-        with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the file
-            return subprocess.Popen(
-                [sys.executable, "-m", "processor", *command],
-                env={**self.env, **env},
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
-            )
-
-    def partitions(self) -> set[tuple[str, int]]:
-        return {(topic, p) for topic in self.settings.topics for p in range(self.gateway.topic_partitions)}
-
-    def members(self) -> list[set[tuple[str, int]]]:
-        """The partitions each live member of the processors' group holds."""
-        admin = AdminClient({"bootstrap.servers": self.gateway.kafka_bootstrap})
-        group = admin.describe_consumer_groups([self.settings.group])[self.settings.group].result(10)
-        return [{(p.topic, p.partition) for p in m.assignment.topic_partitions} for m in group.members]
-
-    def invariants(self) -> None:
-        """DESIGN 8: distinct accepted = sum of batch counts; each transaction in exactly one batch;
-        totals = exact re-sum of members; a closed batch's frozen count and totals are all its members
-        (late ones joined it from an earlier batch); its late count is the transactions that left it."""
-        (distinct,) = self.sql("SELECT count(*) FROM transactions")[0]
-        per_batch = self.sql("SELECT batch_id, count(*) FROM transactions GROUP BY 1")
-        assert distinct == sum(n for _, n in per_batch)
-        assert self.sql("SELECT count(*) FROM transactions t LEFT JOIN batches b USING (batch_id) WHERE b IS NULL") == [
-            (0,)
-        ]
-        for batch_id, count, totals in self.sql(
-            "SELECT batch_id, transaction_count, totals FROM batches WHERE status <> 'open'"
-        ):
-            members = self.sql(
-                "SELECT source_currency, sum(amount)::text, count(*) FROM transactions WHERE batch_id = %s GROUP BY 1",
-                batch_id,
-            )
-            assert count == sum(n for *_, n in members), batch_id
-            assert totals == {c: s for c, s, _ in members}, batch_id
-        late = self.sql(
-            "SELECT b.batch_id, b.late_count, count(t.late) FILTER (WHERE t.late) FROM batches b "
-            "LEFT JOIN transactions t ON t.routed_batch_id = b.batch_id GROUP BY 1, 2 ORDER BY 1"
-        )
-        assert [(batch_id, counted) for batch_id, counted, _ in late] == [(batch_id, n) for batch_id, _, n in late]
-
-    def assert_replay_matches(self) -> None:
-        """The state is the fold of the log: a replay from offset 0 gives the same digest."""
-        store = self.store()
-        try:
-            live = store.snapshot()
-        finally:
-            store.close()
-        calendar = SettlementCalendar.from_settings(self.settings)
-        assert rebuild(self.settings, calendar, f"{self.settings.schema}_replay", live) == live.digest
-
-
-@pytest.fixture
-def setup(stack, database, tmp_path):
-    return Setup(stack, database, tmp_path)
-
-
-def _produce(setup: Setup, events: list[TransactionAccepted], twice: set[int] = frozenset()) -> None:
-    producer = Producer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "enable.idempotence": True})
-    for i, event in enumerate(events):
-        for _ in range(2 if i in twice else 1):
-            producer.produce(
-                setup.gateway.topic(event.routing.window),
-                EVENT_ENCODER.encode(event),
-                event.transaction.source_account.encode(),
-                headers=cloudevents_headers(event, None),
-                timestamp=event_time_ms(event),  # as the gateway stamps it
-            )
-    assert producer.flush(30) == 0
-
-
-def _event(
-    partner: str,
-    n: int,
-    window: str = "t1",
-    value_date: str = "2026-12-01",
-    amount: str = "10.00",
-    at: str = "2026-11-30T10:00:00.000Z",
-):
-    txn = Transaction(f"txn-{n}", amount, "USD", "GBP", f"acct-{n % 7}", "acct-dest", f"cp-{n % 3}", window, None)
-    routing = Routing(window, window, value_date, f"{window}-{value_date.replace('-', '')}-GBP", "requested")
-    return TransactionAccepted(ids.uuid7(), at, partner, f"key-{n}", fingerprint(txn), txn, routing)
-
-
-def _wait(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds}s: {what}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def test_a_submission_is_batched_within_two_seconds_and_its_status_follows(setup):
@@ -212,6 +58,8 @@ async def test_a_submission_is_batched_within_two_seconds_and_its_status_follows
             "kafka": {"topic": meta["topic"], "partition": meta["partition"], "offset": meta["offset"]},
             "steps": {"accepted_at": meta["accepted_at"], "batched_at": None, "settled_at": None},
             "late": False,
+            "routed_batch": None,
+            "routed_value_date": None,
         }
         setup.store().close()  # the schema, so the test can look before the processor has folded anything
         processor = setup.start()
@@ -228,7 +76,7 @@ async def test_a_submission_is_batched_within_two_seconds_and_its_status_follows
             listing = await client.get("/api/v1/batches", params={"window": "t1", "limit": 1})
             unknown = await client.get("/api/v1/transactions/txn_nobody_sent")
         finally:
-            _stop(processor)
+            stop_process(processor)
     meta = response.json()["metadata"]
     row = setup.sql(
         "SELECT status, batch_id, amount::text, topic, partition, kafka_offset FROM transactions "
@@ -265,29 +113,12 @@ async def _await_batched(setup: Setup, transaction_id: str, seconds: float) -> N
     raise AssertionError(f"{transaction_id} not batched within {seconds}s")
 
 
-def _read_batch_events(setup: Setup) -> list[tuple[dict, dict]]:
-    consumer = Consumer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "group.id": "ptest-reader"})
-    topic = setup.settings.batches_topic
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
-        events, wanted = [], sum(ends.values())
-        while len(events) < wanted:
-            message = consumer.poll(10)
-            assert message is not None and message.error() is None
-            events.append((json.loads(message.value()), dict(message.headers())))
-        return events
-    finally:
-        consumer.close()
-
-
 def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
     # USD -> GBP, value date Tuesday 1 December 2026: the batch closes at midnight starting it (London)
     # plus the grace, and settles at the GBP settlement time that day
-    events = [_event(setup.gateway.partner, n, amount=f"{n}.25") for n in range(1, 7)]
-    events += [_event(f"{setup.gateway.partner}-b", 7, amount="1000.00")]
-    _produce(setup, events)
+    events = [accepted(setup.gateway.partner, n, amount=f"{n}.25") for n in range(1, 7)]
+    events += [accepted(f"{setup.gateway.partner}-b", 7, amount="1000.00")]
+    produce(setup, events)
     now = [datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()]
     store = setup.store()
     processor = Processor(setup.settings, store, ProcessorMetrics(), lambda: now[0])
@@ -317,7 +148,7 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
 
         # a record for the closed batch (accepted before its cut-off, read after it closed): late, on to
         # the next t1 batch of GBP, never in the frozen totals of the first
-        _produce(setup, [_event(setup.gateway.partner, 8, amount="5.00")])
+        produce(setup, [accepted(setup.gateway.partner, 8, amount="5.00")])
         events.append(None)  # type: ignore[arg-type]
         fold_all()
         late_path = (
@@ -359,7 +190,7 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
     finally:
         processor.close()
         store.close()
-    published = _read_batch_events(setup)
+    published = read_batch_events(setup)
     kinds = [(e["event_type"], e["batch_id"], h["ce_type"]) for e, h in published]
     for batch_id in (batch, "t1-20261202-GBP"):  # in order per batch (one partition each), once each
         assert [kind for kind in kinds if kind[1] == batch_id] == [
@@ -380,14 +211,14 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
 
 def test_duplicates_and_kills_mid_apply_leave_every_invariant_true(setup):
     partner = setup.gateway.partner
-    events = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3], amount=f"{n}.01") for n in range(3000)]
+    events = [accepted(partner, n, window=("t0", "t1", "rtgs")[n % 3], amount=f"{n}.01") for n in range(3000)]
     twice = set(range(0, 3000, 10))  # 300 records written twice (a producer retry)
     rerouted = [  # the same transactions again under another window (after an uncertain delivery)
-        msgspec.structs.replace(e, event_id=ids.uuid7(), routing=_event(partner, 0, window="t1").routing)
+        msgspec.structs.replace(e, event_id=ids.uuid7(), routing=accepted(partner, 0, window="t1").routing)
         for e in events[5:3000:50]
         if e.routing.window != "t1"
     ]
-    _produce(setup, events + rerouted, twice)
+    produce(setup, events + rerouted, twice)
     for kill in range(5):
         processor = setup.start(f"killed-{kill}")
         time.sleep(1.5 + kill * 0.4)  # somewhere in the middle of folding the backlog
@@ -395,11 +226,11 @@ def test_duplicates_and_kills_mid_apply_leave_every_invariant_true(setup):
         processor.wait()
     processor = setup.start("last")
     try:
-        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 3000, 90, "3000 transactions folded")
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 3000, 90, "3000 transactions folded")
         expected_duplicates = len(twice) + len(rerouted)
-        _wait(lambda: setup.sql("SELECT count(*) FROM duplicates")[0][0] == expected_duplicates, 30, "duplicates")
+        wait_until(lambda: setup.sql("SELECT count(*) FROM duplicates")[0][0] == expected_duplicates, 30, "duplicates")
     finally:
-        _stop(processor)
+        stop_process(processor)
     assert setup.sql("SELECT same_event, count(*) FROM duplicates GROUP BY 1 ORDER BY 1") == [
         (False, len(rerouted)),
         (True, len(twice)),
@@ -418,12 +249,12 @@ def test_the_transaction_a_copy_becomes_depends_on_the_log_and_the_clock_not_on_
     partner = setup.gateway.partner
 
     def copy(event: TransactionAccepted, window: str) -> TransactionAccepted:
-        return msgspec.structs.replace(event, event_id=ids.uuid7(), routing=_event(partner, 0, window=window).routing)
+        return msgspec.structs.replace(event, event_id=ids.uuid7(), routing=accepted(partner, 0, window=window).routing)
 
-    a_t0 = _event(partner, 1, window="t0")  # earlier, but read after its later copy's batch closed: frozen
-    b_t0 = _event(partner, 2, window="t0", value_date="2026-12-02")  # its later copy is read first, late
-    d_t0 = _event(partner, 4, window="t0")  # earlier, but read after its later rtgs copy settled
-    d_rtgs, a_t1, c, b_t1 = copy(d_t0, "rtgs"), copy(a_t0, "t1"), _event(partner, 3, window="t1"), copy(b_t0, "t1")
+    a_t0 = accepted(partner, 1, window="t0")  # earlier, but read after its later copy's batch closed: frozen
+    b_t0 = accepted(partner, 2, window="t0", value_date="2026-12-02")  # its later copy is read first, late
+    d_t0 = accepted(partner, 4, window="t0")  # earlier, but read after its later rtgs copy settled
+    d_rtgs, a_t1, c, b_t1 = copy(d_t0, "rtgs"), copy(a_t0, "t1"), accepted(partner, 3, window="t1"), copy(b_t0, "t1")
     log = [a_t0, b_t0, d_t0, d_rtgs, a_t1, c, b_t1]  # record timestamps one second apart, in this order
     producer = Producer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "enable.idempotence": True})
     base = int(datetime(2026, 11, 30, 10, 0, tzinfo=UTC).timestamp() * 1000)
@@ -482,21 +313,21 @@ def test_the_transaction_a_copy_becomes_depends_on_the_log_and_the_clock_not_on_
 
 def test_two_instances_split_the_partitions_and_one_takes_over(setup):
     partner = setup.gateway.partner
-    first = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600)]
+    first = [accepted(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600)]
     setup.store().close()  # the schema exists before the instances race to create it
     port = free_port()
     a, b = setup.start("a"), setup.start("b", PROCESSOR_METRICS_PORT=str(port))
     try:
-        _produce(setup, first)
-        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 600, 60, "600 folded by two")
-        _wait(lambda: len(setup.members()) == 2 and all(setup.members()), 30, "both instances holding partitions")
+        produce(setup, first)
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 600, 60, "600 folded by two")
+        wait_until(lambda: len(setup.members()) == 2 and all(setup.members()), 30, "both instances holding partitions")
         split = setup.members()
         assert all(split) and sum(map(len, split)) == 9 and set().union(*split) == setup.partitions()
         a.send_signal(signal.SIGKILL)
         a.wait()
-        second = [_event(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600, 1200)]
-        _produce(setup, second)
-        _wait(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 1200, 90, "1200 folded by one")
+        second = [accepted(partner, n, window=("t0", "t1", "rtgs")[n % 3]) for n in range(600, 1200)]
+        produce(setup, second)
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 1200, 90, "1200 folded by one")
         assert setup.members() == [setup.partitions()]  # the survivor holds every partition
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as ready:
             assert ready.status == 200
@@ -508,7 +339,7 @@ def test_two_instances_split_the_partitions_and_one_takes_over(setup):
     finally:
         for process in (a, b):
             if process.poll() is None:
-                _stop(process)
+                stop_process(process)
     assert setup.sql("SELECT count(*) FROM duplicates") == [(0,)]
     (offsets,) = setup.sql("SELECT sum(next_offset) FROM consumed")[0]
     assert offsets == 1200  # every record applied exactly once, none twice
