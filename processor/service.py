@@ -303,10 +303,14 @@ class Processor:
         metrics.unreadable.inc(applied.unreadable)
 
     def tick(self) -> None:
-        """Mark the partitions read to their end, advance the batch lifecycle (watermark and clock),
-        publish what it produced, refresh the gauges. Kafka unreachable, the lifecycle still advances by
-        the progress already stored (and batch events wait in the producer)."""
+        """One turn of the lifecycle on the clock: observe the partitions, then advance."""
         now = self.now()  # before asking for the end offsets: a record appended later is not behind it
+        self.observe(now)
+        self.advance(now)
+
+    def observe(self, now: datetime) -> None:
+        """Mark the partitions read to their end offset as of `now`. Kafka unreachable, nothing is marked
+        (the watermark waits) and the processor is not ready."""
         try:
             self._partitions = self._window_partitions()
             self._mark_caught_up(now)
@@ -314,6 +318,10 @@ class Processor:
             if self._kafka_ok_at > 0:
                 log.warning("Kafka: %s; the watermark waits for it", exc or "no answer")
             self._kafka_ok_at = -1e9
+
+    def advance(self, now: datetime) -> None:
+        """Advance the batch lifecycle by the stored progress and `now`, publish what it produced,
+        refresh the gauges; needs PostgreSQL only (batch events wait in the producer for Kafka)."""
         done = self._store.advance(now, ids.uuid7, self._partitions)
         if done["closed"] or done["settled"] or done["rtgs_settled"]:
             log.info("batches: %s", done)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from gateway import ids
@@ -172,12 +172,26 @@ def stop_process(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _end_offset(consumer: Consumer, partition: TopicPartition) -> int:
+    """The end offset of a partition, asked until its leader answers (one may be elected still, after
+    the broker was frozen or restarted)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10)[1]
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def read_batch_events(setup: Setup) -> list[tuple[dict, dict]]:
+    """Every event on the batches topic, with its headers."""
     consumer = Consumer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "group.id": "ptest-reader"})
     topic = setup.settings.batches_topic
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        ends = {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
         events, wanted = [], sum(ends.values())
         while len(events) < wanted:
