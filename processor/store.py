@@ -100,7 +100,8 @@ class SettlementStore:
         self.schema = schema
         self.calendar = calendar
         self._conn = psycopg.connect(url, autocommit=True)
-        self._known_batches: set[str] = set()
+        self._known_batches: set[str] = set()  # batches committed to exist (none is ever deleted)
+        self._opened: set[str] = set()  # batches inserted by the transaction under way
 
     def close(self) -> None:
         self._conn.close()
@@ -178,6 +179,7 @@ class SettlementStore:
         conn = self._conn
         unreadable = list(batch.unreadable)
         new = late = duplicates = 0
+        self._opened = set()
         with conn.transaction():
             # Safe without waiting for the disk: the offsets commit with the state, so a commit that a
             # server crash loses takes its offsets along, and those records are read and applied again.
@@ -204,6 +206,7 @@ class SettlementStore:
                 conn.cursor().executemany(
                     "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
                 )
+        self._known_batches |= self._opened  # committed
         return Applied(new, duplicates, late, len(unreadable))
 
     def _move(self, batch: PollBatch, expected: dict[Partition, int | None], now: datetime) -> None:
@@ -255,7 +258,7 @@ class SettlementStore:
                 f"\tt\t{record.accepted_ms}\n"
             )
             joined.add(batch_id)
-        self._open_batches(joined, now)
+        self._opened |= self._open_batches(joined, now)
         return lines, refused
 
     def _fold(self, lines: list[str], now: datetime, one_by_one: bool) -> tuple[int, int, int]:
@@ -272,10 +275,12 @@ class SettlementStore:
                 duplicates += cursor.execute(_DUPLICATES).rowcount
         return int(new or 0), int(late or 0), duplicates
 
-    def _open_batches(self, batch_ids: set[str], now: datetime) -> None:
+    def _open_batches(self, batch_ids: set[str], now: datetime) -> set[str]:
+        """Insert the batches of `batch_ids` not known to exist; return those (known once committed: a
+        transaction rolled back takes its batches along)."""
         unknown = batch_ids - self._known_batches
         if not unknown:
-            return
+            return unknown
         rows = []
         for batch_id in sorted(unknown):
             window, value_date, currency = parse_batch_id(batch_id)
@@ -286,7 +291,7 @@ class SettlementStore:
             " opened_at) VALUES (%s, %s, %s, %s, 'open', %s, %s, %s) ON CONFLICT DO NOTHING",
             rows,
         )
-        self._known_batches |= unknown
+        return unknown
 
     # -- the batch lifecycle -------------------------------------------------------------------------
 

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from gateway.kafka.events import EVENT_ENCODER, event_time_ms
+from gateway.kafka.producer import create_topics, finite_retention
 from processor.service import Processor, ProcessorMetrics
 from tests.conftest import KAFKA_PIDFILE
 from tests.e2e.conftest import free_port
@@ -253,3 +255,86 @@ def test_with_kafka_frozen_the_lifecycle_goes_on_and_each_batch_event_is_publish
 def _batch_status(setup, batch_id: str) -> str | None:
     rows = setup.sql("SELECT status FROM batches WHERE batch_id = %s", batch_id)
     return rows[0][0] if rows else None
+
+
+def test_a_record_the_database_refuses_is_quarantined_and_the_rest_of_its_poll_batch_folds(setup, monkeypatch):
+    """Should a record pass the checks and still be refused by PostgreSQL (here a NaN amount, with the
+    checks switched off), the poll batch is applied again record by record: NaN never reaches a total."""
+    monkeypatch.setattr("processor.records.problem", lambda event, calendar: None)
+    partner = setup.gateway.partner
+    events = [accepted(partner, n, amount="3.00") for n in range(10)]
+    events[4] = accepted(partner, 4, amount="NaN")
+    produce(setup, events)
+    store = setup.store()
+    processor = Processor(setup.settings, store, ProcessorMetrics(), time.time)
+    try:
+        processor.subscribe()
+        deadline = time.monotonic() + 30
+        while setup.sql("SELECT count(*) FROM unreadable") != [(1,)]:
+            processor.step(timeout=0.5)
+            assert time.monotonic() < deadline, "the NaN record not quarantined"
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions") == [(9,)], 10, "the other nine folded")
+    finally:
+        processor.close()
+        store.close()
+    [(reason,)] = setup.sql("SELECT reason FROM unreadable")
+    assert reason.startswith("refused by the database") and "transactions_amount_finite" in reason
+    assert setup.sql("SELECT sum(amount)::text FROM transactions") == [("27.00",)]
+
+
+def test_window_topics_keep_every_record_and_a_processor_refuses_to_start_on_one_that_deletes(setup, stack):
+    assert finite_retention(stack.kafka_bootstrap, setup.settings.topics) == []  # as ensure_topics made them
+    short = msgspec.structs.replace(setup.gateway, topic_prefix=setup.gateway.topic_prefix + "short.")
+    week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+    topics = [short.topic(window) for window in ("rtgs", "t0", "t1")]
+    create_topics(stack.kafka_bootstrap, topics, 3, 1, 15.0, week)
+    processor = setup.start("short", GATEWAY_TOPIC_PREFIX=short.topic_prefix)
+    assert processor.wait(60) == 2
+    log = (setup.logs / "short.log").read_text()
+    assert "window topics that delete records" in log and "retention.ms=604800000" in log
+
+
+def test_replay_refuses_when_the_log_no_longer_starts_at_offset_0(setup):
+    produce(setup, [accepted(setup.gateway.partner, n) for n in range(6)])
+    setup.store().close()
+    processor = setup.start()
+    try:
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions") == [(6,)], 60, "folded")
+    finally:
+        stop_process(processor)
+    topic = setup.gateway.topic("t1")
+    admin = AdminClient({"bootstrap.servers": setup.gateway.kafka_bootstrap})
+    deleted = admin.delete_records([TopicPartition(topic, p, 1) for p in range(3)])
+    for future in deleted.values():
+        future.result(10)
+    replay = setup.start("replay", "replay")
+    assert replay.wait(120) == 2
+    log = (setup.logs / "replay.log").read_text()
+    assert "replay refused: the log no longer starts at offset 0" in log and f"{topic}[0] starts at 1" in log
+
+
+def test_supervise_starts_a_killed_processor_again_and_stops_with_it(setup):
+    port = free_port()
+    setup.store().close()
+    supervisor = setup.start("supervised", "supervise", PROCESSOR_METRICS_PORT=str(port))
+    try:
+        _seconds_until_ready(port, 60)
+        [child] = _children(supervisor.pid)
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: _children(supervisor.pid) not in ([], [child]), 20, "a new processor started")
+        _seconds_until_ready(port, 60)
+        produce(setup, [accepted(setup.gateway.partner, n) for n in range(3)])
+        wait_until(lambda: setup.sql("SELECT count(*) FROM transactions") == [(3,)], 30, "the new one folds")
+        [successor] = _children(supervisor.pid)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
+        assert not os.path.exists(f"/proc/{successor}")
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert "starting it again in 1 s" in (setup.logs / "supervised.log").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
