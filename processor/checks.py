@@ -6,6 +6,7 @@ The transaction itself goes through the gateway's own validation (fastcore); the
 with itself (the batch id is `{window}-{value date}-{destination currency}`) and with the calendar.
 """
 
+import functools
 import re
 from datetime import date, datetime
 
@@ -47,29 +48,50 @@ def problem(event: TransactionAccepted, calendar: SettlementCalendar) -> str | N
     except fastcore.ValidationFailed as exc:
         return "; ".join(f"transaction.{field}: {code} ({message})" for field, code, message in exc.errors)[:500]
     routing = event.routing
-    if routing.window not in WINDOWS:
-        return f"routing.window: {routing.window[:20]!r} is not rtgs, t0 or t1"
-    if routing.requested_window is not None and routing.requested_window not in WINDOWS:
-        return f"routing.requested_window: {routing.requested_window[:20]!r} is not rtgs, t0 or t1"
-    if routing.reason not in REASONS:
-        return f"routing.reason: {routing.reason[:40]!r} is not a routing reason"
-    try:
-        if not _DATE.fullmatch(routing.value_date):
-            raise ValueError
-        value_date = date.fromisoformat(routing.value_date)
-    except ValueError:
-        return f"routing.value_date: {routing.value_date[:40]!r} is not a date YYYY-MM-DD"
-    expected = f"{routing.window}-{value_date:%Y%m%d}-{txn.destination_currency}"
-    if routing.batch != expected:
-        return f"routing.batch: {routing.batch[:80]!r} does not agree with the routing ({expected})"
+    reason = _routing_problem(
+        routing.window, routing.requested_window, routing.reason, routing.value_date, routing.batch,
+        txn.destination_currency, calendar,
+    )  # fmt: skip
+    if reason is not None:
+        return reason
     try:
         occurred = datetime.fromisoformat(event.occurred_at)
     except ValueError:
         return f"occurred_at: {event.occurred_at[:40]!r} is not an ISO 8601 instant"
     if occurred.tzinfo is None:
         return "occurred_at: no UTC offset"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # a log holds few distinct routings: each is checked once
+def _routing_problem(
+    window: str,
+    requested_window: str | None,
+    reason: str,
+    value_date: str,
+    batch: str,
+    destination_currency: str,
+    calendar: SettlementCalendar,
+) -> str | None:
+    """Why a routing cannot be folded: a window or reason unknown, a value date that is not one, a batch
+    id that disagrees with the rest, or one the calendar cannot time. None when it can."""
+    if window not in WINDOWS:
+        return f"routing.window: {window[:20]!r} is not rtgs, t0 or t1"
+    if requested_window is not None and requested_window not in WINDOWS:
+        return f"routing.requested_window: {requested_window[:20]!r} is not rtgs, t0 or t1"
+    if reason not in REASONS:
+        return f"routing.reason: {reason[:40]!r} is not a routing reason"
     try:
-        calendar.batch_times(routing.batch)
+        if not _DATE.fullmatch(value_date):
+            raise ValueError
+        day = date.fromisoformat(value_date)
+    except ValueError:
+        return f"routing.value_date: {value_date[:40]!r} is not a date YYYY-MM-DD"
+    expected = f"{window}-{day:%Y%m%d}-{destination_currency}"
+    if batch != expected:
+        return f"routing.batch: {batch[:80]!r} does not agree with the routing ({expected})"
+    try:
+        calendar.batch_times(batch)
     except (ValueError, OverflowError) as exc:
-        return f"routing.batch: {routing.batch} has no settlement times ({exc})"
+        return f"routing.batch: {batch} has no settlement times ({exc})"
     return None

@@ -23,7 +23,6 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -360,12 +359,11 @@ class SettlementStore:
                 )
                 row = conn.execute(
                     "UPDATE batches SET status = 'settled', settled_at = %s WHERE batch_id = %s "
-                    "RETURNING transaction_count, totals, net_positions, late_count",
+                    "RETURNING transaction_count, totals, net_positions, cross_currency_legs, late_count",
                     (now, batch_id),
                 ).fetchone()
                 assert row is not None
-                count, totals, net, late = row
-                payload = {"transaction_count": count, "totals": totals, "net_positions": net, "late_count": late}
+                payload = dict(zip(_SETTLED_FIELDS, row, strict=True))
                 self._queue(batch_id, "BatchSettled", event_id(), now, payload)
                 done["settled"] += 1
             if any(done.values()):
@@ -393,25 +391,22 @@ class SettlementStore:
         return self._watermark(list(partitions))
 
     def _freeze(self, batch_id: str, now: datetime) -> dict:
+        """Close a batch: freeze its count, its totals per source currency and its positions."""
         conn = self._conn
-        totals: dict[str, str] = {}
-        net: dict[str, dict[str, dict[str, str]]] = {}
-        count = 0
-        rows = conn.execute(
-            "SELECT partner, counterparty_id, source_currency, count(*), sum(amount) FROM transactions "
-            "WHERE batch_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            (batch_id,),
-        )
-        sums: dict[str, Decimal] = {}
-        for partner, counterparty, currency, n, amount in rows:
+        count, totals = 0, {}
+        for currency, n, amount in conn.execute(_TOTALS, (batch_id,)):
             count += n
-            sums[currency] = sums.get(currency, Decimal(0)) + amount
-            net.setdefault(partner, {}).setdefault(counterparty, {})[currency] = str(amount)
-        totals = {currency: str(amount) for currency, amount in sorted(sums.items())}
+            totals[currency] = amount
+        net: dict[str, dict[str, dict[str, str]]] = {}
+        for partner, currency, account, amount in conn.execute(_NET_POSITIONS, {"batch": batch_id}):
+            net.setdefault(partner, {}).setdefault(currency, {})[account] = amount
+        legs: dict[str, list[dict]] = {}
+        for partner, *leg in conn.execute(_CROSS_CURRENCY_LEGS, (batch_id,)):
+            legs.setdefault(partner, []).append(dict(zip(_LEG_FIELDS, leg, strict=True)))
         late = conn.execute(
             "UPDATE batches SET status = 'closed', closed_at = %s, transaction_count = %s, totals = %s, "
-            "net_positions = %s WHERE batch_id = %s RETURNING late_count",
-            (now, count, json.dumps(totals), json.dumps(net), batch_id),
+            "net_positions = %s, cross_currency_legs = %s WHERE batch_id = %s RETURNING late_count",
+            (now, count, json.dumps(totals), json.dumps(net), json.dumps(legs), batch_id),
         ).fetchone()
         # members that joined on the late path (read after the batch of their 202 had closed)
         arrivals = conn.execute(
@@ -423,6 +418,7 @@ class SettlementStore:
             "transaction_count": count,
             "totals": totals,
             "net_positions": net,
+            "cross_currency_legs": legs,
             "late_count": late[0] if late else 0,
             "late_arrivals": [
                 {"partner": partner, "transaction_id": txn, "routed_batch_id": routed}
@@ -501,6 +497,30 @@ class SettlementStore:
                 hasher.update(b"--\n")
         return Snapshot(hasher.hexdigest(), offsets, steps)
 
+
+# A batch's frozen figures (every amount an exact decimal string of the currency it is in):
+# totals per source currency; net positions per partner, currency and account (participant) of its
+# same-currency transactions, which sum to exactly zero per partner and currency; and its cross-currency
+# transactions apart, summed per leg in the source currency (the gateway has no FX rate to net them by).
+_TOTALS = (
+    "SELECT source_currency, count(*), sum(amount)::text FROM transactions WHERE batch_id = %s GROUP BY 1 ORDER BY 1"
+)
+_NET_POSITIONS = """
+SELECT partner, currency, account, sum(delta)::text FROM (
+    SELECT partner, source_currency AS currency, source_account AS account, -amount AS delta FROM transactions
+    WHERE batch_id = %(batch)s AND source_currency = destination_currency
+    UNION ALL
+    SELECT partner, source_currency, destination_account, amount FROM transactions
+    WHERE batch_id = %(batch)s AND source_currency = destination_currency
+) moves GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+_CROSS_CURRENCY_LEGS = (
+    "SELECT partner, source_account, source_currency, destination_account, destination_currency, count(*),"
+    " sum(amount)::text FROM transactions WHERE batch_id = %s AND source_currency <> destination_currency"
+    " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+)
+_LEG_FIELDS = ("source_account", "source_currency", "destination_account", "destination_currency", "count", "amount")
+_SETTLED_FIELDS = ("transaction_count", "totals", "net_positions", "cross_currency_legs", "late_count")
 
 # One poll batch's records, as COPY writes them (emptied at every commit).
 _INCOMING = """
@@ -615,5 +635,5 @@ _DIGEST = (
     "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",
     "SELECT batch_id, source_currency, count(*), sum(amount) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2",
     "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, closed_at, settled_at,"
-    " transaction_count, totals, net_positions, late_count FROM batches ORDER BY batch_id",
+    " transaction_count, totals, net_positions, cross_currency_legs, late_count FROM batches ORDER BY batch_id",
 )

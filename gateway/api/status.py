@@ -13,7 +13,6 @@ import base64
 import binascii
 import logging
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -73,8 +72,20 @@ class TransactionStatus(msgspec.Struct, frozen=True):
     routed_value_date: str | None = None
 
 
+class CrossCurrencyLeg(msgspec.Struct, frozen=True):
+    """Transactions of a batch from one account in one currency to one account in another, summed in the
+    source currency: listed apart from the net positions, since the gateway has no FX rate to net them."""
+
+    source_account: str
+    source_currency: str
+    destination_account: str
+    destination_currency: str
+    count: int
+    amount: str
+
+
 class BatchView(msgspec.Struct, frozen=True):
-    """A batch, with the partner's own part of it (count, totals, net positions, late transactions)."""
+    """A batch, with the partner's own part of it (count, totals, positions, late transactions)."""
 
     batch_id: str
     window: str
@@ -88,7 +99,10 @@ class BatchView(msgspec.Struct, frozen=True):
     settled_at: str | None
     transaction_count: int
     totals: dict[str, str]
-    net_positions: dict[str, dict[str, str]]  # counterparty -> currency -> exact decimal
+    # frozen at close (null while open): currency -> account -> signed exact decimal, of the partner's
+    # same-currency transactions (they sum to zero per currency); cross-currency ones apart, per leg
+    net_positions: dict[str, dict[str, str]] | None
+    cross_currency_legs: list[CrossCurrencyLeg] | None
     late_transactions: list[str]  # routed here, read after it closed: they settle in the next batch
 
 
@@ -164,13 +178,13 @@ _TRANSACTION = (
 )
 _BATCH = (
     "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
-    " closed_at, settled_at FROM batches b WHERE batch_id = %s"
+    " closed_at, settled_at, net_positions -> %s, cross_currency_legs -> %s FROM batches b WHERE batch_id = %s"
     " AND (EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
     " OR EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.routed_batch_id = b.batch_id AND t.late))"
 )
 _PARTNER_PART = (
-    "SELECT counterparty_id, source_currency, count(*), sum(amount) FROM transactions"
-    " WHERE partner = %s AND batch_id = %s GROUP BY 1, 2 ORDER BY 1, 2"
+    "SELECT source_currency, count(*), sum(amount)::text FROM transactions"
+    " WHERE partner = %s AND batch_id = %s GROUP BY 1 ORDER BY 1"
 )
 _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND routed_batch_id = %s AND late ORDER BY 1"
 
@@ -274,16 +288,11 @@ async def transaction_status(
 
 
 async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView:
-    (batch_id, window, value_date, currency, status, closes_at, settles_at, opened_at, closed_at, settled_at) = row
+    (batch_id, window, value_date, currency, status, closes_at, settles_at, opened_at, closed_at, settled_at,
+     net, legs) = row  # fmt: skip
     part = await store.rows(_PARTNER_PART, partner, batch_id)
     late = await store.rows(_LATE, partner, batch_id)
-    totals: dict[str, Decimal] = {}
-    net: dict[str, dict[str, str]] = {}
-    count = 0
-    for counterparty, source_currency, n, amount in part:
-        count += n
-        totals[source_currency] = totals.get(source_currency, Decimal(0)) + amount
-        net.setdefault(counterparty, {})[source_currency] = str(amount)
+    frozen = status != "open"  # positions are a close's: the partner's share of what was frozen then
     return BatchView(
         batch_id=batch_id,
         window=window,
@@ -295,9 +304,10 @@ async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView
         opened_at=_iso(opened_at) or "",
         closed_at=_iso(closed_at),
         settled_at=_iso(settled_at),
-        transaction_count=count,
-        totals={c: str(v) for c, v in sorted(totals.items())},
-        net_positions=net,
+        transaction_count=sum(n for _, n, _ in part),
+        totals={source_currency: amount for source_currency, _, amount in part},
+        net_positions=(net or {}) if frozen else None,
+        cross_currency_legs=msgspec.convert(legs or [], list[CrossCurrencyLeg]) if frozen else None,
         late_transactions=[r[0] for r in late],
     )
 
@@ -313,9 +323,10 @@ _BATCH_EXAMPLE = BatchView(
     opened_at="2026-11-26T09:30:00.131Z",
     closed_at="2026-11-27T00:01:00.412Z",
     settled_at=None,
-    transaction_count=2,
-    totals={"USD": "1484.56"},
-    net_positions={"cparty_london": {"USD": "1484.56"}},
+    transaction_count=3,
+    totals={"GBP": "1484.56", "USD": "100.00"},
+    net_positions={"GBP": {"acct_uk_1": "-250.00", "acct_uk_2": "-1234.56", "acct_uk_9": "1484.56"}},
+    cross_currency_legs=[CrossCurrencyLeg("acct_usa_88", "USD", "acct_uk_99", "GBP", 1, "100.00")],
     late_transactions=[],
 )
 
@@ -324,9 +335,10 @@ _BATCH_EXAMPLE = BatchView(
     "/api/v1/batches/{batch_id:str}",
     summary="A settlement batch",
     description="Its status and times, and the partner's own part of it: count, exact totals per currency and "
-    "the sums per counterparty and currency of its transactions (frozen at close; transactions that arrived late "
-    "from an earlier batch included), and its transactions routed here that arrived after it closed (they settle "
-    "in the next batch of the window and currency).",
+    "its net position per currency and account of its same-currency transactions and its cross-currency legs "
+    "(frozen at close, null while the batch is open; transactions that arrived late from an earlier batch "
+    "included), and its transactions routed here that arrived after it closed (they settle in the next batch of "
+    "the window and currency).",
     tags=["status"],
     operation_class=PartnerOperation,
     security=PARTNER_SECURITY,
@@ -345,7 +357,7 @@ async def batch(
 ) -> BatchView:
     """One batch the partner has transactions in."""
     store: StatusStore = request.app.state.status_store
-    rows = await store.rows(_BATCH, batch_id, partner, partner)
+    rows = await store.rows(_BATCH, partner, partner, batch_id, partner, partner)
     if not rows:
         raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
     return await _batch_view(store, partner, rows[0])
@@ -405,12 +417,13 @@ async def batches(
     after_day, after_id = _after(cursor) if cursor else (date.min, "")
     rows = await store.rows(
         "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
-        " closed_at, settled_at FROM batches b"
+        " closed_at, settled_at, net_positions -> %s, cross_currency_legs -> %s FROM batches b"
         " WHERE EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
         " AND (%s::text IS NULL OR settlement_window = %s) AND (%s::date IS NULL OR value_date = %s)"
         " AND (%s::text IS NULL OR status = %s) AND (value_date, batch_id) > (%s, %s)"
         " ORDER BY value_date, batch_id LIMIT %s",
-        partner, window, window, value_date, value_date, status, status, after_day, after_id, limit + 1,
+        partner, partner, partner, window, window, value_date, value_date, status, status, after_day, after_id,
+        limit + 1,
     )  # fmt: skip
     page = [await _batch_view(store, partner, row) for row in rows[:limit]]
     following = _cursor(rows[limit - 1][2], rows[limit - 1][0]) if len(rows) > limit else None

@@ -30,3 +30,12 @@ CREATE INDEX transactions_routed_batch ON transactions (routed_batch_id, partner
 -- may ever reach a total.
 ALTER TABLE transactions DROP CONSTRAINT transactions_amount_check;
 ALTER TABLE transactions ADD CONSTRAINT transactions_amount_finite CHECK (amount > 0 AND amount < 'Infinity');
+
+-- Positions that mean what they say (frozen at close): net_positions becomes {partner: {currency:
+-- {account: signed amount}}} of same-currency transactions (zero-sum per partner and currency), and the
+-- cross-currency transactions are listed apart per leg, in their source currency.
+ALTER TABLE batches ADD COLUMN cross_currency_legs jsonb;
+COMMENT ON COLUMN batches.net_positions IS
+    'frozen at close: {partner: {currency: {account: signed exact decimal}}}, same-currency transactions';
+COMMENT ON COLUMN batches.cross_currency_legs IS
+    'frozen at close: {partner: [{source_account, source_currency, destination_account, destination_currency, count, amount}]}';

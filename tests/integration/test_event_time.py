@@ -86,6 +86,14 @@ async def test_a_processor_stopped_across_the_cut_off_closes_the_batch_with_ever
     assert setup.sql("SELECT count(*) FROM transactions WHERE late") == [(0,)]
     assert setup.sql("SELECT count(*) FROM transactions WHERE batch_id = %s", BATCH) == [(10,)]
     assert _folded(setup, first + second)
+    # USD -> USD: multilateral net positions per account, summing to exactly zero
+    [(net, legs)] = setup.sql("SELECT net_positions, cross_currency_legs FROM batches WHERE batch_id = %s", BATCH)
+    usd = net[setup.gateway.partner]["USD"]
+    assert len(usd) == 15 and sum(map(Decimal, usd.values())) == 0 and legs == {}
+    assert {account: usd[account] for account in usd if account.startswith("acct_us_")} == {
+        f"acct_us_{i}": str(Decimal(f"{10 + i}.25") * 2) for i in range(5)
+    }
+    assert usd[f"acct_usa_{unique}-a-0"] == "-10.25"
     setup.invariants()
     setup.assert_replay_matches()
 

@@ -91,7 +91,8 @@ async def test_a_submission_is_batched_within_two_seconds_and_its_status_follows
     # the batch's total includes it (250.00 + 1234.56), and only this partner's part is shown
     view = batch.json()
     assert batch.status_code == 200 and view["status"] == "open" and view["transaction_count"] == 2
-    assert view["totals"] == {"USD": "1484.56"} and view["net_positions"] == {"cparty_london": {"USD": "1484.56"}}
+    assert view["totals"] == {"USD": "1484.56"}
+    assert view["net_positions"] is None and view["cross_currency_legs"] is None  # frozen at close only
     assert listing.status_code == 200 and [b["batch_id"] for b in listing.json()["batches"]] == [meta["batch"]]
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
     # another partner sees none of it: 404, not 403
@@ -138,13 +139,20 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
 
         now[0] = datetime(2026, 12, 1, 0, 1, 1, tzinfo=UTC).timestamp()  # midnight + 60 s grace has passed
         processor.tick()
-        status, count, totals, net = setup.sql(
-            "SELECT status, transaction_count, totals, net_positions FROM batches WHERE batch_id = %s", batch
+        status, count, totals, net, legs = setup.sql(
+            "SELECT status, transaction_count, totals, net_positions, cross_currency_legs FROM batches"
+            " WHERE batch_id = %s",
+            batch,
         )[0]
         assert status == "closed" and count == 7
         assert totals == {"USD": "1022.50"}  # 1.25 + 2.25 + ... + 6.25 + 1000.00, exactly
-        assert net[setup.gateway.partner] == {"cp-0": {"USD": "9.50"}, "cp-1": {"USD": "5.50"}, "cp-2": {"USD": "7.50"}}
-        assert net[f"{setup.gateway.partner}-b"] == {"cp-1": {"USD": "1000.00"}}
+        # USD -> GBP only: no net position (no FX rate to net by), every leg listed in its source currency
+        assert net == {}
+        leg = {"source_currency": "USD", "destination_account": "acct-dest", "destination_currency": "GBP", "count": 1}
+        assert legs[setup.gateway.partner] == [
+            {**leg, "source_account": f"acct-{n}", "amount": f"{n}.25"} for n in range(1, 7)
+        ]
+        assert legs[f"{setup.gateway.partner}-b"] == [{**leg, "source_account": "acct-0", "amount": "1000.00"}]
 
         # a record for the closed batch (accepted before its cut-off, read after it closed): late, on to
         # the next t1 batch of GBP, never in the frozen totals of the first
