@@ -36,6 +36,7 @@ from gateway.kafka.events import (
     Transaction,
     TransactionAccepted,
     cloudevents_headers,
+    event_time_ms,
     fingerprint,
 )
 from gateway.kafka.producer import ensure_topics
@@ -68,7 +69,7 @@ def _produce_backlog(settings: Settings, events: int) -> None:
             try:
                 producer.produce(
                     settings.topic(window), EVENT_ENCODER.encode(event), txn.source_account.encode(),
-                    headers=cloudevents_headers(event, None),
+                    headers=cloudevents_headers(event, None), timestamp=event_time_ms(event),
                 )  # fmt: skip
                 break
             except BufferError:
