@@ -30,7 +30,7 @@ run: install ## Serve the gateway on :8000 (starts local Redis, Kafka and Postgr
 test: install ## Run every test against real Redis, Kafka and PostgreSQL (started here when not running)
 	@deploy/test.sh
 
-chaos: install ## The long fault suite: each fault held 30 s under load, Kafka audited (~10 min); CHAOS_ARGS, STACK=cluster
+chaos: install ## The long fault suite: each fault held 30 s under load, Kafka and the processor audited (~15 min); CHAOS_ARGS, STACK=cluster
 	@deploy/chaos.sh $(CHAOS_ARGS)
 
 bench: $(BENCH_STAMP) ## Gateway vs peer vs ceiling, one node vs cluster, Redis clients A/B; report, plot, verdict (~30 min; STACK=cluster)

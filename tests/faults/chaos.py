@@ -1,4 +1,5 @@
-"""The fault suite: the real gateway under steady load while its dependencies die, then an audit of Kafka.
+"""The fault suite: the real gateway and the settlement processor under steady load while their
+dependencies die, then an audit of Kafka and of the processor's state.
 
     python -m tests.faults.chaos [--hold SECONDS] [--connections N] [--faults a,b] [--out DIR]
 
@@ -7,15 +8,30 @@ is retried with the same body after `Retry-After`, a lost connection or a timeou
 202 or 200 settles it; now and then an acknowledged transaction is sent again (it must answer 200)
 or its id is sent under a new idempotency key (it must answer 409). Meanwhile each fault in turn is
 injected, held, and taken back with the project's own scripts: SIGKILL and SIGSTOP/SIGCONT of the
-Kafka broker, SIGKILL of Redis, SIGKILL of a Granian worker, and through Toxiproxy latency, resets
-and a dead peer between the gateway and Redis or Kafka.
+Kafka broker, SIGKILL of PostgreSQL with all its backends, SIGKILL of Redis, SIGKILL of a Granian
+worker, and through Toxiproxy latency, resets and a dead peer between the gateway and Redis or Kafka.
+
+The settlement processor (`python -m processor run`, tests/faults/settlement.py) folds everything the
+gateway accepts for the whole run, on the run's own topics (`chaos-<tag>.rtgs|t0|t1`), into a schema
+and consumer group of the run's own; it goes straight to Kafka and PostgreSQL, so the broker's and the
+database's faults reach it, the Toxiproxy faults do not. It is never restarted.
 
 Then every window topic is read from the start, and for each fault the report gives: acknowledged
 (transactions answered 202 or 200), lost (acknowledged, not in Kafka at the coordinates given),
 re-accepted (a second 202 for an acknowledged key or transaction id), duplicate records (one
 transaction more than once in Kafka), unexpected answers (5xx other than 503 + Retry-After, any
 status a submission must never get), hangs (answers slower than the delivery timeout plus one
-second) and the seconds until /ready answered 200 again after the dependency was back.
+second), the seconds until /ready answered 200 again after the dependency was back; and for the
+processor: not folded (acknowledged, not in its `transactions` at the coordinates given nor recorded
+as a duplicate there), whether it is still the same live process, the seconds until its /ready
+answered 200 again after the dependency was back (target: 10), the seconds until it had folded
+everything the log held at that moment (its lag then back to 0), the longest a transaction accepted
+after the dependency's return (until the next fault) waited to be folded (a processor that says it
+is ready but does not fold shows there), and what its /ready answered during the fault. After the
+load, the processor must catch up (lag 0), its state must keep the invariants of DESIGN section 8
+(checked again after a close-out: a second processor whose clock is 8 days ahead closes and settles
+every batch), it must stop cleanly on SIGTERM, and `python -m processor replay` must rebuild the
+same digest. Any failure fails the run (`failures`).
 
 Needs the local stack (deploy/stack.sh) and Toxiproxy (deploy/toxiproxy.sh); `make chaos` and the
 short suite in `make test` (tests/faults/test_faults.py) start what is missing.
@@ -39,6 +55,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.faults.settlement import (
+    READY_TARGET,
+    SettlementProcessor,
+    State,
+    audit_ok,
+    audit_state,
+    database_url,
+    fold_delays,
+    future_instant,
+    invariants,
+    invariants_hold,
+    log_ends,
+    replay,
+)
 from tests.kafka_log import read_topic
 from tests.processes import stop
 from tests.toxiproxy import Toxiproxy
@@ -47,6 +77,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
 WINDOWS = ("rtgs", "t0", "t1")
 STEADY = ("warm-up", "before-", "after")  # the phases without a fault (prefixes)
+STEADY_ROW = "steady load between faults"  # the report's row for all of them
 CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD")
 
 
@@ -55,7 +86,7 @@ def _port(name: str, default: int) -> int:
 
 
 def is_fault(phase: str) -> bool:
-    return not phase.startswith(STEADY) and phase != "steady load between faults"
+    return not phase.startswith(STEADY) and phase != STEADY_ROW
 
 
 # -- the partner's HTTP client ----------------------------------------------------------------------
@@ -289,14 +320,36 @@ def gateway_workers(gateway_pid: int) -> list[int]:
 class Fault:
     name: str
     what: str
-    inject: Callable[[], None]
-    recover: Callable[[], None]
+    inject: Callable[[], object]
+    recover: Callable[[], object]
 
 
-def faults(toxiproxy: Toxiproxy, gateway_pid: int, restarts: list[str]) -> list[Fault]:
+def kill_postgres() -> str:
+    """SIGKILL the PostgreSQL server and every backend of it at once (a crash: nothing flushed, no goodbye
+    to clients; the next start recovers from the write-ahead log): the postmaster's children are collected
+    before anything is killed. Returns once the server is gone, naming what it killed."""
+    postmaster = int((STACK_DIR / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    found = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True, timeout=10)
+    children = [int(pid) for pid in found.stdout.split()]
+    for pid in [postmaster, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (
+        time.monotonic() < deadline and subprocess.run([str(ROOT / "deploy" / "postgres.sh"), "status"]).returncode == 0
+    ):
+        time.sleep(0.05)
+    return f"postmaster {postmaster} and its {len(children)} children"
+
+
+def faults(toxiproxy: Toxiproxy, gateway_pid: int, restarts: list[str], killed: dict[str, str]) -> list[Fault]:
     """Every fault the suite injects, in the order it runs them. A toxic whose removal hung Toxiproxy
     (tests/toxiproxy.py, Toxiproxy.reset) is lifted by restarting it, which resets every proxied connection
-    as well; the proxy's name is then appended to `restarts`, so the report can say so."""
+    as well; the proxy's name is then appended to `restarts`, so the report can say so. `killed` says, per
+    fault, what it killed where that is more than one process."""
+
+    def kill_database() -> None:
+        killed["postgres-sigkill"] = kill_postgres()
 
     def kill_worker() -> None:
         os.kill(random.choice(gateway_workers(gateway_pid)), signal.SIGKILL)
@@ -319,6 +372,8 @@ def faults(toxiproxy: Toxiproxy, gateway_pid: int, restarts: list[str]) -> list[
               lambda: _script("kafka", "start")),
         Fault("kafka-sigstop", "SIGSTOP the broker, SIGCONT it", lambda: stop(kafka_pid()),
               lambda: os.kill(kafka_pid(), signal.SIGCONT)),
+        Fault("postgres-sigkill", "SIGKILL PostgreSQL and all its backends at once, restart it", kill_database,
+              lambda: _script("postgres", "start")),
         Fault("redis-sigkill", "SIGKILL Redis, restart it", lambda: os.kill(_pid("redis"), signal.SIGKILL),
               lambda: _script("redis", "start")),
         Fault("worker-sigkill", "SIGKILL a Granian worker (respawned)", kill_worker, lambda: None),
@@ -373,7 +428,7 @@ def cluster_faults(bootstrap: str, topic_prefix: str, killed: dict[str, str]) ->
         port = _script("redis-cluster", "masters").split()[0]
         return port, f"Redis master 127.0.0.1:{port}"
 
-    def restart(script: str) -> Callable[[], None]:
+    def restart(script: str) -> Callable[[], object]:
         return lambda: _script(script, "start-node", victims[script])
 
     return [
@@ -482,8 +537,8 @@ def audit(ledger: Ledger, records: dict[str, list[Coordinates]], hang_seconds: f
         # a transaction-id conflict is the expected answer to a second key; anything else is not
         if not (status == 409 and cause.endswith("transaction-id-conflict")):
             report[phase]["unexpected"] += count
-    steady = report["steady load between faults"]
-    for phase in [p for p in report if not is_fault(p) and p != "steady load between faults"]:
+    steady = report[STEADY_ROW]
+    for phase in [p for p in report if not is_fault(p) and p != STEADY_ROW]:
         for name, value in report.pop(phase).items():
             steady[name] += value
     for row in report.values():
@@ -502,18 +557,23 @@ class Options:
     only: tuple[str, ...] = ()
     delivery_timeout_ms: int = 2000
     in_doubt_margin_ms: int = 1000
+    replay_timeout: float = 120.0  # seconds `python -m processor replay` may take
     stack: str = "single"  # or "cluster": the cluster's faults, on GATEWAY_REDIS_URL and GATEWAY_KAFKA_BOOTSTRAP
 
 
 async def run(options: Options, log_path: Path) -> dict:
-    """Start a gateway (through Toxiproxy on the single stack), run every fault under load, audit; return
-    the report."""
+    """Start a gateway (through Toxiproxy on the single stack) and a settlement processor beside it, run
+    every fault under load, audit Kafka and the processor's state; return the report."""
     from tests.e2e.conftest import Server
 
     cluster = options.stack == "cluster"
     toxiproxy = None if cluster else Toxiproxy()
-    partner = f"chaos-{uuid.uuid4().hex[:8]}"
-    topic_prefix = os.environ.get("GATEWAY_TOPIC_PREFIX", "settlement.")
+    tag = uuid.uuid4().hex[:8]
+    partner = f"chaos-{tag}"
+    # topics, a schema and a consumer group of the run's own: the fold (and its replay) is the run's alone
+    topic_prefix = f"chaos-{tag}."
+    schema = f"chaos_{tag}"
+    database = database_url()
     if toxiproxy is None:
         bootstrap = os.environ["GATEWAY_KAFKA_BOOTSTRAP"]
         routes = {"GATEWAY_REDIS_URL": os.environ["GATEWAY_REDIS_URL"], "GATEWAY_KAFKA_BOOTSTRAP": bootstrap}
@@ -524,9 +584,11 @@ async def run(options: Options, log_path: Path) -> dict:
             "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{_port('STACK_REDIS_PROXY_PORT', 16380)}/0",
             "GATEWAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{_port('STACK_KAFKA_PROXY_PORT', 19095)}",
         }
+    shared = {"GATEWAY_TOPIC_PREFIX": topic_prefix, "GATEWAY_DATABASE_URL": database, "GATEWAY_DATABASE_SCHEMA": schema}
     env = {
         **os.environ,
         **routes,
+        **shared,
         "GATEWAY_PARTNER": partner,
         "GATEWAY_DELIVERY_TIMEOUT_MS": str(options.delivery_timeout_ms),
         "GATEWAY_IN_DOUBT_MARGIN_MS": str(options.in_doubt_margin_ms),
@@ -535,19 +597,66 @@ async def run(options: Options, log_path: Path) -> dict:
         "E2E_LOG": str(log_path),
         "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics"),
     }
+    # straight to the broker, not through Toxiproxy
+    processor_env = {**os.environ, **shared, "GATEWAY_KAFKA_BOOTSTRAP": bootstrap, "PROCESSOR_GROUP": partner}
+    processor_log = log_path.with_name(log_path.name.replace("gateway", "processor"))
+    if processor_log == log_path:
+        processor_log = log_path.with_suffix(".processor.log")
+    topics = [topic_prefix + window for window in WINDOWS]
+    state = State(database, schema)
     hang = options.delivery_timeout_ms / 1000 + 1.0
-    server = Server(env)
+    server = Server(env)  # creates the window topics
+    processor: SettlementProcessor | None = None
+    try:
+        processor = SettlementProcessor(processor_env, processor_log)
+        await asyncio.to_thread(processor.started, 60)
+    except BaseException:
+        server.stop()
+        if processor is not None:
+            processor.stop()
+        raise
     client = Partner(server.port, partner, options.connections, give_up_seconds=120, hang_seconds=hang)
     stop = asyncio.Event()
     load = asyncio.create_task(client.run(stop))
+    watching = asyncio.Event()
+    watch = asyncio.create_task(processor.watch(watching))
     recovery: dict[str, float | None] = {}
     settle: dict[str, float] = {}  # seconds after /ready until every retried transaction was settled
     killed: dict[str, str] = {}
     injected_at: dict[str, float] = {}
+    recovered_at: dict[str, float] = {}
+    # Unix seconds from a dependency's return to the next fault (and from the start of the load to the first)
+    windows: dict[str, tuple[float, float]] = {STEADY_ROW: (time.time(), float("inf"))}
     restarts: list[str] = []  # a proxy's name each time lifting a toxic took a restart of Toxiproxy
     restarted: set[str] = set()  # the faults that were lifted so
+    watched: dict[str, dict[str, Any]] = {}  # the processor through each fault
+    catching_up: list[tuple[str, asyncio.Task]] = []  # the fault, until the processor folded the log of its end
+
+    async def caught_up(name: str) -> float | None:
+        """Seconds from the dependency's return until the processor had folded everything the log held then."""
+        ends = None
+        deadline = time.monotonic() + 30
+        while ends is None and time.monotonic() < deadline:
+            try:
+                ends = await asyncio.to_thread(log_ends, bootstrap, topics)
+            except Exception as exc:  # the broker just came back: ask again
+                print(f"[chaos] {name}: the log's end offsets: {exc}", file=sys.stderr)
+                await asyncio.sleep(0.5)
+        if ends is None:
+            return None
+        if await state.caught_up(ends, 120) is None:
+            return None
+        return round(time.monotonic() - recovered_at[name], 2)
+
+    async def end_of_phase() -> None:
+        """The previous fault's catch-up has ended; is the processor still the same live process?"""
+        while catching_up:
+            name, task = catching_up.pop()
+            watched[name]["processor_seconds_to_caught_up"] = await task
+            watched[name]["processor_alive"] = processor.alive()
+
     chosen = (
-        faults(toxiproxy, server.process.pid, restarts)
+        faults(toxiproxy, server.process.pid, restarts, killed)
         if toxiproxy
         else cluster_faults(bootstrap, topic_prefix, killed)
     )
@@ -559,22 +668,39 @@ async def run(options: Options, log_path: Path) -> dict:
             if recovery:  # the previous fault's retries settle first, so each fault counts its own
                 settle[list(recovery)[-1]] = await client.settled(90)
             await asyncio.sleep(options.steady)
+            await end_of_phase()
             client.phase = fault.name
+            last = list(windows)[-1]
+            windows[last] = (windows[last][0], time.time())
             print(f"[chaos] {fault.name}: {fault.what}", file=sys.stderr, flush=True)
             injected_at[fault.name] = time.monotonic()  # the kill comes at the end of `inject`
             await asyncio.to_thread(fault.inject)
             await asyncio.sleep(options.hold)
             before = len(restarts)
             await asyncio.to_thread(fault.recover)
+            recovered_at[fault.name] = back = time.monotonic()
+            windows[fault.name] = (time.time(), float("inf"))
             if len(restarts) > before:
                 restarted.add(fault.name)
-            recovery[fault.name] = await wait_ready(server.url, 60)
+            catching_up.append((fault.name, asyncio.create_task(caught_up(fault.name))))
+            recovery[fault.name], ready_in = await asyncio.gather(wait_ready(server.url, 60), processor.wait_ready(60))
+            watched[fault.name] = {
+                "processor_alive": processor.alive(),
+                "processor_seconds_to_ready": ready_in,
+                "processor_ready_answers": processor.answers(injected_at[fault.name], back),
+            }
             if fault.name == "worker-sigkill":  # a replacement worker serves again
                 await asyncio.sleep(2)
         client.phase = "after"
         if recovery:
             settle[list(recovery)[-1]] = await client.settled(90)
         await asyncio.sleep(options.steady)
+        await end_of_phase()
+        last = list(windows)[-1]
+        windows[last] = (windows[last][0], time.time())
+    except BaseException:
+        processor.stop()  # the run failed: no audit, and no processor left behind
+        raise
     finally:
         if toxiproxy is None:  # whatever stopped the run, every node runs again
             for script in ("kafka-cluster", "redis-cluster"):
@@ -583,14 +709,51 @@ async def run(options: Options, log_path: Path) -> dict:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(_pid("kafka"), signal.SIGCONT)  # never leave the broker paused
             toxiproxy.reset()
+            if subprocess.run([str(ROOT / "deploy" / "postgres.sh"), "status"]).returncode != 0:
+                await asyncio.to_thread(_script, "postgres", "start")
         stop.set()
         await load
         server.stop()
+        for _, task in catching_up:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in catching_up), return_exceptions=True)
+        watching.set()
+        await watch
+        if not processor.alive():
+            print(f"[chaos] the processor exited ({processor.exit_status}):\n{processor.log_tail()}", file=sys.stderr)
+    print("[chaos] load stopped: the processor folds the rest of the log", file=sys.stderr, flush=True)
+    try:
+        final = await settle_processor(processor, state, bootstrap, topics)
+    finally:
+        final["exit_status"] = await asyncio.to_thread(processor.stop)
     records = read_log(partner, bootstrap, topic_prefix)
     report = audit(client.ledger, records, hang)
+    acknowledged = {
+        txn: [(a.topic, a.partition, a.offset) for a in acceptances]
+        for txn, acceptances in client.ledger.accepted.items()
+    }
+
+    def phase_of(txn: str) -> str:
+        phase = client.ledger.phase_of[txn]
+        return phase if is_fault(phase) else STEADY_ROW
+
+    print("[chaos] auditing Kafka and the processor's state", file=sys.stderr, flush=True)
+    state_audit = await asyncio.to_thread(audit_state, state, partner, acknowledged, phase_of, records)
+    delays = await asyncio.to_thread(fold_delays, state, partner, windows)
+    for row in report.values():
+        row["not_folded"] = 0
+    for phase, count in state_audit["not_folded_by_phase"].items():
+        report[phase]["not_folded"] = count
+    report[STEADY_ROW]["processor_longest_fold_wait"] = delays[STEADY_ROW]  # before the first fault
+    print("[chaos] close-out: a processor 8 days ahead closes and settles every batch", file=sys.stderr, flush=True)
+    close_out = await close_out_batches(processor_env, processor_log, state)
+    print("[chaos] python -m processor replay", file=sys.stderr, flush=True)
+    replayed = await asyncio.to_thread(replay, processor_env, options.replay_timeout)
     for name, seconds in recovery.items():
         report[name]["seconds_to_ready"] = seconds
         report[name]["seconds_to_settle"] = settle.get(name)
+        report[name].update(watched.get(name, {}))
+        report[name]["processor_longest_fold_wait"] = delays.get(name)
         at = injected_at[name]
         report[name].update(p99_recovery(client.ledger.answers, f"before-{name}", at, at + options.hold))
         if name in killed:
@@ -598,16 +761,125 @@ async def run(options: Options, log_path: Path) -> dict:
         if name in restarted:
             report[name]["toxiproxy_restarted"] = True
     duplicates = {txn: coordinates for txn, coordinates in records.items() if len(coordinates) > 1}
-    return {
+    result = {
         "stack": options.stack,
         "re_accepted": re_accepted(client.ledger, injected_at),
         "partner": partner,
+        "topic_prefix": topic_prefix,
         "gateway_log": str(log_path),
         "duplicates": dict(sorted(duplicates.items())[:50]),  # for explaining them: grep the gateway log
         "options": asdict(options),
         "connection_errors": dict(client.ledger.connection_errors),
         "faults": report,
+        "processor": {
+            "pid": processor.pid,
+            "log": str(processor_log),
+            "schema": schema,
+            "group": partner,
+            "final": final,
+            "audit": state_audit,
+            "close_out": close_out,
+            "replay": replayed,
+        },
     }
+    result["verdict"] = {"failures": failures(result)}
+    return result
+
+
+async def settle_processor(
+    processor: SettlementProcessor, state: State, bootstrap: str, topics: list[str]
+) -> dict[str, Any]:
+    """After the load: the seconds until the processor has folded the whole log (lag 0 by the database's
+    offsets), its own lag gauge then, and whether it is still the process the run started."""
+    final: dict[str, Any] = {"alive": processor.alive(), "exited_with": processor.exit_status}
+    try:
+        ends = await asyncio.to_thread(log_ends, bootstrap, topics)
+    except Exception as exc:
+        final["error"] = f"the log's end offsets: {exc}"
+        return final
+    final["records"] = sum(ends.values())
+    final["seconds_to_caught_up"] = await state.caught_up(ends, 120)
+    final["lag"] = await asyncio.to_thread(state.behind, ends)
+    final["lag_metric"] = None
+    deadline = time.monotonic() + 10  # the gauge is set on the processor's next tick
+    while time.monotonic() < deadline and processor.alive():
+        final["lag_metric"] = await asyncio.to_thread(processor.lag)
+        if final["lag_metric"] == 0:
+            break
+        await asyncio.sleep(0.5)
+    final["alive"] = processor.alive()  # the same pid from the start: the run never restarts it
+    final["exited_with"] = processor.exit_status
+    return final
+
+
+async def close_out_batches(env: dict[str, str], log_path: Path, state: State) -> dict[str, Any]:
+    """A second processor on the same schema and group, its clock 8 days ahead: its watermark passes every
+    cut-off, so it closes and settles every batch of the run; then the invariants again, now over closed
+    and settled batches (the live run rarely spans a cut-off). Its lifecycle steps are part of the state
+    the replay must rebuild."""
+    fixed = future_instant(8)
+    found: dict[str, Any] = {"clock": fixed}
+    closer = SettlementProcessor(env, log_path, fixed_time=fixed)
+    try:
+        await asyncio.to_thread(closer.started, 60)
+        started = time.monotonic()
+        while time.monotonic() - started < 60 and closer.alive():
+            if await asyncio.to_thread(state.count, "SELECT count(*) FROM batches WHERE status <> 'settled'") == 0:
+                found["seconds_to_settled"] = round(time.monotonic() - started, 2)
+                break
+            await asyncio.sleep(0.5)
+    except RuntimeError as exc:
+        found["error"] = str(exc)[-2000:]
+    finally:
+        found["exit_status"] = await asyncio.to_thread(closer.stop)
+    with state.connect() as connection:
+        found["invariants"] = invariants(connection)
+    return found
+
+
+def failures(result: dict) -> list[str]:
+    """Why the run failed, one line each; none when it passed."""
+    found = []
+    for name, row in result["faults"].items():
+        for count in ("lost", "re_accepted", "unexpected", "hangs", "unsettled", "not_folded"):
+            if row.get(count):
+                found.append(f"{name}: {row[count]} {count.replace('_', ' ')}")
+        if not is_fault(name):
+            continue
+        if not row.get("processor_alive", False):
+            found.append(f"{name}: the processor is not alive")
+        ready = row.get("processor_seconds_to_ready")
+        if ready is None or ready > READY_TARGET:
+            found.append(f"{name}: the processor's /ready was not 200 within {READY_TARGET:g} s ({ready})")
+        if row.get("processor_seconds_to_caught_up") is None:
+            found.append(f"{name}: the processor did not fold the log (lag back to 0) within 120 s")
+    processor = result["processor"]
+    final = processor["final"]
+    if not final.get("alive"):
+        found.append(f"the processor (pid {processor['pid']}) exited during the run: {final.get('exited_with')}")
+    if final.get("lag") != 0 or final.get("lag_metric") != 0:
+        found.append(f"the processor's lag after the load: {final.get('lag')} (its gauge: {final.get('lag_metric')})")
+    if final.get("exit_status") != 0:
+        found.append(f"the processor ended with {final.get('exit_status')} on SIGTERM")
+    audit_ = processor["audit"]
+    if not audit_ok(audit_):
+        checks = ("not_folded", "misplaced", "records_unaccounted", "folded_not_in_log", "counted_twice")
+        found.append(
+            "the processor's state: "
+            + ", ".join(f"{audit_[key]} {key.replace('_', ' ')}" for key in checks)
+            + f"; invariants {'hold' if invariants_hold(audit_['invariants']) else 'broken'}"
+        )
+    close_out = processor["close_out"]
+    if close_out.get("seconds_to_settled") is None or close_out.get("exit_status") != 0:
+        found.append(f"the close-out did not settle every batch and stop cleanly: {close_out}")
+    if not invariants_hold(close_out["invariants"]):
+        found.append("the invariants are broken after the close-out")
+    replayed = processor["replay"]
+    if replayed["status"] is None:
+        found.append(f"python -m processor replay did not end within {replayed['seconds']:g} s")
+    elif replayed["status"] != 0:
+        found.append(f"python -m processor replay exited {replayed['status']}")
+    return found
 
 
 def re_accepted(ledger: Ledger, injected_at: dict[str, float]) -> dict[str, dict]:
@@ -633,8 +905,10 @@ def table(result: dict) -> str:
     """The report as a Markdown table, one row per fault and one for the steady load between them."""
     rows = [
         "| fault | acknowledged | lost | re-accepted | duplicate records | unexpected 5xx/4xx | hangs | unsettled "
-        "| s to ready | s to settle | p99 before → worst (ms) | s to p99 | answers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s to ready | s to settle | p99 before → worst (ms) | s to p99 | answers | not folded "
+        "| processor alive | processor s to ready | processor s to lag 0 | processor longest fold wait (s) "
+        "| processor /ready during fault |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["faults"].items():
         answers = ", ".join(f"{k if k != '0' else 'no answer'}: {v}" for k, v in row["answers"].items())
@@ -643,14 +917,59 @@ def table(result: dict) -> str:
             if "p99_before_ms" in row
             else "- | -"
         )
+        if "processor_alive" in row:
+            during = ", ".join(f"{k}: {v}" for k, v in row["processor_ready_answers"].items()) or "-"
+            alive = "yes" if row["processor_alive"] else "**no**"
+            ready, lag = row["processor_seconds_to_ready"], row.get("processor_seconds_to_caught_up")
+            processor = f"{alive} | {ready} | {lag} | {row.get('processor_longest_fold_wait')} | {during}"
+        else:
+            processor = f"- | - | - | {row.get('processor_longest_fold_wait', '-')} | -"
         if row.get("toxiproxy_restarted"):
             name += " (Toxiproxy restarted)"
         rows.append(
             f"| {name} | {row['acknowledged']} | {row['lost']} | {row['re_accepted']} "
             f"| {row['duplicate_records']} | {row['unexpected']} | {row['hangs']} | {row['unsettled']} "
-            f"| {row.get('seconds_to_ready', '-')} | {row.get('seconds_to_settle', '-')} | {p99} | {answers} |"
+            f"| {row.get('seconds_to_ready', '-')} | {row.get('seconds_to_settle', '-')} | {p99} | {answers} "
+            f"| {row.get('not_folded', '-')} | {processor} |"
         )
     return "\n".join(rows)
+
+
+def summary(result: dict) -> str:
+    """The processor's audit and the verdict, as Markdown lines under the table."""
+    processor = result["processor"]
+    final, audit_, close_out, replayed = (processor[k] for k in ("final", "audit", "close_out", "replay"))
+    live, closed = audit_["invariants"], close_out["invariants"]
+
+    def held(found: dict) -> str:
+        return (
+            f"{found['transactions']} transactions = {found['sum_of_batch_members']} batch members, "
+            f"{found['outside_any_batch']} outside any batch, {found['batches_checked']} closed or settled batches "
+            f"re-summed ({found['batches_wrong_count']} wrong), {found['unreadable']} unreadable; batches "
+            + ", ".join(f"{status}: {n}" for status, n in found["batches"].items())
+        )
+
+    failed = result["verdict"]["failures"]
+    lines = [
+        f"Processor pid {processor['pid']} (schema `{processor['schema']}`, group `{processor['group']}`): "
+        f"alive at the end: {'yes' if final.get('alive') else 'no'}; after the load, lag 0 in "
+        f"{final.get('seconds_to_caught_up')} s (lag {final.get('lag')}, its gauge {final.get('lag_metric')}, "
+        f"{final.get('records')} records); exit status on SIGTERM {final.get('exit_status')}.",
+        "",
+        f"- Ledger: {audit_['acknowledged']} acknowledged transactions, {audit_['folded']} folded, "
+        f"{audit_['duplicates_recorded']} duplicate records recorded; {audit_['not_folded']} not folded, "
+        f"{audit_['misplaced']} at other coordinates, {audit_['records_unaccounted']} records of the run "
+        f"unaccounted for, {audit_['folded_not_in_log']} folded records not in the log, "
+        f"{audit_['counted_twice']} counted twice.",
+        f"- Invariants (live): {held(live)}.",
+        f"- Close-out (clock {close_out['clock']}): every batch settled in {close_out.get('seconds_to_settled')} s, "
+        f"exit status {close_out.get('exit_status')}; invariants: {held(closed)}.",
+        f"- Replay (`python -m processor replay`, {closed['lifecycle_steps']} lifecycle steps to retake): exit status "
+        f"{replayed['status']} in {replayed['seconds']} s"
+        + (f" ({' / '.join(line.strip() for line in replayed['output'][-3:])})" if replayed["status"] != 0 else ""),
+        f"- Verdict: {'passed' if not failed else 'FAILED: ' + '; '.join(failed)}",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -661,6 +980,9 @@ def main() -> int:
     parser.add_argument("--faults", default="", help="comma-separated subset of the faults")
     parser.add_argument("--delivery-timeout-ms", type=int, default=5000)
     parser.add_argument("--in-doubt-margin-ms", type=int, default=5000)
+    parser.add_argument(
+        "--replay-timeout", type=float, default=900.0, help="seconds python -m processor replay may take"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "faults" / "results")
     parser.add_argument(
         "--stack", choices=("single", "cluster"), default=os.environ.get("STACK", "single"), help="(default: $STACK)"
@@ -673,20 +995,17 @@ def main() -> int:
         only=tuple(filter(None, args.faults.split(","))),
         delivery_timeout_ms=args.delivery_timeout_ms,
         in_doubt_margin_ms=args.in_doubt_margin_ms,
+        replay_timeout=args.replay_timeout,
         stack=args.stack,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = asyncio.run(run(options, args.out / f"{stamp}-gateway.log"))
-    (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = table(result)
+    (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    text = table(result) + "\n\n" + summary(result)
     (args.out / f"{stamp}.md").write_text(text + "\n")
     print(text)
-    bad = any(
-        row["lost"] or row["re_accepted"] or row["unexpected"] or row["hangs"] or row["unsettled"]
-        for row in result["faults"].values()
-    )
-    return 1 if bad else 0
+    return 1 if result["verdict"]["failures"] else 0
 
 
 if __name__ == "__main__":
