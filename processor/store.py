@@ -460,9 +460,13 @@ class SettlementStore:
     # -- what operators and tests ask ----------------------------------------------------------------
 
     def overdue(self, now: datetime) -> int:
-        """Batches whose settlement time has passed and that are not settled (operators are alerted)."""
+        """Batches whose settlement time has passed and that are not settled (operators are alerted): a
+        t0/t1 batch past its settles_at, an rtgs batch past its close (its settles_at is the opening its
+        members settle from, one by one)."""
         (count,) = self._conn.execute(
-            "SELECT count(*) FROM batches WHERE status <> 'settled' AND settles_at <= %s", (now,)
+            "SELECT count(*) FROM batches WHERE status <> 'settled'"
+            " AND CASE WHEN settlement_window = 'rtgs' THEN closes_at ELSE settles_at END <= %s",
+            (now,),
         ).fetchone() or (0,)
         return int(count)
 

@@ -121,6 +121,8 @@ def test_a_processor_lagging_past_the_cut_off_closes_by_what_it_has_read_not_by_
         for _ in range(5):
             processor.tick()  # lagging: ticks without reading
         assert _batch(setup, batch)[0] == "open", "closed before the records accepted in time were read"
+        lagging_at = processor.now()
+        assert store.overdue(lagging_at) == 1  # past its settlement time, not settled: operators are told
         deadline = time.monotonic() + 30
         while setup.sql("SELECT count(*) FROM transactions") != [(10,)]:
             processor.step(timeout=0.5)
@@ -128,6 +130,7 @@ def test_a_processor_lagging_past_the_cut_off_closes_by_what_it_has_read_not_by_
         processor.tick()
         assert _batch(setup, batch)[0] in CLOSED and _batch(setup, batch)[1] == 10
         assert setup.sql("SELECT count(*) FROM transactions WHERE late") == [(0,)]
+        assert store.overdue(lagging_at) == 0
     finally:
         processor.close()
         store.close()
