@@ -163,6 +163,14 @@ def wait_until(predicate, seconds: float, what: str) -> None:
     raise AssertionError(f"not within {seconds}s: {what}")
 
 
+def fold_until(processor, predicate, what: str, seconds: float = 30) -> None:
+    """Step an in-process Processor until `predicate()` holds (at most `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        processor.step(timeout=0.5)
+        assert time.monotonic() < deadline, f"not within {seconds}s: {what}"
+
+
 def stop_process(process: subprocess.Popen) -> None:
     process.terminate()
     try:

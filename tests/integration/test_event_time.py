@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from gateway.api.app import create_app
 from processor.service import Processor, ProcessorMetrics
 from tests.conftest import transaction
-from tests.integration.settlement import accepted, produce, stop_process, wait_until
+from tests.integration.settlement import accepted, fold_until, produce, stop_process, wait_until
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}
@@ -110,10 +110,7 @@ def test_a_processor_lagging_past_the_cut_off_closes_by_what_it_has_read_not_by_
     processor = Processor(setup.settings, store, ProcessorMetrics(), lambda: now[0])
     try:
         processor.subscribe()
-        deadline = time.monotonic() + 30
-        while setup.sql("SELECT count(*) FROM transactions") != [(5,)]:
-            processor.step(timeout=0.5)
-            assert time.monotonic() < deadline, "the first five not folded"
+        fold_until(processor, lambda: setup.sql("SELECT count(*) FROM transactions") == [(5,)], "the first five folded")
         processor.tick()
         # five more accepted before the cut-off, not read yet; the processor's clock goes past the close
         produce(setup, [accepted(partner, n, window="t0", at=at) for n in range(5, 10)])
@@ -123,10 +120,9 @@ def test_a_processor_lagging_past_the_cut_off_closes_by_what_it_has_read_not_by_
         assert _batch(setup, batch)[0] == "open", "closed before the records accepted in time were read"
         lagging_at = processor.now()
         assert store.overdue(lagging_at) == 1  # past its settlement time, not settled: operators are told
-        deadline = time.monotonic() + 30
-        while setup.sql("SELECT count(*) FROM transactions") != [(10,)]:
-            processor.step(timeout=0.5)
-            assert time.monotonic() < deadline, "the other five not folded"
+        fold_until(
+            processor, lambda: setup.sql("SELECT count(*) FROM transactions") == [(10,)], "the other five folded"
+        )
         processor.tick()
         assert _batch(setup, batch)[0] in CLOSED and _batch(setup, batch)[1] == 10
         assert setup.sql("SELECT count(*) FROM transactions WHERE late") == [(0,)]

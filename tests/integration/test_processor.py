@@ -29,6 +29,7 @@ from tests.e2e.conftest import free_port
 from tests.integration.settlement import (
     Setup,
     accepted,
+    fold_until,
     produce,
     read_batch_events,
     stop_process,
@@ -126,10 +127,11 @@ def test_a_fixed_clock_drives_a_t1_batch_to_closed_and_settled(setup):
     batch = "t1-20261201-GBP"
 
     def fold_all() -> None:
-        deadline = time.monotonic() + 30
-        while setup.sql("SELECT count(*) FROM transactions")[0][0] < len(events):
-            processor.step(timeout=0.5)
-            assert time.monotonic() < deadline, "records not folded"
+        fold_until(
+            processor,
+            lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] >= len(events),
+            "every record folded",
+        )
 
     try:
         processor.subscribe()

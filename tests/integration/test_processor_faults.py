@@ -25,7 +25,7 @@ from gateway.kafka.producer import create_topics, finite_retention
 from processor.service import Processor, ProcessorMetrics
 from tests.conftest import KAFKA_PIDFILE
 from tests.e2e.conftest import free_port
-from tests.integration.settlement import accepted, produce, read_batch_events, stop_process, wait_until
+from tests.integration.settlement import accepted, fold_until, produce, read_batch_events, stop_process, wait_until
 from tests.processes import stop
 
 
@@ -216,10 +216,7 @@ def test_with_kafka_frozen_the_lifecycle_goes_on_and_each_batch_event_is_publish
     broker = int(KAFKA_PIDFILE.read_text())
     try:
         processor.subscribe()
-        deadline = time.monotonic() + 30
-        while setup.sql("SELECT count(*) FROM transactions") != [(20,)]:
-            processor.step(timeout=0.5)
-            assert time.monotonic() < deadline, "not folded"
+        fold_until(processor, lambda: setup.sql("SELECT count(*) FROM transactions") == [(20,)], "twenty folded")
         now[0] = datetime(2026, 12, 1, 0, 1, 1, tzinfo=UTC).timestamp()  # midnight London + the grace
         processor.observe(processor.now())  # every partition read to its end, as of the close
         stop(broker)  # Kafka frozen: requests sit unanswered
@@ -269,10 +266,9 @@ def test_a_record_the_database_refuses_is_quarantined_and_the_rest_of_its_poll_b
     processor = Processor(setup.settings, store, ProcessorMetrics(), time.time)
     try:
         processor.subscribe()
-        deadline = time.monotonic() + 30
-        while setup.sql("SELECT count(*) FROM unreadable") != [(1,)]:
-            processor.step(timeout=0.5)
-            assert time.monotonic() < deadline, "the NaN record not quarantined"
+        fold_until(
+            processor, lambda: setup.sql("SELECT count(*) FROM unreadable") == [(1,)], "the NaN record quarantined"
+        )
         wait_until(lambda: setup.sql("SELECT count(*) FROM transactions") == [(9,)], 10, "the other nine folded")
     finally:
         processor.close()
