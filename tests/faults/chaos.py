@@ -491,8 +491,11 @@ async def wait_ready(url: str, limit: float) -> float | None:
 Coordinates = tuple[str, int, int]  # topic, partition, offset
 
 
-def read_log(partner: str, bootstrap: str, topic_prefix: str) -> dict[str, list[Coordinates]]:
-    """Every record of `partner` in every window topic, read from the start, by transaction id."""
+def read_log(
+    partner: str, bootstrap: str, topic_prefix: str, stamps: dict[str, float] | None = None
+) -> dict[str, list[Coordinates]]:
+    """Every record of `partner` in every window topic, read from the start, by transaction id; and in
+    `stamps`, when given, the timestamp (Unix seconds) of each transaction's first record."""
     records: dict[str, list[Coordinates]] = defaultdict(list)
     for window in WINDOWS:
         for record in read_topic(bootstrap, topic_prefix + window):
@@ -501,9 +504,10 @@ def read_log(partner: str, bootstrap: str, topic_prefix: str) -> dict[str, list[
             except ValueError:
                 continue  # not an event of the gateway's (another test's record)
             if isinstance(event, dict) and event.get("partner") == partner:
-                records[event["transaction"]["transaction_id"]].append(
-                    (record.topic(), record.partition(), record.offset())
-                )
+                txn = event["transaction"]["transaction_id"]
+                records[txn].append((record.topic(), record.partition(), record.offset()))
+                if stamps is not None:
+                    stamps[txn] = min(stamps.get(txn, float("inf")), record.timestamp()[1] / 1000)
     return records
 
 
@@ -726,7 +730,8 @@ async def run(options: Options, log_path: Path) -> dict:
         final = await settle_processor(processor, state, bootstrap, topics)
     finally:
         final["exit_status"] = await asyncio.to_thread(processor.stop)
-    records = read_log(partner, bootstrap, topic_prefix)
+    stamps: dict[str, float] = {}  # when each transaction's record was stamped (its event time)
+    records = read_log(partner, bootstrap, topic_prefix, stamps)
     report = audit(client.ledger, records, hang)
     acknowledged = {
         txn: [(a.topic, a.partition, a.offset) for a in acceptances]
@@ -739,12 +744,13 @@ async def run(options: Options, log_path: Path) -> dict:
 
     print("[chaos] auditing Kafka and the processor's state", file=sys.stderr, flush=True)
     state_audit = await asyncio.to_thread(audit_state, state, partner, acknowledged, phase_of, records)
-    delays = await asyncio.to_thread(fold_delays, state, partner, windows)
+    delays, unfolded = await asyncio.to_thread(fold_delays, state, partner, windows, stamps)
     for row in report.values():
         row["not_folded"] = 0
     for phase, count in state_audit["not_folded_by_phase"].items():
         report[phase]["not_folded"] = count
     report[STEADY_ROW]["processor_longest_fold_wait"] = delays[STEADY_ROW]  # before the first fault
+    report[STEADY_ROW]["processor_not_folded_in_window"] = unfolded.get(STEADY_ROW, 0)
     print("[chaos] close-out: a processor 8 days ahead closes and settles every batch", file=sys.stderr, flush=True)
     close_out = await close_out_batches(processor_env, processor_log, state)
     print("[chaos] python -m processor replay", file=sys.stderr, flush=True)
@@ -754,6 +760,7 @@ async def run(options: Options, log_path: Path) -> dict:
         report[name]["seconds_to_settle"] = settle.get(name)
         report[name].update(watched.get(name, {}))
         report[name]["processor_longest_fold_wait"] = delays.get(name)
+        report[name]["processor_not_folded_in_window"] = unfolded.get(name, 0)
         at = injected_at[name]
         report[name].update(p99_recovery(client.ledger.answers, f"before-{name}", at, at + options.hold))
         if name in killed:
@@ -776,6 +783,7 @@ async def run(options: Options, log_path: Path) -> dict:
             "log": str(processor_log),
             "schema": schema,
             "group": partner,
+            "fold_windows": {name: [round(start, 3), round(end, 3)] for name, (start, end) in windows.items()},
             "final": final,
             "audit": state_audit,
             "close_out": close_out,
@@ -921,9 +929,9 @@ def table(result: dict) -> str:
             during = ", ".join(f"{k}: {v}" for k, v in row["processor_ready_answers"].items()) or "-"
             alive = "yes" if row["processor_alive"] else "**no**"
             ready, lag = row["processor_seconds_to_ready"], row.get("processor_seconds_to_caught_up")
-            processor = f"{alive} | {ready} | {lag} | {row.get('processor_longest_fold_wait')} | {during}"
+            processor = f"{alive} | {ready} | {lag} | {fold_wait(row)} | {during}"
         else:
-            processor = f"- | - | - | {row.get('processor_longest_fold_wait', '-')} | -"
+            processor = f"- | - | - | {fold_wait(row)} | -"
         if row.get("toxiproxy_restarted"):
             name += " (Toxiproxy restarted)"
         rows.append(
@@ -933,6 +941,12 @@ def table(result: dict) -> str:
             f"| {row.get('not_folded', '-')} | {processor} |"
         )
     return "\n".join(rows)
+
+
+def fold_wait(row: dict) -> str:
+    """The longest fold wait of a row, with the transactions of its window never folded when there are any."""
+    wait, unfolded = row.get("processor_longest_fold_wait", "-"), row.get("processor_not_folded_in_window")
+    return f"≥ {wait} ({unfolded} never folded)" if unfolded else str(wait)
 
 
 def summary(result: dict) -> str:

@@ -382,22 +382,38 @@ def audit_ok(audit: Mapping[str, Any]) -> bool:
     )
 
 
-def fold_delays(state: State, partner: str, windows: Mapping[str, tuple[float, float]]) -> dict[str, float | None]:
+def fold_delays(
+    state: State, partner: str, windows: Mapping[str, tuple[float, float]], stamps: Mapping[str, float]
+) -> tuple[dict[str, float | None], dict[str, int]]:
     """Per window (Unix seconds, from a dependency's return to the next fault or the end of the load): the
-    longest a transaction of `partner` accepted in it (its record's timestamp) waited until the processor
-    folded it (`batched_at`, the processor's clock). A processor that says it is ready but does not fold
-    shows here. None: no transaction was accepted in the window."""
+    longest a transaction of `partner` accepted in it (its record's timestamp, from `stamps`: transaction
+    id -> Unix seconds) waited until the processor folded it (`batched_at`, the processor's clock), counted
+    up to the window's end at most (after that the next fault holds it up); and how many of them it has
+    not folded at all (counted as waiting to the window's end). A processor that says it is ready but
+    does not fold shows here. None: no transaction was accepted in the window."""
     with state.connect() as connection:
-        rows = connection.execute(
-            "SELECT extract(epoch FROM accepted_at)::float8, extract(epoch FROM batched_at)::float8"
-            " FROM transactions WHERE partner = %s",
-            (partner,),
-        ).fetchall()
+        batched: dict[str, float] = dict(
+            connection.execute(
+                "SELECT transaction_id, extract(epoch FROM batched_at)::float8 FROM transactions WHERE partner = %s",
+                (partner,),
+            ).fetchall()
+        )
+    return longest_waits([(at, batched.get(txn, float("inf"))) for txn, at in stamps.items()], windows)
+
+
+def longest_waits(
+    folded: Iterable[tuple[float, float]], windows: Mapping[str, tuple[float, float]]
+) -> tuple[dict[str, float | None], dict[str, int]]:
+    """fold_delays' arithmetic: `folded` is (accepted, batched) per transaction in Unix seconds, batched
+    infinite for one never folded."""
+    rows = list(folded)
     found: dict[str, float | None] = {}
+    never: dict[str, int] = {}
     for name, (start, end) in windows.items():
-        waits = [batched - accepted for accepted, batched in rows if start <= accepted < end]
-        found[name] = round(max(waits), 2) if waits else None
-    return found
+        inside = [(accepted, batched) for accepted, batched in rows if start <= accepted < end]
+        found[name] = round(max(min(b, end) - a for a, b in inside), 2) if inside else None
+        never[name] = sum(b == float("inf") for _, b in inside)
+    return found, never
 
 
 def replay(env: Mapping[str, str], timeout: float = 900) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from tests.faults.chaos import failures
-from tests.faults.settlement import compare
+from tests.faults.settlement import compare, longest_waits
 
 T1, RTGS = "chaos-x.t1", "chaos-x.rtgs"
 PHASES = {"a": "kafka-sigkill", "b": "postgres-sigkill", "c": "steady load between faults"}
@@ -128,3 +128,19 @@ def test_each_thing_the_processor_must_not_do_fails_the_run(path, value, reason)
     target[key] = value
     found = failures(result)
     assert len(found) == 1 and reason in found[0], found
+
+
+def test_the_longest_fold_wait_counts_only_what_happened_before_the_next_fault():
+    windows = {"kafka-sigkill": (100.0, 160.0), "postgres-sigkill": (200.0, 260.0), "redis-sigkill": (300.0, 360.0)}
+    folded = [
+        (100.5, 101.0),  # folded at once
+        (105.0, 128.0),  # accepted after the broker was back, folded 23 s later: the processor stalled
+        (159.0, 210.0),  # accepted just before the next fault, held up by it: counts until that fault began
+        (150.0, 150.4),
+        (230.0, 230.6),
+        (90.0, 200.0),  # accepted before the first window
+        (340.0, float("inf")),  # never folded: waited to the end of its window at least
+    ]
+    waits, never = longest_waits(folded, windows)
+    assert waits == {"kafka-sigkill": 23.0, "postgres-sigkill": 0.6, "redis-sigkill": 20.0}
+    assert never == {"kafka-sigkill": 0, "postgres-sigkill": 0, "redis-sigkill": 1}
