@@ -7,9 +7,9 @@ receiving at the moment after which the router can no longer assign a transactio
 - t1 of day D: midnight starting D (t1 is the next business day after today);
 - rtgs of day D: the RTGS close on D.
 It closes that moment plus the grace period, by event time: once the watermark (the oldest of the
-partitions' progress in record timestamps) passes it, so a processor that was down or lagging changes
-when a batch closes, never what it holds; the grace covers records stamped before the cut-off that
-reach the log after later ones (the gateways' clocks disagree, a delivery retried). A t0
+partitions' progress in event time, the events' occurred_at) passes it, so a processor that was down
+or lagging changes when a batch closes, never what it holds; the grace covers records routed before
+the cut-off that reach the log after later ones (the gateways' clocks disagree, a delivery retried). A t0
 or t1 batch settles on D at the currency's `settlement_time`, or at its close when that is later. An
 rtgs batch's transactions settle one by one (gross): each at its own routing time, or at the RTGS
 opening of D when it came in before it; the batch is settled once it is closed and all of them are.

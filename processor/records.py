@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
 
-from gateway.kafka.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted
+from gateway.kafka.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted, event_time_ms
 from processor.calendar import SettlementCalendar
 from processor.checks import problem
 
@@ -29,7 +29,8 @@ class Incoming(NamedTuple):
     fields: str  # the first _FIELDS columns of COPY_COLUMNS, tab-separated and escaped
     batch_id: str
     value_date: str
-    accepted_ms: int  # the record's timestamp: event time
+    accepted_ms: int  # the record's timestamp (the 202's accepted_at)
+    event_ms: int  # event time: occurred_at, the instant the router decided on
 
 
 class Unreadable(NamedTuple):
@@ -45,7 +46,7 @@ class PollBatch(NamedTuple):
     records: list[Incoming]
     unreadable: list[Unreadable]
     ends: dict[Partition, int]  # the next offset of each partition after this batch
-    newest: dict[Partition, int]  # the newest record timestamp of each partition in it (Unix ms)
+    newest: dict[Partition, int]  # the newest event time of each partition in it (Unix ms)
 
 
 # the columns of a folded line, in order: an Incoming's fields, then the batch it joins and its value
@@ -86,7 +87,7 @@ def read(message: Any, calendar: SettlementCalendar) -> Incoming | Unreadable:
     # The checks leave none of these four characters, but the log may hold records of others.
     if line.count("\t") != _FIELDS - 1 or "\\" in line or "\n" in line or "\r" in line:
         line = "\t".join(field if field == "\\N" else field.translate(_ESCAPES) for field in fields)
-    return Incoming(line, routing.batch, routing.value_date, accepted_ms)
+    return Incoming(line, routing.batch, routing.value_date, accepted_ms, event_time_ms(event))
 
 
 def collect(messages: list[Any], wanted: Callable[[Partition, int], bool], calendar: SettlementCalendar) -> PollBatch:
@@ -105,7 +106,7 @@ def collect(messages: list[Any], wanted: Callable[[Partition, int], bool], calen
         row = read(message, calendar)
         if isinstance(row, Incoming):
             batch.records.append(row)
-            batch.newest[key] = max(batch.newest.get(key, 0), row.accepted_ms)
+            batch.newest[key] = max(batch.newest.get(key, 0), row.event_ms)
         else:
             batch.unreadable.append(row)
         batch.ends[key] = message.offset() + 1

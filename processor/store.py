@@ -6,8 +6,9 @@ instance meanwhile finds the stored offset moved, and its transaction rolls back
 applying the records a second time. So a crash, a kill or a rebalance neither loses nor doubles an
 event, without Kafka transactions.
 
-Batches close by event time: each partition's progress (the newest record timestamp folded, or the
-instant it was found read to its end) is stored with its offset, and a batch closes once the
+Batches close by event time: each partition's progress (the newest event time folded, which is the
+routing instant, or the instant it was found read to its end) is stored with its offset, and a batch
+closes once the
 watermark, the oldest of every window partition's progress, passes its cut-off plus the grace. They
 settle on the processor's clock. What a step closes changes how later records fold: a record read
 after its batch closed takes the late path (the next batch of its window and currency). Each step that
@@ -209,9 +210,9 @@ class SettlementStore:
         return Applied(new, duplicates, late, len(unreadable))
 
     def _move(self, batch: PollBatch, expected: dict[Partition, int | None], now: datetime) -> None:
-        """Compare-and-set each partition's offset, and advance its event time by the newest record
-        timestamp of the batch (never beyond the processor's clock: a record stamped in the future must
-        not close batches early)."""
+        """Compare-and-set each partition's offset, and advance its event time by the newest event time
+        of the batch (never beyond the processor's clock: an event dated in the future must not close
+        batches early)."""
         for key, following in batch.ends.items():
             topic, partition = key
             newest = batch.newest.get(key)

@@ -32,7 +32,6 @@ from gateway.kafka.events import (
     Transaction,
     TransactionAccepted,
     cloudevents_headers,
-    event_time_ms,
     fingerprint,
     instant,
 )
@@ -271,7 +270,6 @@ class Intake:
                 event.transaction.source_account.encode(),
                 EVENT_ENCODER.encode(event),
                 cloudevents_headers(event, traceparent),
-                event_time_ms(event),
             )
         except DeliveryInDoubt:
             # The record may be in the log: releasing now could let the retry write it twice.
@@ -391,7 +389,6 @@ class Intake:
                 e.transaction.source_account.encode(),
                 EVENT_ENCODER.encode(e),
                 cloudevents_headers(e, traceparent),
-                event_time_ms(e),
             )
             for r, e in new
         ]

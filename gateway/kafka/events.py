@@ -63,7 +63,8 @@ def instant(epoch: float) -> str:
 
 
 def event_time_ms(event: "TransactionAccepted") -> int:
-    """The event's time as its record's timestamp (Unix ms): the instant the router decided on."""
+    """The event time (Unix ms): `occurred_at`, the instant the router decided on, by the clock that
+    chose the batch (a few milliseconds before the record's timestamp, the 202's `accepted_at`)."""
     return round(datetime.fromisoformat(event.occurred_at).timestamp() * 1000)
 
 

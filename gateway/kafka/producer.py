@@ -55,9 +55,8 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
-# a record to produce: topic, key, value, headers, timestamp (Unix ms: the event time, the instant the
-# router decided on, so the processor judges a batch's cut-off by the clock that routed into it)
-Record = tuple[str, bytes, bytes, list[tuple[str, bytes]], int]
+# a record to produce: topic, key, value, headers
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
 # (future of the request, error or None, the message, seconds from produce to the report)
 Report = tuple["asyncio.Future[Delivery]", KafkaError | None, object, float]
 
@@ -86,7 +85,7 @@ class SettlementProducer:
         self._thread: threading.Thread | None = None
         self._running = False
         self._reports: list[Report] = []
-        self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], int, asyncio.Future[Delivery]]] = []
+        self._outbox: list[tuple[str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Delivery]]] = []
         self._send_scheduled = False
         self._deadlines: deque[tuple[float, asyncio.Future[Delivery]]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -174,14 +173,12 @@ class SettlementProducer:
                 m: Any = message
                 future.set_result(Delivery(m.topic(), m.partition(), m.offset(), m.timestamp()[1]))
 
-    async def produce(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], timestamp_ms: int
-    ) -> Delivery:
+    async def produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Delivery:
         """Send one record and return where the broker stored it (see the class for the errors).
 
         Records of one event-loop tick are handed to librdkafka together at the end of the tick, so
         its broker thread wakes once for all of them and sends them in one request."""
-        return await self.produce_all([(topic, key, value, headers, timestamp_ms)])[0]
+        return await self.produce_all([(topic, key, value, headers)])[0]
 
     def produce_all(self, records: list[Record]) -> list["asyncio.Future[Delivery]"]:
         """Hand many records (a bulk request's) to librdkafka together at the end of this tick; one
@@ -193,9 +190,9 @@ class SettlementProducer:
         create_future, outbox, deadlines = self._loop.create_future, self._outbox, self._deadlines
         deadline = time.monotonic() + self._wait
         futures: list[asyncio.Future[Delivery]] = []
-        for topic, key, value, headers, timestamp_ms in records:
+        for topic, key, value, headers in records:
             future: asyncio.Future[Delivery] = create_future()
-            outbox.append((topic, key, value, headers, timestamp_ms, future))
+            outbox.append((topic, key, value, headers, future))
             deadlines.append((deadline, future))
             futures.append(future)
         if not self._send_scheduled:
@@ -222,7 +219,7 @@ class SettlementProducer:
         self._send_scheduled = False
         outbox, self._outbox = self._outbox, []
         produce = self._producer.produce
-        for topic, key, value, headers, timestamp_ms, future in outbox:
+        for topic, key, value, headers, future in outbox:
             if future.done():
                 continue  # its request was cancelled before anything was sent
             started = time.perf_counter()
@@ -233,7 +230,7 @@ class SettlementProducer:
                 self._reports.append((future, error, message, time.perf_counter() - started))
 
             try:
-                produce(topic, value=value, key=key, headers=headers, timestamp=timestamp_ms, on_delivery=on_delivery)
+                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
             except BufferError:
                 self._metrics.tally(self._metrics.kafka_delivery_errors, "_QUEUE_FULL").inc()
                 future.set_exception(DependencyUnavailable("kafka", "local producer queue is full"))

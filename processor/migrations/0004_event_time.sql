@@ -1,8 +1,9 @@
 -- Event time decides: a batch closes when the watermark (the oldest of the partitions' progress in
 -- event time) passes its cut-off plus the grace, never by when the processor happened to read a record.
 
--- Each partition's progress in event time: the newest record timestamp folded (never ahead of the
--- processor's clock), or the instant the partition was found read to its end offset, whichever is later.
+-- Each partition's progress in event time: the newest event time folded (occurred_at, the routing
+-- instant; never ahead of the processor's clock), or the instant the partition was found read to its
+-- end offset, whichever is later.
 ALTER TABLE consumed ADD COLUMN event_time timestamptz;
 
 -- The watermark the batch lifecycle has closed batches by (the latest step that closed one). A record

@@ -46,7 +46,7 @@ class FakeProducer:
         self.lock = threading.Lock()
         FakeProducer.made.append(self)
 
-    def produce(self, topic, value, key, headers, on_delivery, timestamp=0) -> None:
+    def produce(self, topic, value, key, headers, on_delivery) -> None:
         with self.lock:
             self.pending.append((topic, on_delivery))
 
@@ -90,7 +90,7 @@ async def producer():
 
 
 async def _send(producer: SettlementProducer, n: int = 1):
-    return await asyncio.gather(*(producer.produce("settlement.t1", b"k", b"v", [], 0) for _ in range(n)))
+    return await asyncio.gather(*(producer.produce("settlement.t1", b"k", b"v", []) for _ in range(n)))
 
 
 async def test_poll_thread_survives_a_failing_statistics_callback(producer):
