@@ -10,6 +10,7 @@ of the clock readings that closed and settled its batches).
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, TopicPartition
@@ -68,24 +69,28 @@ def _fold_until(
     wanted = {key: end for key, end in until.items() if end > positions.get(key, 0)}
     if not wanted:
         return
-    partitions = [TopicPartition(*key, positions.get(key, 0)) for key in wanted]
-    consumer.assign(partitions)
-    consumer.resume(partitions)  # paused when an earlier stretch reached its end
+    # Only the partitions still to read, at their positions: assign() replaces the whole assignment, and
+    # records fetched before it are discarded (pausing and resuming instead lost resumes to a later
+    # assign's outdated pause, leaving a partition paused for good).
+    consumer.assign([TopicPartition(*key, positions.get(key, 0)) for key in wanted])
     now = datetime.now(UTC)
+    idle_since = time.monotonic()
     while wanted:
-        messages = consumer.consume(settings.poll_records, timeout=10)
-        if not messages:
-            raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
+        messages = consumer.consume(settings.poll_records, timeout=0.5)  # what is there, not 5,000 or 10 s
         batch = collect(
             messages, lambda key, offset: key in wanted and positions.get(key, 0) <= offset < wanted[key], calendar
         )
         if batch.ends:
             store.apply(batch, {key: positions.get(key) for key in batch.ends}, now)
             positions.update(batch.ends)
-        for key, end in list(wanted.items()):
-            if positions.get(key, 0) >= end:
-                del wanted[key]
-                consumer.pause([TopicPartition(*key)])
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 10:
+            raise TimeoutError(f"replay: no record within 10 s; still to read {sorted(wanted)}")
+        done = [key for key, end in wanted.items() if positions.get(key, 0) >= end]
+        for key in done:
+            del wanted[key]
+        if done and wanted:
+            consumer.assign([TopicPartition(*key, positions.get(key, 0)) for key in wanted])
 
 
 class HistoryGone(Exception):

@@ -34,6 +34,9 @@ log = logging.getLogger("processor")
 # PostgreSQL unreachable, restarting or the connection lost: waited out. Any other database error is
 # a fault of ours, and ends the process (its supervisor starts it again).
 UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+# an instance holding no partition this long is not ready; this long, and it joins the group anew
+UNASSIGNED_READY = 15.0
+UNASSIGNED_REJOIN = 30.0
 
 
 class ProcessorMetrics:
@@ -109,20 +112,8 @@ class Processor:
         self._database_ok = True
         self._kafka_ok_at = -1e9  # monotonic time of the last answer from a broker
         self._subscribed = False
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": settings.group,
-                "enable.auto.commit": False,  # the database holds the offsets
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-                # an instance that dies without leaving is replaced after this long
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 2_000,
-                "reconnect.backoff.max.ms": 2_000,  # back within seconds of a broker's return
-                "logger": logging.getLogger("processor.kafka"),
-            }
-        )
+        self._unassigned_since: float | None = time.monotonic()  # holding no partition since (monotonic)
+        self._consumer = self._new_consumer()
         self._producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -135,20 +126,62 @@ class Processor:
                 "logger": logging.getLogger("processor.kafka"),
             }
         )
-        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "reconnect.backoff.max.ms": 2_000})
+        self._admin = AdminClient(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "reconnect.backoff.max.ms": 2_000,
+                "logger": logging.getLogger("processor.kafka"),  # type: ignore[dict-item]
+            }
+        )
         self.stopping = threading.Event()
         self.problem: str | None = None  # a configuration fault found while running (operators' /ready)
 
+    def _new_consumer(self) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": self._settings.kafka_bootstrap,
+                "group.id": self._settings.group,
+                "enable.auto.commit": False,  # the database holds the offsets
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                # an instance that dies without leaving is replaced after this long
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
+                "reconnect.backoff.max.ms": 2_000,  # back within seconds of a broker's return
+                "logger": logging.getLogger("processor.kafka"),
+            }
+        )
+
     @property
     def ready(self) -> bool:
-        """Folding: subscribed, PostgreSQL answering, a broker answered within the last five seconds."""
+        """Folding: subscribed and holding partitions (or about to: a rebalance takes seconds),
+        PostgreSQL answering, a broker answered within the last five seconds."""
+        unassigned = self._unassigned_since is not None and time.monotonic() - self._unassigned_since > UNASSIGNED_READY
         return (
             self._subscribed
+            and not unassigned
             and self._database_ok
             and time.monotonic() - self._kafka_ok_at < 5
             and self.problem is None
             and not self.stopping.is_set()
         )
+
+    def _rejoin_if_stranded(self) -> None:
+        """A consumer that lost its partitions (a session that timed out while the broker was frozen)
+        and has not got them back while the brokers answer is replaced: librdkafka was seen to stay out
+        of the group for good after such a timeout, folding nothing while the process looked alive."""
+        if self._unassigned_since is None or not self._subscribed:
+            return
+        if time.monotonic() - self._unassigned_since < UNASSIGNED_REJOIN or time.monotonic() - self._kafka_ok_at > 5:
+            return
+        log.warning("no partition for %d s while Kafka answers: a new consumer joins the group", UNASSIGNED_REJOIN)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+        self._positions.clear()
+        self._unsynced.clear()
+        self._consumer = self._new_consumer()
+        self._subscribed = False
+        self._unassigned_since = time.monotonic()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -165,12 +198,14 @@ class Processor:
             consumer.assign(partitions)
             consumer.pause(partitions)
             self._unsynced.update(keys)
+            self._unassigned_since = None
             return
         for p in partitions:
             offset = stored.get((p.topic, p.partition))
             self._positions[(p.topic, p.partition)] = offset
             p.offset = OFFSET_BEGINNING if offset is None else offset
         consumer.assign(partitions)
+        self._unassigned_since = None
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -178,6 +213,9 @@ class Processor:
             self._positions.pop((p.topic, p.partition), None)
             self._unsynced.discard((p.topic, p.partition))
         consumer.unassign()
+        self._metrics.lag.clear()  # no longer this instance's to report
+        if not self._positions and not self._unsynced:
+            self._unassigned_since = time.monotonic()
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     def _unsync(self, keys: list[Partition]) -> None:
@@ -314,6 +352,7 @@ class Processor:
         try:
             self._partitions = self._window_partitions()
             self._mark_caught_up(now)
+            self._rejoin_if_stranded()
         except (KafkaException, TimeoutError) as exc:  # TimeoutError: an admin request unanswered
             if self._kafka_ok_at > 0:
                 log.warning("Kafka: %s; the watermark waits for it", exc or "no answer")

@@ -140,9 +140,11 @@ class LogReader:
         return Found(message.topic(), message.partition(), message.offset(), body)
 
     def close(self) -> None:
+        """Close the consumer (the next `find` makes a new one)."""
         if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.close()
 
 
 class DoubtResolver:
@@ -206,6 +208,9 @@ class DoubtResolver:
                 found = await asyncio.to_thread(self._reader.find, topic, since, {d.record.event_id for d in doubts})
             except (KafkaException, TimeoutError) as exc:
                 log.warning("in doubt: cannot read %s yet (%s); trying again", topic, exc)
+                # with a new consumer: one whose broker was frozen was seen to fail every later read
+                # (metadata: broker transport failure) while other clients had long recovered
+                await asyncio.to_thread(self._reader.close)
                 for doubt in doubts:
                     doubt.due, doubt.absent_since = time.monotonic() + RETRY_SECONDS, None
                 continue
