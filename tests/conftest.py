@@ -6,7 +6,6 @@ skipping."""
 import contextlib
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 
 from gateway.settings import Settings
 from tests.processes import stop
+from tests.stack import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,23 +44,11 @@ def stack(settings: Settings) -> Settings:
     return settings
 
 
-def _stack_database_url() -> str:
-    """The local stack's database URL, with its role's password, as `deploy/stack.sh env` exports it."""
-    printed = subprocess.run(
-        [str(ROOT / "deploy" / "stack.sh"), "env"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    for line in printed.splitlines():
-        name, _, value = line.partition("=")
-        if name == "GATEWAY_DATABASE_URL":
-            return shlex.split(value)[0]
-    raise LookupError("deploy/stack.sh env printed no GATEWAY_DATABASE_URL")
-
-
 @pytest.fixture(scope="session")
 def database() -> str:
     """The URL of the real PostgreSQL (GATEWAY_DATABASE_URL, else the local stack's), checked once with a
     real login; a failure here fails every test that needs it."""
-    url = os.environ.get("GATEWAY_DATABASE_URL") or _stack_database_url()
+    url = database_url()
     try:
         with psycopg.connect(url, connect_timeout=5) as connection:
             connection.execute("SELECT 1")

@@ -61,7 +61,6 @@ from tests.faults.settlement import (
     State,
     audit_ok,
     audit_state,
-    database_url,
     fold_delays,
     future_instant,
     invariants,
@@ -71,6 +70,7 @@ from tests.faults.settlement import (
 )
 from tests.kafka_log import read_topic
 from tests.processes import stop
+from tests.stack import database_url
 from tests.toxiproxy import Toxiproxy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,7 @@ what the run is there to find.
 
 import asyncio
 import contextlib
-import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -34,21 +32,6 @@ READY_TARGET = 10.0  # seconds from a dependency's return to the processor's /re
 
 Partition = tuple[str, int]
 Coordinates = tuple[str, int, int]  # topic, partition, offset
-
-
-def database_url() -> str:
-    """GATEWAY_DATABASE_URL, else the local stack's (with its role's password), as `deploy/stack.sh env`
-    prints it."""
-    if os.environ.get("GATEWAY_DATABASE_URL"):
-        return os.environ["GATEWAY_DATABASE_URL"]
-    printed = subprocess.run(
-        [str(ROOT / "deploy" / "stack.sh"), "env"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    for line in printed.splitlines():
-        name, _, value = line.partition("=")
-        if name == "GATEWAY_DATABASE_URL":
-            return shlex.split(value)[0]
-    raise LookupError("deploy/stack.sh env printed no GATEWAY_DATABASE_URL")
 
 
 def _free_port() -> int:
