@@ -40,8 +40,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     compression: str = "lz4"
     redis_timeout_ms: int = 1000
     idempotency_ttl_seconds: int = 86_400
+    # how long Redis guards a transaction id (about 100 bytes each); past it, the ledger answers
+    transaction_id_ttl_seconds: int = 604_800
     pending_ttl_seconds: int = 86_400
     in_doubt_margin_ms: int = 5000
+    # how far a gateway's clock may be from Redis's: the in-doubt resolver reads the log from this much
+    # before a reservation (Redis's time), since the record carries the producing gateway's time
+    max_clock_skew_ms: int = 30_000
     retry_after_seconds: int = 1
     partner: str = "default"  # the single partner of open mode (no GATEWAY_PARTNERS_FILE)
     partners_file: str = ""  # the partner registry (TOML); empty: open mode
@@ -66,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "queue_max_messages",
             "redis_timeout_ms",
             "idempotency_ttl_seconds",
+            "transaction_id_ttl_seconds",
             "pending_ttl_seconds",
             "in_doubt_margin_ms",
             "retry_after_seconds",
@@ -77,6 +83,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than zero")
+        if self.transaction_id_ttl_seconds < max(self.idempotency_ttl_seconds, self.pending_ttl_seconds):
+            raise ConfigurationError(
+                f"{PREFIX}TRANSACTION_ID_TTL_SECONDS must be at least {PREFIX}IDEMPOTENCY_TTL_SECONDS and "
+                f"{PREFIX}PENDING_TTL_SECONDS: an id must be guarded as long as its key answers"
+            )
+        if self.max_clock_skew_ms < 0:
+            raise ConfigurationError(f"{PREFIX}MAX_CLOCK_SKEW_MS must not be negative")
         if self.ready_cache_ms < 0:
             raise ConfigurationError(f"{PREFIX}READY_CACHE_MS must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -24,7 +24,7 @@ from gateway.api.openapi import SECURITY_SCHEMES
 from gateway.api.operations import Readiness, health, ready
 from gateway.api.operations import metrics as metrics_endpoint
 from gateway.api.problems import EXCEPTION_HANDLERS
-from gateway.api.status import StatusStore, batch, batches, transaction_status
+from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
 from gateway.errors import ConfigurationError
 from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url
@@ -33,6 +33,7 @@ from gateway.idempotency.sharded import ShardedIdempotencyStore
 from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
+from gateway.intake.ledger import Ledger
 from gateway.intake.routing import compile_policy, compile_rules, default_rules_path, load_rules_file
 from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.partners.authentication import Authenticator
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             pending_ttl_ms=settings.pending_ttl_seconds * 1000,
             done_ttl_ms=settings.idempotency_ttl_seconds * 1000,
+            guard_ttl_ms=settings.transaction_id_ttl_seconds * 1000,
             stale_after_ms=settings.in_doubt_after_ms,
         )
         try:
@@ -143,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def status_database(app: Litestar) -> AsyncIterator[None]:
         # connected when first asked: the intake never waits for PostgreSQL
-        app.state.status_store = store = StatusStore(settings)
+        app.state.ledger = store = Ledger(settings)
         try:
             yield
         finally:
@@ -163,7 +165,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def intake_service(app: Litestar) -> AsyncIterator[None]:
         app.state.intake = Intake(
-            settings, policy, rules, app.state.idempotency, app.state.producer, metrics, settings.clock()
+            settings,
+            policy,
+            rules,
+            app.state.idempotency,
+            app.state.producer,
+            metrics,
+            settings.clock(),
+            app.state.ledger,
         )
         app.state.edge = fast_lane.edge = Edge(
             authenticator,

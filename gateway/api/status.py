@@ -8,19 +8,16 @@ Everything is scoped to the partner: another partner's transaction or batch is a
 PostgreSQL unreachable is a 503 with Retry-After; the intake does not depend on it.
 """
 
-import asyncio
 import base64
 import binascii
 import logging
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-import psycopg
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
-from psycopg import sql
 
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
@@ -30,11 +27,10 @@ from gateway.api.openapi import (
     problem_example,
     problem_responses,
 )
-from gateway.errors import DependencyUnavailable, Refused
-from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
-from gateway.intake.schemas import Deduped
+from gateway.errors import Refused
+from gateway.intake.ledger import Ledger
+from gateway.intake.schemas import Deduped, replay_body
 from gateway.kafka.events import instant
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.api.status")
 
@@ -117,60 +113,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else instant(value.timestamp())
 
 
-class StatusStore:
-    """A few PostgreSQL connections per worker for the status queries (a query waits only for a free
-    one), each made when first needed and made again after it broke."""
-
-    def __init__(self, settings: Settings, connections: int = 4) -> None:
-        self._url = settings.database_url
-        self._schema = settings.database_schema
-        self._timeout = settings.ready_timeout_ms / 1000
-        self._free: asyncio.Queue[psycopg.AsyncConnection | None] = asyncio.Queue()
-        for _ in range(connections):
-            self._free.put_nowait(None)  # a connection not made yet
-        self._all: set[psycopg.AsyncConnection] = set()
-        self._told_no_schema = False
-
-    async def _connect(self) -> psycopg.AsyncConnection:
-        conn = await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, connect_timeout=max(int(self._timeout), 1)
-        )
-        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-        self._all.add(conn)
-        return conn
-
-    async def rows(self, query: str, *args: Any) -> list[tuple]:
-        """Run one query; DependencyUnavailable when PostgreSQL cannot answer."""
-        conn, taken = None, False
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                conn = await self._free.get()
-                taken = True
-                if conn is None or conn.closed:
-                    conn = await self._connect()
-                cursor = await conn.execute(query, args)
-                return await cursor.fetchall()
-        except psycopg.errors.UndefinedTable:
-            # the processor has not created its schema yet: it knows nothing so far (said once)
-            if not self._told_no_schema:
-                self._told_no_schema = True
-                log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
-            return []
-        except (psycopg.OperationalError, TimeoutError) as exc:
-            if conn is not None:
-                self._all.discard(conn)
-                await conn.close()
-                conn = None
-            raise DependencyUnavailable("database", str(exc).strip() or type(exc).__name__) from None
-        finally:
-            if taken:  # its slot goes back, with the connection or empty (made again when next needed)
-                self._free.put_nowait(conn)
-
-    async def close(self) -> None:
-        for conn in self._all:
-            await conn.close()
-
-
 _TRANSACTION = (
     "SELECT status, settlement_window, value_date, batch_id, amount, source_currency, topic, partition,"
     " kafka_offset, accepted_at, batched_at, settled_at, late, routed_batch_id, routed_value_date FROM transactions"
@@ -190,18 +132,11 @@ _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND routed_b
 
 
 async def _accepted(request: Request, partner: str, transaction_id: str) -> TransactionStatus | None:
-    """A transaction only the gateway knows yet: its completed idempotency entry in Redis."""
-    redis, keys = request.app.state.redis, request.app.state.idempotency.layout
-    try:
-        digest = await redis.execute("GET", keys.txn(partner, transaction_id))
-        if digest is None:
-            return None
-        state, response = await redis.execute("HMGET", keys.idem(partner, digest.decode()), "state", "response")
-    except (RedisUnavailable, ReplyError) as exc:
-        raise DependencyUnavailable("redis", str(exc)) from None
-    if state != b"done" or response is None:
-        return None  # still in flight: not accepted yet
-    answer = msgspec.json.decode(response, type=Deduped).metadata
+    """A transaction only the gateway knows yet: its completed idempotency key in Redis."""
+    stored = await request.app.state.idempotency.answer_of(partner, transaction_id)
+    if stored is None:
+        return None  # unknown, or still in flight: not accepted yet
+    answer = msgspec.json.decode(replay_body(transaction_id, stored), type=Deduped).metadata
     return TransactionStatus(
         transaction_id=transaction_id,
         status="accepted",
@@ -262,7 +197,7 @@ async def transaction_status(
     transaction_id: Annotated[str, PathParameter(description="the partner's id of the transaction")],
 ) -> TransactionStatus:
     """The status of one of the partner's transactions."""
-    store: StatusStore = request.app.state.status_store
+    store: Ledger = request.app.state.ledger
     rows = await store.rows(_TRANSACTION, partner, transaction_id)
     if rows:
         (status, window, value_date, batch, amount, currency, topic, partition, offset,
@@ -287,7 +222,7 @@ async def transaction_status(
     return accepted
 
 
-async def _batch_view(store: StatusStore, partner: str, row: tuple) -> BatchView:
+async def _batch_view(store: Ledger, partner: str, row: tuple) -> BatchView:
     (batch_id, window, value_date, currency, status, closes_at, settles_at, opened_at, closed_at, settled_at,
      net, legs) = row  # fmt: skip
     part = await store.rows(_PARTNER_PART, partner, batch_id)
@@ -356,7 +291,7 @@ async def batch(
     batch_id: Annotated[str, PathParameter(description="{window}-{YYYYMMDD}-{currency}", examples=None)],
 ) -> BatchView:
     """One batch the partner has transactions in."""
-    store: StatusStore = request.app.state.status_store
+    store: Ledger = request.app.state.ledger
     rows = await store.rows(_BATCH, partner, partner, batch_id, partner, partner)
     if not rows:
         raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
@@ -413,7 +348,7 @@ async def batches(
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="batches per page")] = 50,
 ) -> BatchPage:
     """One page of the partner's batches."""
-    store: StatusStore = request.app.state.status_store
+    store: Ledger = request.app.state.ledger
     after_day, after_id = _after(cursor) if cursor else (date.min, "")
     rows = await store.rows(
         "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"

@@ -2,29 +2,32 @@
 
 On one node `reserve` decides an idempotency key and its transaction id in one script. A cluster runs a
 script on the keys of one slot only, and one slot per partner would put a partner's whole load on one
-master. Here (`SPREAD`) an entry's slot follows its key's digest and an id's slot follows the id, so a
+master. Here (`SPREAD`) a key's slot follows its key id and an id's slot follows the id, so a
 submission is decided in up to three steps, each one script per slot used, sent to every master at once:
 
 1. the admission (limit.lua, on the partner's own `{partner}` slot), for a limited or signed partner only;
 2. claim_entries: each idempotency key looked up, and held when new, in request order within its slot,
    so a key sent twice in one bulk request meets its first copy's reservation;
-3. claim_ids: the ids of the entries just held. An id that another key owns answers `txn_taken`, and the
-   entry held for it in step 2 is dropped again (release_entries).
+3. claim_ids: the ids of the keys just held. An id that another payload or key owns says so, and the
+   key held for it in step 2 is dropped again (release_entries).
 
 Between steps 2 and 3 a retry of the same key finds it pending (409 in flight), never new. A failure
-after step 2 drops what it held, so a retry starts afresh; when the drop cannot reach Redis either, the
-entry stays pending until the in-doubt resolver settles it from the log. A completion writes the entry
-and the id at once, each in its slot; a release drops the entry, then the id.
+in step 2 or 3 rolls back what the other masters took (the keys held, the ids taken), so a retry
+starts afresh; what the roll-back cannot reach either is handed to the in-doubt resolver, which finds
+the record absent from the log and releases it. A completion writes only the key, in its slot; a
+release drops the key, then the id.
 
 What a master's failover can lose: Redis replicates asynchronously, so a write acknowledged by a master
-that dies before its replica got it is gone from the promoted replica. A lost pending entry lets a retry
-of that submission be accepted again while the first is still producing; a lost completed entry lets a
-later retry be accepted again. Both give the partner a second 202 for one transaction, and a second
-record in the log. The log is the source of truth: the processor de-duplicates by (partner, transaction
-id) across every window, so the payment settles once, and the second copy is recorded as a duplicate.
+that dies before its replica got it is gone from the promoted replica. A lost pending key lets a retry
+of that submission be accepted again while the first is still producing; a lost completed key is
+answered from the id's guard and the ledger; a lost guard lets a later retry be accepted again. Those
+give the partner a second 202 for one transaction, and a second record in the log. The log is the
+source of truth: the processor de-duplicates by (partner, transaction id) across every window, so the
+payment settles once, and the second copy is recorded as a duplicate.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -46,7 +49,7 @@ from gateway.idempotency.store import (
 
 SPREAD = KeyLayout(64)  # slots per partner for entries, and as many for ids
 CLAIM_ENTRIES, CLAIM_IDS = lua_script("claim_entries", "claim"), lua_script("claim_ids", "claim")
-RECORD_ENTRIES, RECORD_IDS = lua_script("record_entries", "record"), lua_script("record_ids")
+COMPLETE_SLOT = lua_script("complete_all", "record")
 RELEASE_ENTRIES, RELEASE_IDS = lua_script("release_entries", "drop"), lua_script("release_ids", "drop")
 
 Call = tuple[Script, list[str], list[Any]]
@@ -140,74 +143,109 @@ class ShardedIdempotencyStore(IdempotencyStore):
             if (refused := refusal(reply)) is not None:
                 return refused[0], refused[1], []
             quota = Quota(int(reply[1]), int(reply[2]))
-        now_ms = int(time.time() * 1000)
-        for r in reservations:
-            r.reserved_at_ms = now_ms
-        claimed = await self._claim_entries(name, reservations, now_ms)
+        now_ms, claimed = await self._claim_entries(name, reservations)
         held = [i for i, decision in enumerate(claimed) if decision[0] == b"new"]
-        try:
-            owned = await self._claim_ids(name, [reservations[i] for i in held])
-        except DependencyUnavailable:
-            await self._drop_entries([reservations[i] for i in held])
-            raise
-        taken = [i for i, own in zip(held, owned, strict=True) if not own]
-        if taken:
-            await self._drop_entries([reservations[i] for i in taken])
-            for i in taken:
-                claimed[i] = [b"txn_taken"]
+        owned = await self._claim_ids(name, [reservations[i] for i in held])
+        refused_ids = [(i, own) for i, own in zip(held, owned, strict=True) if own[0] != b"new"]
+        for i, own in refused_ids:
+            claimed[i] = own
+        # not this submission's to hold after all (a recalled one stays held: the ledger decides); what
+        # cannot be dropped now goes to the in-doubt resolver
+        with contextlib.suppress(DependencyUnavailable):
+            await self._drop_entries([reservations[i] for i, own in refused_ids if own[0] != b"recall"])
         self._duration[name].observe(time.perf_counter() - started)
-        return None, quota, [self._claimed(r, c, now_ms) for r, c in zip(reservations, claimed, strict=True)]
+        decisions = [self._claimed(r, c, now_ms) for r, c in zip(reservations, claimed, strict=True)]
+        return None, quota, [await self._decided(r, d, now_ms) for r, d in zip(reservations, decisions, strict=True)]
 
-    async def _claim_entries(self, name: str, reservations: list[Reservation], now_ms: int) -> list[Any]:
-        """Step 2; when a slot's master fails, what the other slots held is dropped again."""
+    async def _claim_entries(self, name: str, reservations: list[Reservation]) -> tuple[int, list[Any]]:
+        """Step 2: Redis's time and each key's decision. When a slot's master fails, what the other
+        slots held is dropped again."""
         calls, positions = per_slot(
             CLAIM_ENTRIES,
             [r.idem_key for r in reservations],
-            [self._pending_ttl_ms, now_ms],
-            lambda i: (reservations[i].fingerprint, reservations[i].event_id, reservations[i].topic),
+            [self._pending_ttl_ms],
+            lambda i: (reservations[i].fp, reservations[i].event_id, reservations[i].topic),
+        )
+        replies = await self._settled(name, calls)
+        now_ms = max((int(reply[0]) for reply in replies if not isinstance(reply, Exception)), default=0)
+        for r in reservations:
+            r.reserved(now_ms)
+        if any(isinstance(reply, Exception) for reply in replies):
+            held = [
+                reservations[i]
+                for group, reply in zip(positions, replies, strict=True)
+                if not isinstance(reply, Exception)
+                for i, decision in zip(group, reply[1:], strict=True)
+                if decision[0] == b"new"
+            ]
+            await self._drop_entries(held)
+            _raise_first(replies)
+        return now_ms, in_order(len(reservations), positions, [reply[1:] for reply in replies])
+
+    async def _claim_ids(self, name: str, reservations: list[Reservation]) -> list[Any]:
+        """Step 3: each id's decision. When a slot's master fails, the ids the other slots took and every
+        key held in step 2 are dropped again."""
+        if not reservations:
+            return []
+        calls, positions = per_slot(
+            CLAIM_IDS,
+            [r.txn_key for r in reservations],
+            [self._guard_ttl_ms],
+            lambda i: (reservations[i].fp, reservations[i].key_id),
         )
         replies = await self._settled(name, calls)
         if any(isinstance(reply, Exception) for reply in replies):
-            held = [
+            taken = [
                 reservations[i]
                 for group, reply in zip(positions, replies, strict=True)
                 if not isinstance(reply, Exception)
                 for i, decision in zip(group, reply, strict=True)
                 if decision[0] == b"new"
             ]
-            await self._drop_entries(held)
+            await self._drop_ids(taken)
+            await self._drop_entries(reservations)
             _raise_first(replies)
         return in_order(len(reservations), positions, replies)
 
-    async def _claim_ids(self, name: str, reservations: list[Reservation]) -> list[Any]:
-        if not reservations:
-            return []
-        calls, positions = per_slot(
-            CLAIM_IDS,
-            [r.txn_key for r in reservations],
-            [self._pending_ttl_ms],
-            lambda i: (reservations[i].key_digest,),
-        )
-        return in_order(len(reservations), positions, await self._calls(name, calls))
-
     async def _drop_entries(self, reservations: list[Reservation]) -> list[Any]:
-        """Drop entries held for `reservations` (still pending with their payload); when Redis cannot take
-        it, they stay pending and the in-doubt resolver or their TTL ends them."""
+        """Drop the keys held for `reservations` (still pending for their record): per key 1 dropped, 0
+        not theirs, -1 absent. When Redis cannot take it, they are handed to the in-doubt resolver (their
+        records were never produced: it finds them absent from the log and releases them)."""
         if not reservations:
             return []
         calls, positions = per_slot(
-            RELEASE_ENTRIES, [r.idem_key for r in reservations], [], lambda i: (reservations[i].fingerprint,)
+            RELEASE_ENTRIES,
+            [r.idem_key for r in reservations],
+            [],
+            lambda i: (reservations[i].fp, reservations[i].event_id),
         )
         try:
             return in_order(len(reservations), positions, await self._calls("release", calls))
         except DependencyUnavailable:
-            return [0] * len(reservations)
+            self._in_doubt(reservations)
+            raise
+
+    async def _drop_ids(self, reservations: list[Reservation]) -> None:
+        """Drop the ids taken for `reservations` (while still theirs); the resolver gets them otherwise."""
+        if not reservations:
+            return
+        calls, _ = per_slot(
+            RELEASE_IDS, [r.txn_key for r in reservations], [], lambda i: (reservations[i].fp, reservations[i].key_id)
+        )
+        try:
+            await self._calls("release", calls)
+        except DependencyUnavailable:
+            self._in_doubt(reservations)
+
+    def _in_doubt(self, reservations: list[Reservation]) -> None:
+        for r in reservations:
+            self.hold_in_doubt(r)
 
     async def release(self, r: Reservation) -> bool:
         (dropped,) = await self._drop_entries([r])
-        if dropped:
-            await self._calls("release", [(RELEASE_IDS, [r.txn_key], [r.key_digest])])
-        return bool(dropped)
+        if dropped:  # ours (1), or gone (-1): the id may still be this payload's
+            await self._calls("release", [(RELEASE_IDS, [r.txn_key], [r.fp, r.key_id])])
+        return dropped == 1
 
     def _record(self, r: Reservation, response: bytes) -> "asyncio.Future[Any]":
         return self._recorded([(r, response)], lambda stored: stored[0])
@@ -218,21 +256,15 @@ class ShardedIdempotencyStore(IdempotencyStore):
     def _recorded(
         self, completions: list[tuple[Reservation, bytes]], answer: Callable[[list[Any]], Any]
     ) -> "asyncio.Future[Any]":
-        """Every entry and id of `completions` written at once, each in its slot: a future of `answer`
-        applied to one 1 or 0 per entry (see record.lua); it fails when any write failed."""
-        entries, entry_positions = per_slot(
-            RECORD_ENTRIES,
+        """Every key of `completions` written at once, each in its slot: a future of `answer` applied to
+        one 1 or 0 per key (see record.lua); it fails when any write failed."""
+        calls, positions = per_slot(
+            COMPLETE_SLOT,
             [r.idem_key for r, _ in completions],
             [self._done_ttl_ms],
-            lambda i: (completions[i][0].fingerprint, completions[i][1]),
+            lambda i: (completions[i][0].fp, completions[i][1]),
         )
-        ids, _ = per_slot(
-            RECORD_IDS,
-            [r.txn_key for r, _ in completions],
-            [self._done_ttl_ms],
-            lambda i: (completions[i][0].key_digest,),
-        )
-        sent = [self._redis.run_script(s, keys, args) for s, keys, args in (*entries, *ids)]
+        sent = [self._redis.run_script(s, keys, args) for s, keys, args in calls]
         assert self._loop is not None
         result: asyncio.Future[Any] = self._loop.create_future()
 
@@ -242,8 +274,7 @@ class ShardedIdempotencyStore(IdempotencyStore):
             if (error := replies.exception()) is not None:
                 result.set_exception(error)
             else:
-                stored = in_order(len(completions), entry_positions, replies.result()[: len(entries)])
-                result.set_result(answer(stored))
+                result.set_result(answer(in_order(len(completions), positions, replies.result())))
 
         asyncio.gather(*sent).add_done_callback(done)
         return result

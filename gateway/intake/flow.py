@@ -1,5 +1,10 @@
 """Intake of one transaction: decode, validate and route, reserve, produce, complete.
 
+Replays first: an accepted transaction's exact resubmission gets its original answer whatever changed
+since (the partner's grant, the amount limits, the calendar's horizon). A submission those refuse is
+looked up before the refusal stands (`recall`), and one whose key Redis has forgotten, or the same
+payment under another key, is answered from the ledger when it holds the transaction.
+
 Nothing is acknowledged before Kafka has the record. A produce that certainly never reached the
 broker (queue full, refused at once) releases the reservation, so the partner's retry is new again;
 one whose outcome is in doubt (a delivery timeout or error) keeps it locked until the log says
@@ -19,12 +24,14 @@ from gateway import ids
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused, Unauthorized
 from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation, unlimited
 from gateway.intake.decoding import decode, decode_items
+from gateway.intake.ledger import Ledger
 from gateway.intake.schemas import (
     ENCODER,
     Accepted,
     AcceptedMetadata,
     TransactionRequest,
-    replay_answer,
+    compact_answer,
+    replay_body,
 )
 from gateway.kafka.events import (
     EVENT_ENCODER,
@@ -96,6 +103,7 @@ Forbids = Callable[[tuple[str, ...], tuple[str, str]], str | None]
 REPLAYED_NONCE = "the signature's nonce was already used: sign every request afresh"
 
 # what the partner is told when `reserve` does not claim the key: the problem's cause and detail
+LEDGER_DECIDES = (Decision.RECALL, Decision.ELSEWHERE)
 REFUSALS = {
     Decision.IN_FLIGHT: ("request-in-flight", "a request with this idempotency key is still being processed"),
     Decision.MISMATCH: ("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
@@ -108,6 +116,23 @@ REFUSALS = {
 
 
 INVALID = "the transaction breaks one or more rules"
+# refusals an accepted transaction's replay may meet when the rules changed since: looked up first
+CHANGED_RULES = frozenset({"validation-failed", "forbidden"})
+# an amount limit far above any real one (whole units; times 10^4 minor units it fits a 64-bit integer)
+_NO_LIMIT = 10**12
+
+
+def lenient(policy: fastcore.Policy) -> fastcore.Policy:
+    """`policy` without its amount limits and blocked pairs: what an accepted transaction's replay is
+    checked against (its shape, and the canonical form its fingerprint is taken of)."""
+    return fastcore.Policy(dict.fromkeys(policy.max_amounts, _NO_LIMIT), ())
+
+
+def changed_rules(exc: Refused | DependencyUnavailable) -> bool:
+    """Whether `exc` is a refusal that rules changed since a transaction's acceptance could cause."""
+    if isinstance(exc, DependencyUnavailable):
+        return exc.dependency == "settlement calendar"
+    return exc.cause in CHANGED_RULES and not isinstance(exc, Unauthorized)
 
 
 def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
@@ -127,6 +152,21 @@ def validation_fields(request: TransactionRequest, idempotency_header: str | Non
     )
 
 
+def _transaction(request: TransactionRequest, instruction: fastcore.Instruction) -> Transaction:
+    """The canonical transaction of a valid request (what its fingerprint is taken of)."""
+    return Transaction(
+        transaction_id=request.transaction_id,
+        amount=instruction.amount,
+        source_currency=request.source_currency,
+        destination_currency=request.destination_currency,
+        source_account=request.source_account,
+        destination_account=request.destination_account,
+        counterparty_id=request.counterparty_id,
+        settlement_window=instruction.requested_window,
+        metadata=request.metadata,
+    )
+
+
 class Intake:
     """The whole path of a submission, with its dependencies handed in (no globals)."""
 
@@ -139,9 +179,12 @@ class Intake:
         producer: SettlementProducer,
         metrics: Metrics,
         clock: Callable[[], float],
+        ledger: Ledger,
     ) -> None:
         self._settings = settings
         self._policy = policy
+        self._lenient = lenient(policy)
+        self._ledger = ledger
         self._rules = rules
         self._store = store
         self._producer = producer
@@ -194,17 +237,7 @@ class Intake:
             reason = forbids(windows, (request.source_currency, request.destination_currency))
             if reason is not None:
                 raise Refused("forbidden", reason)
-        transaction = Transaction(
-            transaction_id=request.transaction_id,
-            amount=instruction.amount,
-            source_currency=request.source_currency,
-            destination_currency=request.destination_currency,
-            source_account=request.source_account,
-            destination_account=request.destination_account,
-            counterparty_id=request.counterparty_id,
-            settlement_window=instruction.requested_window,
-            metadata=request.metadata,
-        )
+        transaction = _transaction(request, instruction)
         event_id = ids.uuid7()
         reservation = Reservation(
             partner,
@@ -240,17 +273,27 @@ class Intake:
     ) -> Outcome:
         """Take one raw request body of `partner`; return the response body or raise Refused or
         DependencyUnavailable. `admission` (nonce, rate limit) is checked in the reservation's round trip."""
-        reservation, event, decode_seconds, validate_seconds = self.prepare(
-            partner, body, idempotency_header, admission, forbids
-        )
+        try:
+            reservation, event, decode_seconds, validate_seconds = self.prepare(
+                partner, body, idempotency_header, admission, forbids
+            )
+        except (Refused, DependencyUnavailable) as exc:
+            if not changed_rules(exc):
+                raise
+            replayed = await self._replay_despite(exc, partner, decode(body), idempotency_header, admission)
+            if replayed is None:
+                raise
+            return replayed
         started = perf_counter()
         decision, stored = await self._store.reserve(reservation)
+        if decision is Decision.RECALL or decision is Decision.ELSEWHERE:
+            ((decision, stored),) = await self._ask_ledger([(reservation, decision)], held=True)
         timing = Timing(decode_seconds, validate_seconds, perf_counter() - started, 0.0)
+        transaction_id = event.transaction.transaction_id
         if decision is Decision.REPLAY:
             assert stored is not None
-            return Outcome(
-                event.transaction.transaction_id, replayed=True, body=stored, timing=timing, quota=reservation.quota
-            )
+            body = replay_body(transaction_id, stored)
+            return Outcome(transaction_id, replayed=True, body=body, timing=timing, quota=reservation.quota)
         if decision is Decision.NONCE_REPLAYED:
             raise Unauthorized(REPLAYED_NONCE, signature=True, quota=reservation.quota)
         if decision is not Decision.NEW:
@@ -259,6 +302,87 @@ class Intake:
         # Shielded: once the record may reach Kafka, a client that goes away must not stop us from
         # recording the outcome in Redis, or its retry could produce a second record.
         return await asyncio.shield(self._settle(reservation, event, traceparent, timing))
+
+    async def _replay_despite(
+        self,
+        refusal: Refused | DependencyUnavailable,
+        partner: str,
+        request: TransactionRequest,
+        idempotency_header: str | None,
+        admission: Admission | None,
+    ) -> Outcome | None:
+        """The original answer of an accepted transaction that today's rules refuse (a narrowed grant,
+        a lowered limit, a calendar past its horizon), or None when it was never accepted: the refusal
+        stands. The partner's admission is checked first, as for any submission."""
+        try:
+            instruction = fastcore.validate(self._lenient, *validation_fields(request, idempotency_header))
+        except fastcore.ValidationFailed:
+            return None
+        r = Reservation(
+            partner,
+            instruction.idempotency_key,
+            request.transaction_id,
+            fingerprint(_transaction(request, instruction)),
+            layout=self._store.layout,
+        )
+        quota = None
+        if admission is not None and (admission.interval_us or admission.nonce_ttl_ms):
+            admitted, quota = await self._store.admit(admission)
+            if admitted is Decision.NONCE_REPLAYED:
+                raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
+            if admitted is not None:
+                raise Refused(*REFUSALS[admitted], quota=quota)
+            if isinstance(refusal, Refused):
+                refusal.quota = quota  # the refusal, if it stands, was admitted here
+        ((decision, stored),) = await self._recalled([r])
+        if decision is Decision.REPLAY:
+            assert stored is not None
+            timing = Timing(0.0, 0.0, 0.0, 0.0)
+            return Outcome(r.transaction_id, True, replay_body(r.transaction_id, stored), timing, quota)
+        if decision is Decision.IN_FLIGHT:
+            raise Refused(*REFUSALS[decision], quota=quota)
+        return None
+
+    async def _recalled(self, reservations: list[Reservation]) -> list[tuple[Decision | None, bytes | None]]:
+        """What Redis, then the ledger, know of submissions refused before their reservation."""
+        recalled = list(await asyncio.gather(*(self._store.recall(r) for r in reservations)))
+        asked = [(i, reservations[i], d) for i, (d, _) in enumerate(recalled) if d in LEDGER_DECIDES]
+        if asked:
+            answers = await self._ask_ledger([(r, d) for _, r, d in asked], held=False)
+            for (i, _, _), (decision, stored) in zip(asked, answers, strict=True):
+                recalled[i] = (decision if decision is Decision.REPLAY else None, stored)
+        return recalled
+
+    async def _ask_ledger(
+        self, asked: list[tuple[Reservation, Decision]], held: bool
+    ) -> list[tuple[Decision, bytes | None]]:
+        """Decide from the ledger the submissions Redis could not (RECALL, ELSEWHERE): REPLAY with the
+        original answer when it holds the transaction with the same payload; otherwise a forgotten
+        key's submission is NEW (its key is held: `held`), the same payment under another key TXN_TAKEN.
+        A recalled key the ledger answers for is completed again, so its next replay is Redis's."""
+        partner = asked[0][0].partner
+        try:
+            known = await self._ledger.known(partner, [r.transaction_id for r, _ in asked])
+        except DependencyUnavailable:
+            if held:
+                for r, decision in asked:
+                    if decision is Decision.RECALL:
+                        await self._release(r)
+            raise
+        decided: list[tuple[Decision, bytes | None]] = []
+        for r, decision in asked:
+            found = known.get(r.transaction_id)
+            if found is not None and found.fingerprint == r.fingerprint:
+                if held and decision is Decision.RECALL:
+                    self._store.complete(r, found.answer)
+                decided.append((Decision.REPLAY, found.answer))
+            elif found is None and decision is Decision.RECALL:
+                decided.append((Decision.NEW, None))
+            else:
+                if held and decision is Decision.RECALL:
+                    await self._release(r)
+                decided.append((Decision.TXN_TAKEN, None))
+        return decided
 
     async def _settle(
         self, reservation: Reservation, event: TransactionAccepted, traceparent: str | None, timing: Timing
@@ -276,10 +400,7 @@ class Intake:
             self._store.hold_in_doubt(reservation)
             raise
         except DependencyUnavailable:
-            try:
-                await self._store.release(reservation)
-            except DependencyUnavailable:
-                log.error("could not release %s after a failed produce; it expires by itself", reservation.idem_key)
+            await self._release(reservation)
             raise
         accepted, replay = self._answers(event, delivery)
         self._store.complete(reservation, replay)  # sent with this tick's Redis write
@@ -290,6 +411,15 @@ class Intake:
             timing=timing._replace(kafka=perf_counter() - started),
             quota=reservation.quota,
         )
+
+    async def _release(self, reservation: Reservation) -> None:
+        """Release a reservation whose record certainly never left; when Redis cannot take it, the
+        in-doubt resolver keeps the doubt and releases it once the log confirms the record is absent."""
+        try:
+            await self._store.release(reservation)
+        except DependencyUnavailable:
+            log.error("could not release %s; the in-doubt resolver settles it", reservation.idem_key)
+            self._store.hold_in_doubt(reservation)
 
     def _answers(self, event: TransactionAccepted, delivery: Delivery) -> tuple[bytes, bytes]:
         """The 202 body of a transaction Kafka has, and the answer its replays will get."""
@@ -311,10 +441,10 @@ class Intake:
                 accepted_at=accepted_at,
             ),
         )
-        replay = replay_answer(
-            transaction_id, routing, delivery.topic, delivery.partition, delivery.offset, accepted_at
+        replay = compact_answer(
+            routing.batch, delivery.topic, delivery.partition, delivery.offset, delivery.timestamp_ms
         )
-        return ENCODER.encode(accepted), ENCODER.encode(replay)
+        return ENCODER.encode(accepted), replay
 
     async def submit_all(
         self,
@@ -344,14 +474,16 @@ class Intake:
         checked = fastcore.validate_all(self._policy, [validation_fields(request, None) for _, request in requests])
         now = self._clock()
         prepared: list[tuple[int, Reservation, TransactionAccepted]] = []
+        refused: list[tuple[int, TransactionRequest]] = []  # by rules an accepted replay may predate
         for (index, request), result in zip(requests, checked, strict=True):
-            if type(result) is list:
-                items[index] = Refused("validation-failed", INVALID, result)
-                continue
             try:
+                if type(result) is list:
+                    raise Refused("validation-failed", INVALID, result)
                 prepared.append((index, *self._routed(partner, request, result, now, admission, forbids)))
             except (Refused, DependencyUnavailable) as exc:
                 items[index] = exc
+                if changed_rules(exc):
+                    refused.append((index, request))
         validated = perf_counter()
         refusal, quota, decisions = await self._store.reserve_all(
             [reservation for _, reservation, _ in prepared], admission or unlimited(partner), len(raws)
@@ -360,14 +492,22 @@ class Intake:
             raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
         if refusal is not None:
             raise Refused(*REFUSALS[refusal], quota=quota)
+        ledger_decided = await self._ledger_decides(prepared, decisions)
+        if refused:
+            await self._replays_despite(partner, refused, items)
         reserved = perf_counter()
         new: list[tuple[int, Reservation, TransactionAccepted]] = []
-        for (index, reservation, event), (decision, stored) in zip(prepared, decisions, strict=True):
+        for (index, reservation, event), decided in zip(prepared, ledger_decided, strict=True):
+            if isinstance(decided, DependencyUnavailable):
+                items[index] = decided
+                continue
+            decision, stored = decided
             if decision is Decision.NEW:
                 new.append((index, reservation, event))
             elif decision is Decision.REPLAY:
                 assert stored is not None
-                items[index] = Outcome(event.transaction.transaction_id, replayed=True, body=stored)
+                transaction_id = event.transaction.transaction_id
+                items[index] = Outcome(transaction_id, replayed=True, body=replay_body(transaction_id, stored))
             else:
                 items[index] = Refused(*REFUSALS[decision])
         if new:
@@ -377,6 +517,55 @@ class Intake:
                 items[index] = outcome
         timing = Timing(decoded - started, validated - decoded, reserved - validated, perf_counter() - reserved)
         return BulkOutcome(items, timing, quota)  # type: ignore[arg-type]  # every item is decided
+
+    async def _ledger_decides(
+        self,
+        prepared: list[tuple[int, Reservation, TransactionAccepted]],
+        decisions: list[tuple[Decision, bytes | None]],
+    ) -> list[tuple[Decision, bytes | None] | DependencyUnavailable]:
+        """`decisions`, with those Redis left to the ledger (RECALL, ELSEWHERE) decided by it in one query;
+        the ledger unreachable makes them DependencyUnavailable (their keys released)."""
+        decided: list[tuple[Decision, bytes | None] | DependencyUnavailable] = list(decisions)
+        asked = [i for i, (decision, _) in enumerate(decisions) if decision in LEDGER_DECIDES]
+        if not asked:
+            return decided
+        try:
+            answers = await self._ask_ledger([(prepared[i][1], decisions[i][0]) for i in asked], held=True)
+        except DependencyUnavailable as exc:
+            for i in asked:
+                decided[i] = exc
+            return decided
+        for i, answer in zip(asked, answers, strict=True):
+            decided[i] = answer
+        return decided
+
+    async def _replays_despite(
+        self, partner: str, refused: list[tuple[int, TransactionRequest]], items: list[ItemOutcome | None]
+    ) -> None:
+        """The items of a bulk request today's rules refused that are replays of accepted transactions:
+        their original answers instead (the request's admission already counted them)."""
+        looked: list[tuple[int, Reservation]] = []
+        for index, request in refused:
+            try:
+                instruction = fastcore.validate(self._lenient, *validation_fields(request, None))
+            except fastcore.ValidationFailed:
+                continue
+            transaction = _transaction(request, instruction)
+            key = instruction.idempotency_key
+            r = Reservation(partner, key, request.transaction_id, fingerprint(transaction), layout=self._store.layout)
+            looked.append((index, r))
+        if not looked:
+            return
+        try:
+            recalled = await self._recalled([r for _, r in looked])
+        except DependencyUnavailable:
+            return  # the refusals stand: nothing says these were accepted
+        for (index, r), (decision, stored) in zip(looked, recalled, strict=True):
+            if decision is Decision.REPLAY:
+                assert stored is not None
+                items[index] = Outcome(r.transaction_id, replayed=True, body=replay_body(r.transaction_id, stored))
+            elif decision is Decision.IN_FLIGHT:
+                items[index] = Refused(*REFUSALS[decision])
 
     async def _settle_all(
         self, new: list[tuple[Reservation, TransactionAccepted]], traceparent: str | None
@@ -420,8 +609,4 @@ class Intake:
 
     async def _release_all(self, reservations: list[Reservation]) -> None:
         """Drop the reservations of records that certainly never left (their retries are new again)."""
-        if not reservations:
-            return
-        released = await asyncio.gather(*(self._store.release(r) for r in reservations), return_exceptions=True)
-        if failed := sum(isinstance(outcome, BaseException) for outcome in released):
-            log.error("could not release %d reservations after a failed produce; they expire by themselves", failed)
+        await asyncio.gather(*(self._release(r) for r in reservations))

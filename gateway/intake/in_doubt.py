@@ -5,13 +5,15 @@ may have written the record and lost the answer), a worker that died between pro
 a completion Redis never took. Releasing it on a guess could write a payment twice; keeping it
 forever would block the partner. So the log decides, once the record can no longer be on its way:
 
-- A pending reservation names its record (event id, topic, reservation time). Once it is older than
-  the horizon (the delivery timeout, the report grace and GATEWAY_IN_DOUBT_MARGIN_MS), the record
-  has either been written or will never be: librdkafka gives up on it at the delivery timeout, and
+- A pending reservation names its record (event id, topic, reservation time by Redis's clock, so every
+  gateway judges its age alike, whatever its own clock says). Once it is older than the horizon (the
+  delivery timeout, the report grace and GATEWAY_IN_DOUBT_MARGIN_MS), the record has either been
+  written or will never be: librdkafka gives up on it at the delivery timeout, and
   an idempotent producer that timed out in-flight records bumps its epoch, so the broker refuses a
   late copy of the old request.
-- The resolver reads the topic's partitions from a little before the reservation time to their
-  current end, looking for the event id in the CloudEvents `ce_id` header.
+- The resolver reads the topic's partitions from before the reservation time to their current end,
+  looking for the event id in the CloudEvents `ce_id` header. The record carries the producing
+  gateway's time, which may differ from Redis's: the scan starts GATEWAY_MAX_CLOCK_SKEW_MS earlier.
 - Found: the key is completed with the answer the 202 would have given (its coordinates and
   `accepted_at`, the record's timestamp), so the partner's retry gets 200 with the real offset.
 - Not found, twice, `CONFIRM_SECONDS` apart: the key is released, so the retry is new again.
@@ -32,15 +34,15 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gateway.errors import DependencyUnavailable
 from gateway.idempotency.store import IdempotencyStore, PendingRecord, Reservation
-from gateway.intake.schemas import ENCODER, replay_answer
-from gateway.kafka.events import TransactionAccepted, instant
+from gateway.intake.schemas import compact_answer
+from gateway.kafka.events import TransactionAccepted
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("gateway.intake.in_doubt")
 
-# the scan starts this long before the reservation: producer clocks and the record's timestamp
-# (librdkafka stamps it at produce) may differ from the gateway's wall clock by a little
+# the scan starts this long before the reservation, besides the clock skew allowed: the record's
+# timestamp (librdkafka stamps it at produce) and Redis's time may differ by a little more
 SCAN_SLACK_MS = 5_000
 # "not in the log" is believed only when a second scan this much later agrees
 CONFIRM_SECONDS = 2.0
@@ -127,17 +129,10 @@ class LogReader:
     def _answer(message: Any) -> Found:
         event = _EVENT.decode(message.value())
         _, timestamp_ms = message.timestamp()
-        body = ENCODER.encode(
-            replay_answer(
-                event.transaction.transaction_id,
-                event.routing,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                instant(timestamp_ms / 1000),
-            )
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        return Found(
+            topic, partition, offset, compact_answer(event.routing.batch, topic, partition, offset, timestamp_ms)
         )
-        return Found(message.topic(), message.partition(), message.offset(), body)
 
     def close(self) -> None:
         """Close the consumer (the next `find` makes a new one)."""
@@ -152,6 +147,7 @@ class DoubtResolver:
 
     def __init__(self, settings: Settings, store: IdempotencyStore, metrics: Metrics, reader: LogReader) -> None:
         self.horizon_ms = settings.in_doubt_after_ms
+        self._scan_before_ms = settings.max_clock_skew_ms + SCAN_SLACK_MS
         self._store = store
         self._metrics = metrics
         self._reader = reader
@@ -166,8 +162,8 @@ class DoubtResolver:
         """Settle `reservation` once its record can no longer be on its way (idempotent per key)."""
         if reservation.idem_key in self._doubts or not record.event_id:
             return
-        age_ms = time.time() * 1000 - record.reserved_at_ms
-        due = time.monotonic() + max(self.horizon_ms - age_ms, 0) / 1000
+        # its age by Redis's clock when Redis answered, and since then by this process's monotonic clock
+        due = (record.seen_at or time.monotonic()) + max(self.horizon_ms - record.age_ms, 0) / 1000
         self._doubts[reservation.idem_key] = _Doubt(reservation, record, due)
         log.warning(
             "in doubt: %s (event %s on %s); settling it from the log",
@@ -203,7 +199,7 @@ class DoubtResolver:
         for doubt in due:
             by_topic.setdefault(doubt.record.topic, []).append(doubt)
         for topic, doubts in by_topic.items():
-            since = min(d.record.reserved_at_ms for d in doubts) - SCAN_SLACK_MS
+            since = min(d.record.reserved_at_ms for d in doubts) - self._scan_before_ms
             try:
                 found = await asyncio.to_thread(self._reader.find, topic, since, {d.record.event_id for d in doubts})
             except (KafkaException, TimeoutError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from fastcore.currencies import CURRENCIES
-from gateway.kafka.events import Routing
+from gateway.kafka.events import Routing, instant
 
 _IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
 _CURRENCY = {
@@ -149,6 +149,25 @@ def replay_answer(
             accepted_at=accepted_at,
         ),
     )
+
+
+def compact_answer(batch: str, topic: str, partition: int, offset: int, accepted_ms: int) -> bytes:
+    """What Redis and the in-doubt resolver keep of an accepted transaction's answer (about 50 bytes):
+    the batch of its 202 (whose id holds its window and value date), its record's coordinates and
+    timestamp. `replay_body` makes the 200 every exact resubmission gets from it."""
+    return f"{batch}|{topic}|{partition}|{offset}|{accepted_ms}".encode()
+
+
+def replay_body(transaction_id: str, stored: bytes) -> bytes:
+    """The 200 body of an exact resubmission, from its `compact_answer` (or from the whole answer the
+    previous layout kept, which starts with `{`)."""
+    if stored[:1] == b"{":
+        return stored
+    batch, topic, partition, offset, accepted_ms = stored.decode().split("|")
+    window, day, _ = batch.split("-")
+    routing = Routing(window, None, f"{day[:4]}-{day[4:6]}-{day[6:]}", batch, "")
+    accepted_at = instant(int(accepted_ms) / 1000)
+    return ENCODER.encode(replay_answer(transaction_id, routing, topic, int(partition), int(offset), accepted_at))
 
 
 class FieldError(msgspec.Struct, frozen=True):

@@ -1,43 +1,47 @@
--- claim: what one idempotent submission is, and its key claimed when new (prefixed to the scripts that
--- call it). `claim` decides both keys at once, on one node; a cluster keeps them in different slots and
--- calls `found`/`hold` (claim_entries) and `take_id` (claim_ids) in two steps.
---   idem_key     idem:{...}:<key digest>     hash: fp, state (pending|done), response; while pending
---                                            also ev, topic, at (the record it is about to produce)
---   txn_key      txn:{...}:<transaction_id>  string: digest of the idempotency key that owns the id
---   fp           fingerprint of the canonical transaction
---   digest       digest of the idempotency key
---   pending_ttl  pending TTL, milliseconds (outlives any resolution of an in-doubt delivery)
---   ev, topic    event id and topic of the record to be produced
---   at           now, Unix milliseconds (the gateway's clock, for the age of a pending reservation)
--- decisions: {'new'} | {'replay', response} | {'in_flight', at, ev, topic} | {'mismatch'} | {'txn_taken'}
+-- claim: what one idempotent submission is, and its keys claimed when new (prefixed to the scripts that
+-- call it). One string per key, nothing kept that a later answer does not need:
+--   key    key:{...}:<key id>     the idempotency key (24 h by default): 'P' fp at '|' ev '|' topic while
+--                                 its record is produced; 'D' fp answer once Kafka has it (record.lua)
+--   guard  txn:{...}:<id>         the transaction id (days: GATEWAY_TRANSACTION_ID_TTL_SECONDS): fp kid,
+--                                 written once at the claim; a 64-hex digest is a key of the previous
+--                                 layout (a hash idem:{...}:<digest>), read by the gateway
+--   fp     the transaction's fingerprint (FP bytes, common.lua); kid: the 12-byte key id
+--   at     the reservation time, Unix milliseconds of Redis's own clock (`now`), so that every gateway
+--          judges a pending reservation's age by one clock
+-- `claim` decides both keys at once on one node; a cluster keeps them in different slots and calls
+-- `claim_key` (claim_entries) and `claim_id` (claim_ids) in two steps.
+-- decisions: {'new'} | {'replay', answer} | {'in_flight', at, ev, topic} | {'mismatch'} | {'txn_taken'}
+--   | {'recall'}     the guard is this payload's under this key, the key has forgotten it: the ledger says
+--                    whether it was accepted (the key stays held: absent from the ledger, it is new)
+--   | {'elsewhere'}  the guard is this payload's under another key: the ledger answers, or it is taken
+--   | {'legacy', digest}  the guard is of the previous layout: the gateway reads its hash
 
--- what the key's entry already decides, or nil when the key is new
-local function found(idem_key, fp)
-  local entry = redis.call('HMGET', idem_key, 'fp', 'state', 'response', 'at', 'ev', 'topic')
-  if not entry[1] then return nil end
-  if entry[1] ~= fp then return {'mismatch'} end
-  if entry[2] == 'done' then return {'replay', entry[3]} end
-  return {'in_flight', entry[4] or '0', entry[5] or '', entry[6] or ''}
+-- the idempotency key, held for this submission when new (nil); otherwise what it already decides
+local function claim_key(key, fp, at, ev, topic, pending_ttl)
+  local old = redis.call('SET', key, 'P' .. fp .. at .. '|' .. ev .. '|' .. topic, 'NX', 'PX', pending_ttl, 'GET')
+  if not old then return nil end
+  if string.sub(old, 2, 1 + FP) ~= fp then return {'mismatch'} end
+  if string.sub(old, 1, 1) == 'D' then return {'replay', string.sub(old, 2 + FP)} end
+  local held_at, held_ev, held_topic = string.match(string.sub(old, 2 + FP), '^(%d+)|([^|]*)|(.*)$')
+  return {'in_flight', held_at, held_ev, held_topic}
 end
 
--- the key's entry, pending for this submission
-local function hold(idem_key, fp, pending_ttl, ev, topic, at)
-  redis.call('HSET', idem_key, 'fp', fp, 'state', 'pending', 'ev', ev, 'topic', topic, 'at', at)
-  redis.call('PEXPIRE', idem_key, pending_ttl)
-  return {'new'}
+-- the transaction id, taken for this payload under this key when free (nil); otherwise what it decides
+local function claim_id(guard, fp, kid, guard_ttl)
+  local owner = fp .. kid
+  local old = redis.call('SET', guard, owner, 'NX', 'PX', guard_ttl, 'GET')
+  if not old then return nil end
+  if old == owner then return {'recall'} end
+  if #old == 64 then return {'legacy', old} end
+  if string.sub(old, 1, FP) ~= fp then return {'txn_taken'} end
+  return {'elsewhere'}
 end
 
--- the transaction id, for the idempotency key `digest`; false when another key owns it
-local function take_id(txn_key, digest, ttl)
-  local owner = redis.call('GET', txn_key)
-  if owner and owner ~= digest then return false end
-  redis.call('SET', txn_key, digest, 'PX', ttl)
-  return true
-end
-
-local function claim(idem_key, txn_key, fp, digest, pending_ttl, ev, topic, at)
-  local decision = found(idem_key, fp)
+local function claim(key, guard, fp, kid, at, ev, topic, pending_ttl, guard_ttl)
+  local decision = claim_key(key, fp, at, ev, topic, pending_ttl)
   if decision then return decision end
-  if not take_id(txn_key, digest, pending_ttl) then return {'txn_taken'} end
-  return hold(idem_key, fp, pending_ttl, ev, topic, at)
+  decision = claim_id(guard, fp, kid, guard_ttl)
+  if not decision then return {'new'} end
+  if decision[1] ~= 'recall' then redis.call('DEL', key) end  -- not this submission's to hold after all
+  return decision
 end

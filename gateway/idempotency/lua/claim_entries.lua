@@ -1,12 +1,13 @@
 -- claim_entries (cluster): claim.lua's first step for the idempotency keys of one slot, in order, so a
--- key sent twice meets its first copy's reservation (found, hold).
--- KEYS[i]           idem key of the i-th transaction
--- ARGV[1], ARGV[2]  pending TTL ms, now ms
--- ARGV[3i .. 3i+2]  fingerprint, event id, topic of the i-th transaction
--- returns per transaction a claim decision; {'new'} means the entry is held and its id not yet taken
-local reply = {}
+-- key sent twice meets its first copy's reservation (claim_key).
+-- KEYS[i]           key of the i-th transaction
+-- ARGV[1]           pending TTL ms
+-- ARGV[3i-1 .. 3i+1]  fingerprint, event id, topic of the i-th transaction
+-- returns {now, decision 1, decision 2, ...}; {'new'} means the key is held and its id not yet taken
+local at = now_ms()
+local reply = {at}
 for i = 1, #KEYS do
-  local a = 3 * i
-  reply[i] = found(KEYS[i], ARGV[a]) or hold(KEYS[i], ARGV[a], ARGV[1], ARGV[a + 1], ARGV[a + 2], ARGV[2])
+  local a = 3 * i - 1
+  reply[i + 1] = claim_key(KEYS[i], ARGV[a], at, ARGV[a + 1], ARGV[a + 2], ARGV[1]) or {'new'}
 end
 return reply

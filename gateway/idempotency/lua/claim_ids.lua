@@ -1,10 +1,10 @@
--- claim_ids (cluster): claim.lua's second step for the transaction ids of one slot, in order (take_id).
--- KEYS[i]    txn key of the i-th transaction
--- ARGV[1]    pending TTL ms
--- ARGV[i+1]  digest of the i-th transaction's idempotency key
--- returns per id 1 when it is now held for that key; 0 when another idempotency key owns it
+-- claim_ids (cluster): claim.lua's second step for the transaction ids of one slot, in order (claim_id).
+-- KEYS[i]              guard of the i-th transaction
+-- ARGV[1]              guard TTL ms
+-- ARGV[2i], ARGV[2i+1] fingerprint, key id of the i-th transaction
+-- returns per id {'new'} when it is now taken for this payload and key, else claim_id's decision
 local reply = {}
 for i = 1, #KEYS do
-  reply[i] = take_id(KEYS[i], ARGV[i + 1], ARGV[1]) and 1 or 0
+  reply[i] = claim_id(KEYS[i], ARGV[2 * i], ARGV[2 * i + 1], ARGV[1]) or {'new'}
 end
 return reply

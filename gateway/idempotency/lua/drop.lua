@@ -1,15 +1,18 @@
 -- drop: undo a pending reservation (prefixed to release, release_entries and release_ids).
---   idem_key, txn_key, fp, digest  see claim.lua
--- drop_entry returns 1 when the pending entry was this payload's and is gone; 0 when it was not ours
--- or already done (nothing touched). drop_id removes the id only while `digest` owns it.
-local function drop_entry(idem_key, fp)
-  local entry = redis.call('HMGET', idem_key, 'fp', 'state')
-  if entry[1] ~= fp or entry[2] ~= 'pending' then return 0 end
-  redis.call('DEL', idem_key)
+-- drop_key deletes the key while it is this submission's pending one (its event id `ev`) and returns 1;
+-- 0 when it is absent, 'D' (done) or another's (nothing touched), -1 when absent: the id may still be ours.
+-- drop_id deletes the guard while it is this payload's under this key.
+local function drop_key(key, fp, ev)
+  local held = redis.call('GET', key)
+  if not held then return -1 end
+  if string.sub(held, 1, 1) ~= 'P' or string.sub(held, 2, 1 + FP) ~= fp then return 0 end
+  local _, held_ev = string.match(string.sub(held, 2 + FP), '^(%d+)|([^|]*)|')
+  if held_ev ~= ev then return 0 end
+  redis.call('DEL', key)
   return 1
 end
 
-local function drop_id(txn_key, digest)
-  if redis.call('GET', txn_key) == digest then redis.call('DEL', txn_key) end
+local function drop_id(guard, fp, kid)
+  if redis.call('GET', guard) == fp .. kid then redis.call('DEL', guard) end
   return 1
 end

@@ -1,9 +1,9 @@
--- release_entries (cluster): drop the pending entries of one slot that are still this payload's (drop_entry).
--- KEYS[i]    idem key of the i-th transaction
--- ARGV[i]    fingerprint of the i-th transaction
--- returns one 1 (released) or 0 (not ours, or done: nothing touched) per entry
+-- release_entries (cluster): drop the pending keys of one slot that are still these submissions' (drop_key).
+-- KEYS[i]               key of the i-th transaction
+-- ARGV[2i-1], ARGV[2i]  fingerprint, event id of the i-th transaction
+-- returns per key 1 (released), 0 (done or another's: nothing touched) or -1 (absent)
 local reply = {}
 for i = 1, #KEYS do
-  reply[i] = drop_entry(KEYS[i], ARGV[i])
+  reply[i] = drop_key(KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
 end
 return reply
