@@ -41,9 +41,9 @@ async def test_a_failed_round_is_tried_again_and_the_key_is_still_settled(monkey
     resolver = DoubtResolver(Settings(), store, Metrics(), log)  # type: ignore[arg-type]
     resolver.start()
     try:
-        reservation = Reservation("p", "key", "txn", "fp", "event-1", "settlement.t1")
-        long_ago = int(time.time() * 1000) - 600_000  # past the horizon: settle at once
-        resolver.watch(reservation, PendingRecord("event-1", "settlement.t1", long_ago))
+        reservation = Reservation("p", "key", "txn", "ab" * 32, "event-1", "settlement.t1")
+        long_ago = int(time.time() * 1000) - 600_000  # past the horizon (by Redis's clock): settle at once
+        resolver.watch(reservation, PendingRecord("event-1", "settlement.t1", long_ago, 600_000, time.monotonic()))
         for _ in range(100):
             if store.released:
                 break
