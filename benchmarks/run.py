@@ -36,6 +36,12 @@ bench's Redis (GATEWAY_REDIS_URL) and, when a cluster is given (--redis-cluster-
 BENCH_REDIS_CLUSTER_URL; or GATEWAY_REDIS_URL itself lists several addresses), on the cluster; medians
 of interleaved rounds (about 1.5 minutes per topology). Reported, not gated; `--redis-clients-rounds 0`
 skips it.
+
+Then `redis_cost` (issue 23, benchmarks/redis_cost.py, in its own process): Redis commands, CPU and bytes
+kept per accepted transaction, single and bulk, of the gateway at commit 0304ead against the working tree,
+each on a Redis of its own, in alternating rounds (`--redis-cost-rounds`, 0 skips it;
+`--redis-cost-transactions`); its table goes to OUT/redis-cost-<timestamp>.md and is gated on
+targets.toml's [redis_cost].
 """
 
 import argparse
@@ -94,6 +100,8 @@ class Plan:
     bulk_connections: int = 8
     redis_clients_rounds: int = 3
     redis_clients_seconds: float = 3.0  # each of the two measurements, per client, topology and round
+    redis_cost_rounds: int = 3
+    redis_cost_transactions: int = 100_000  # single and bulk, each checkout, each round
     smoke: bool = False
 
 
@@ -101,7 +109,7 @@ SMOKE = Plan(
     warmup_seconds=1, one_connection_seconds=2, replay_seconds=2, steady_rate=100, steady_users=4,
     steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000,
     bulk_sizes=(100,), bulk_seconds=2, bulk_connections=2, redis_clients_rounds=1, redis_clients_seconds=0.3,
-    smoke=True,
+    redis_cost_rounds=0, smoke=True,
 )  # fmt: skip
 
 
@@ -523,6 +531,10 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     growth = report.get("soak", {}).get("growth")
     gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
          "fraction")  # fmt: skip
+    if "redis_cost" in report:
+        from benchmarks.redis_cost import gates as redis_cost_gates
+
+        verdicts += redis_cost_gates(report["redis_cost"])
     return verdicts
 
 
@@ -676,6 +688,8 @@ def main() -> int:
     parser.add_argument(
         "--redis-clients-rounds", type=int, default=None, help="rounds of the Redis clients A/B (0 skips it)"
     )
+    parser.add_argument("--redis-cost-rounds", type=int, default=None, help="rounds of issue 23's (0 skips it)")
+    parser.add_argument("--redis-cost-transactions", type=int, default=None, help="per mode, checkout and round")
     parser.add_argument(
         "--redis-cluster-url",
         default=os.environ.get("BENCH_REDIS_CLUSTER_URL"),
@@ -687,6 +701,9 @@ def main() -> int:
         plan.soak_seconds = args.soak_seconds
     if args.redis_clients_rounds is not None:
         plan.redis_clients_rounds = args.redis_clients_rounds
+    if args.redis_cost_rounds is not None:
+        plan.redis_cost_rounds = args.redis_cost_rounds
+    plan.redis_cost_transactions = args.redis_cost_transactions or plan.redis_cost_transactions
     names = ["gateway"] if args.smoke else args.servers.split(",")
     targets = tomllib.loads(args.targets.read_text())
     plan.steady_rate = targets["steady"]["rate"] if not args.smoke else plan.steady_rate
@@ -745,6 +762,12 @@ def main() -> int:
         if plan.redis_clients_rounds:
             single, cluster = redis_targets(settings.redis_url, args.redis_cluster_url)
             report["redis_clients"] = redis_clients_phase(plan, single, cluster, log)
+        if plan.redis_cost_rounds:
+            from benchmarks import redis_cost
+
+            path = args.out / f"redis-cost-{stamp}.json"
+            rounds, transactions = plan.redis_cost_rounds, plan.redis_cost_transactions
+            report["redis_cost"] = redis_cost.phase(rounds, transactions, path, args.targets, log)
     best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
     if "gateway" in best:
         report["ratios"] = {
@@ -813,6 +836,10 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
         print(clients.get("table") or f"  not run: {clients.get('error')}")
         for line in clients.get("verdicts", []):
             print(f"- {line}")
+    cost = report.get("redis_cost")
+    if cost:
+        print("redis cost per transaction (issue 23), before | after, medians of the rounds:")
+        print(cost.get("table") or f"  not run: {cost.get('error')}")
     for g in report["gates"]:
         print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
     print(f"verdict: {report['verdict']}")

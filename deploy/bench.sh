@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the same stack as `make test` (reused when running) and the cluster stack beside it, wrk
 # from apt when missing, then benchmarks/run.py (the gateway, the peer and the ceiling under identical
-# load, the gateway on one node against the cluster, the report, the plot and the verdict against
+# load, the gateway on one node against the cluster, Redis's cost per transaction before and after on Redis
+# servers of its own (benchmarks/redis_cost.py), the report, the plot and the verdict against
 # benchmarks/targets.toml), then the processor phase (benchmarks/processor.py).
 # Stops what it started; exits with the verdict.
 set -euo pipefail
