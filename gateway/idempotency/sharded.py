@@ -88,6 +88,16 @@ def in_order(size: int, positions: list[list[int]], replies: list[list[Any]]) ->
     return ordered
 
 
+def _failed(reservations: list[Reservation], positions: list[list[int]], replies: list[Any]) -> list[Reservation]:
+    """The reservations of the calls that failed."""
+    return [
+        reservations[i]
+        for group, reply in zip(positions, replies, strict=True)
+        if isinstance(reply, Exception)
+        for i in group
+    ]
+
+
 def _raise_first(replies: list[Any]) -> None:
     """DependencyUnavailable for the first error among `replies`, if any."""
     for reply in replies:
@@ -178,7 +188,9 @@ class ShardedIdempotencyStore(IdempotencyStore):
                 for i, decision in zip(group, reply[1:], strict=True)
                 if decision[0] == b"new"
             ]
-            await self._drop_entries(held)
+            with contextlib.suppress(DependencyUnavailable):
+                await self._drop_entries(held)
+            self._in_doubt(_failed(reservations, positions, replies))  # their keys may be held late
             _raise_first(replies)
         return now_ms, in_order(len(reservations), positions, [reply[1:] for reply in replies])
 
@@ -203,7 +215,10 @@ class ShardedIdempotencyStore(IdempotencyStore):
                 if decision[0] == b"new"
             ]
             await self._drop_ids(taken)
-            await self._drop_entries(reservations)
+            # a master that failed to answer may still take its ids: the resolver releases them later
+            self._in_doubt(_failed(reservations, positions, replies))
+            with contextlib.suppress(DependencyUnavailable):
+                await self._drop_entries(reservations)
             _raise_first(replies)
         return in_order(len(reservations), positions, replies)
 

@@ -154,6 +154,32 @@ def accepted(
     return TransactionAccepted(ids.uuid7(), at, partner, f"key-{n}", fingerprint(txn), txn, routing)
 
 
+def another_instruction(event: TransactionAccepted, amount: str, at: str | None = None) -> TransactionAccepted:
+    """The same partner and transaction id with another amount (another fingerprint), in an event of its
+    own, accepted at `at`: what a gateway that lost the idempotency record (a Redis failover), or an older
+    one, could write."""
+    txn = msgspec.structs.replace(event.transaction, amount=amount)
+    return msgspec.structs.replace(
+        event, event_id=ids.uuid7(), occurred_at=at or event.occurred_at, fingerprint=fingerprint(txn), transaction=txn
+    )
+
+
+def produce_to(setup: Setup, placed: list[tuple[TransactionAccepted, int]]) -> None:
+    """Write each event to the given partition of its window's topic (in this order), stamped as the
+    gateway stamps it: the order in which a processor reads them is then the test's to arrange."""
+    producer = Producer({"bootstrap.servers": setup.gateway.kafka_bootstrap, "enable.idempotence": True})
+    for event, partition in placed:
+        producer.produce(
+            setup.gateway.topic(event.routing.window),
+            EVENT_ENCODER.encode(event),
+            event.transaction.source_account.encode(),
+            partition=partition,
+            headers=cloudevents_headers(event, None),
+            timestamp=event_time_ms(event),
+        )
+    assert producer.flush(30) == 0
+
+
 def wait_until(predicate, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -96,7 +96,7 @@ async def _orphan(stack, client, body: dict, *, produced: bool) -> tuple[Reserva
     try:
         store = IdempotencyStore(pipeline, Metrics(), pending_ttl_ms=600_000, done_ttl_ms=600_000)
         assert (await store.reserve(reservation))[0] is Decision.NEW
-        await redis.hset(reservation.idem_key, "at", int(time.time() * 1000) - 60_000)
+        await _age(redis, reservation, 60_000)
     finally:
         pipeline.close()
         await redis.aclose()
@@ -113,6 +113,13 @@ async def _orphan(stack, client, body: dict, *, produced: bool) -> tuple[Reserva
     )
     assert producer.flush(10) == 0
     return reservation, offsets[0]
+
+
+async def _age(redis: Redis, reservation: Reservation, ms: int) -> None:
+    """Make a pending reservation `ms` older, by the time it holds (Redis's, when it was made)."""
+    held = await redis.get(reservation.idem_key)
+    head, (at, rest) = held[: 1 + len(reservation.fp)], held[1 + len(reservation.fp) :].split(b"|", 1)
+    await redis.set(reservation.idem_key, head + str(int(at) - ms).encode() + b"|" + rest, keepttl=True)
 
 
 async def test_worker_died_after_producing_the_retry_gets_the_original(stack, client, t1_log, unique):
@@ -143,21 +150,21 @@ async def store(stack):
 
 async def test_completion_is_sent_again_after_the_connection_drops(store, unique):
     ids, pipeline, redis = store
-    r = Reservation(f"p-{unique}", f"key-{unique}", f"txn-{unique}", "fp")
+    r = Reservation(f"p-{unique}", f"key-{unique}", f"txn-{unique}", "ab" * 32)
     assert (await ids.reserve(r))[0] is Decision.NEW
     # Redis drops the gateway's connection just as Kafka confirms the record
     await redis.client_kill_filter(_id=await pipeline.execute("CLIENT", "ID"))
     outcome = ids.complete(r, b'{"status":"deduped"}')
     assert await asyncio.wait_for(outcome, 10) is True
-    assert await redis.hget(r.idem_key, "state") == b"done"
+    assert (await redis.get(r.idem_key))[:1] == b"D"  # done
     assert (await ids.reserve(r)) == (Decision.REPLAY, b'{"status":"deduped"}')
 
 
 async def test_shutdown_drains_completions_that_wait_for_redis(store, unique):
     ids, pipeline, redis = store
-    r = Reservation(f"p-{unique}", f"key-{unique}", f"txn-{unique}", "fp")
+    r = Reservation(f"p-{unique}", f"key-{unique}", f"txn-{unique}", "ab" * 32)
     await ids.reserve(r)
     pipeline.close()  # the connection is gone when the record is confirmed
     ids.complete(r, b"{}")
     assert await ids.drain(10) == 0  # shutdown waited for it to be sent again
-    assert await redis.hget(r.idem_key, "state") == b"done"
+    assert (await redis.get(r.idem_key))[:1] == b"D"  # done

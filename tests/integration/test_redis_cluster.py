@@ -2,6 +2,7 @@
 replicas): slot routing, MOVED and ASK redirects, a master killed and replaced, the partner spread."""
 
 import asyncio
+import hashlib
 import time
 from collections import Counter
 
@@ -117,7 +118,8 @@ async def test_bulk_claims_spread_one_partner_over_every_master(cluster, unique)
     store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     partner = f"p-{unique}"
 
-    def reservation(key: str, txn: str, fp: str = "fp") -> Reservation:
+    def reservation(key: str, txn: str, payload: str = "fp") -> Reservation:
+        fp = hashlib.sha256(payload.encode()).hexdigest()
         return Reservation(partner, f"{key}-{unique}", f"{txn}-{unique}", fp, "ev", "t", layout=store.layout)
 
     first = [reservation(f"k{n}", f"t{n}") for n in range(600)]
@@ -127,7 +129,7 @@ async def test_bulk_claims_spread_one_partner_over_every_master(cluster, unique)
         *first,
         reservation("k1", "t1"),  # a second copy in the same request: in flight
         reservation("k2", "t2", "other"),  # the key with another payload
-        reservation("other", "t3"),  # an id taken by another key in the same request
+        reservation("other", "t3", "other"),  # an id taken by another key and payload in the same request
     ]
     refused, quota, decisions = await store.reserve_all(bulk, unlimited(partner), len(bulk))
     assert refused is None and quota.remaining == -1
@@ -139,13 +141,45 @@ async def test_bulk_claims_spread_one_partner_over_every_master(cluster, unique)
     assert await cluster.execute("EXISTS", bulk[-1].idem_key) == 0  # the double spend held nothing
 
 
+async def test_a_master_failing_the_id_step_rolls_back_what_the_others_took(cluster, unique):
+    """Keys held on two masters, ids taken there too, and one id on a third master that does not answer
+    in time (paused): the request fails as a whole (503), what the two took is dropped again, and the
+    ones whose master may still take them late go to the in-doubt resolver, which releases them once
+    the log confirms their records were never written."""
+    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    handed: list[Reservation] = []
+    store.on_doubt = lambda r, pending: handed.append(r)
+    fp, partner = hashlib.sha256(b"fp").hexdigest(), f"p-{unique}"
+    masters = sorted(cluster.masters)
+    late = masters[2]
+    candidates = [Reservation(partner, f"k{n}", f"t{n}", fp, f"e{n}", "t", layout=store.layout) for n in range(600)]
+
+    def owner(key: str):
+        return cluster._owners[key_slot(key)]
+
+    elsewhere = [r for r in candidates if owner(r.idem_key) != late and owner(r.txn_key) != late][:20]
+    on_late = [r for r in candidates if owner(r.idem_key) != late and owner(r.txn_key) == late][:1]
+    paused = _node(late[1])
+    await paused.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        with pytest.raises(DependencyUnavailable):
+            await store.reserve_all([*elsewhere, *on_late], unlimited(partner), 21)
+        held = [k for r in elsewhere for k in (r.idem_key, r.txn_key)] + [on_late[0].idem_key]
+        assert sum([await cluster.execute("EXISTS", key) for key in held]) == 0  # rolled back
+        assert handed == on_late  # its id may still be taken when the master wakes: the resolver decides
+    finally:
+        await paused.execute_command("CLIENT", "UNPAUSE")
+        await paused.aclose()
+
+
 async def test_a_killed_master_fails_its_share_then_its_replica_takes_over(cluster, redis_cluster, unique):
     """SIGKILL a master: requests for its slots get 503 (never a wrong answer) until the cluster
     promotes its replica; the same client then routes there by itself, and what the master had
     replicated (a completed entry) still answers as a replay."""
     store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     victim = cluster.masters[0][1]
-    candidates = [Reservation(f"p-{unique}", f"k{n}", f"t{n}", "fp", layout=store.layout) for n in range(400)]
+    fp = hashlib.sha256(b"fp").hexdigest()
+    candidates = [Reservation(f"p-{unique}", f"k{n}", f"t{n}", fp, layout=store.layout) for n in range(400)]
     on_victim = [
         r for r in candidates if {cluster._owners[key_slot(k)][1] for k in (r.idem_key, r.txn_key)} == {victim}
     ]
