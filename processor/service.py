@@ -49,6 +49,12 @@ class ProcessorMetrics:
         self.duplicates = Counter(
             "settlement_processor_duplicates", "Records of a transaction already folded (recorded)", registry=reg
         )
+        self.conflicts = Counter(
+            "settlement_processor_conflicts",
+            "Records of a transaction already folded that carry another instruction (another fingerprint):"
+            " recorded, never folded",
+            registry=reg,
+        )
         self.late = Counter(
             "settlement_processor_late_events",
             "Transactions read after their batch closed (moved to the next batch of their window and currency)",
@@ -337,8 +343,21 @@ class Processor:
         metrics = self._metrics
         metrics.applied.inc(applied.new)
         metrics.duplicates.inc(applied.duplicates)
+        metrics.conflicts.inc(len(applied.conflicts))
         metrics.late.inc(applied.late)
         metrics.unreadable.inc(applied.unreadable)
+        for conflict in applied.conflicts:
+            log.warning(
+                "conflict: partner %s transaction %s: the record %s[%d]@%d carries fingerprint %s, the transaction"
+                " folded carries %s; recorded in conflicts, not folded",
+                conflict.partner,
+                conflict.transaction_id,
+                conflict.topic,
+                conflict.partition,
+                conflict.kafka_offset,
+                conflict.fingerprint,
+                conflict.folded_fingerprint,
+            )
 
     def tick(self) -> None:
         """One turn of the lifecycle on the clock: observe the partitions, then advance."""

@@ -15,6 +15,11 @@ after its batch closed takes the late path (the next batch of its window and cur
 changed something is recorded with its clock reading, its watermark and the offsets the fold stood at,
 so that a replay takes it at the same place (processor/replay.py).
 
+A record of a transaction already folded is a duplicate when it carries the same instruction (the same
+fingerprint), and a conflict when it carries another one: recorded apart, never folded, never replacing
+the transaction. Which of two instructions is the transaction depends on the order they were read in,
+so each poll batch that found a conflict is recorded too, for the replay to read the same way.
+
 A record that reaches SQL has passed every check (processor/checks.py); should the database still
 refuse one, the poll batch is applied again record by record and what it refuses is quarantined.
 """
@@ -42,6 +47,18 @@ class Fenced(Exception):
     applied those records (a rebalance). Nothing was applied; seek to the stored offsets."""
 
 
+class Conflict(NamedTuple):
+    """A record of a transaction already folded that carries another instruction: recorded, not folded."""
+
+    partner: str
+    transaction_id: str
+    fingerprint: str
+    folded_fingerprint: str  # the transaction's, which stays
+    topic: str
+    partition: int
+    kafka_offset: int
+
+
 class Applied(NamedTuple):
     """What one poll batch changed."""
 
@@ -49,6 +66,7 @@ class Applied(NamedTuple):
     duplicates: int
     late: int
     unreadable: int
+    conflicts: list[Conflict]  # records of another instruction, in log order
 
 
 class LifecycleStep(NamedTuple):
@@ -60,12 +78,21 @@ class LifecycleStep(NamedTuple):
     offsets: dict[Partition, int]
 
 
+class ReadStep(NamedTuple):
+    """A poll batch whose read order decided which instruction is a transaction (it found a conflict):
+    where each of its partitions started, and the next offset of every partition after it."""
+
+    started: dict[Partition, int]
+    offsets: dict[Partition, int]
+
+
 class Snapshot(NamedTuple):
-    """The live state's digest, the offsets it is as of, and the lifecycle steps taken on the way."""
+    """The live state's digest, the offsets it is as of, and the lifecycle and read steps taken on the way
+    (in the order they were taken)."""
 
     digest: str
     offsets: dict[Partition, int]
-    steps: list[LifecycleStep]
+    steps: list[LifecycleStep | ReadStep]
 
 
 class BatchEvent(NamedTuple):
@@ -84,6 +111,16 @@ def _record_key(record: Incoming) -> tuple[str, int, int]:
     """The topic, partition and offset of a record (the first columns of its line)."""
     topic, partition, offset, _ = record.fields.split("\t", 3)
     return topic, int(partition), int(offset)
+
+
+def _place(conflict: Conflict) -> tuple[str, int, int]:
+    """A conflict's record's place in the log: topic, partition, offset."""
+    return conflict.topic, conflict.partition, conflict.kafka_offset
+
+
+def _offsets(cut: list[list]) -> dict[Partition, int]:
+    """Offsets stored as [[topic, partition, offset], ...] (a step's)."""
+    return {(topic, partition): offset for topic, partition, offset in cut}
 
 
 def _migrations() -> list[tuple[str, str]]:
@@ -179,6 +216,7 @@ class SettlementStore:
         conn = self._conn
         unreadable = list(batch.unreadable)
         new = late = duplicates = 0
+        conflicts: list[Conflict] = []
         self._opened = set()
         with conn.transaction():
             # Safe without waiting for the disk: the offsets commit with the state, so a commit that a
@@ -188,6 +226,8 @@ class SettlementStore:
             # after the offsets: a lifecycle step that closed batches has committed before, or waits
             (closed_through,) = conn.execute("SELECT closed_through FROM lifecycle").fetchone() or (None,)
             assert closed_through is not None, "migration 0004 makes the lifecycle row"
+            if one_by_one:  # the best copy first, as the fold of the whole batch takes it (not the read order)
+                records = sorted(records, key=lambda r: self._copy_rank(r, closed_through))
             for group in [[r] for r in records] if one_by_one else [records]:
                 lines, refused = self._route(group, closed_through, now)
                 unreadable += refused
@@ -202,12 +242,34 @@ class SettlementStore:
                     unreadable.append(Unreadable(*_record_key(group[0]), f"refused by the database: {exc}"[:500]))
                     continue
                 new, late, duplicates = new + counts[0], late + counts[1], duplicates + counts[2]
+                conflicts += counts[3]
             if unreadable:
                 conn.cursor().executemany(
                     "INSERT INTO unreadable VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", unreadable
                 )
+            if conflicts:
+                self._record_read_step(expected, now)
         self._known_batches |= self._opened  # committed
-        return Applied(new, duplicates, late, len(unreadable))
+        return Applied(new, duplicates, late, len(unreadable), sorted(conflicts, key=_place))
+
+    def _copy_rank(self, record: Incoming, closed_through: datetime) -> tuple[bool, int, str, int, int]:
+        """Where a record stands among the copies of its transaction: (late, record timestamp, topic,
+        partition, offset), the order of _FOLD."""
+        late = self.calendar.batch_times(record.batch_id).closes_at <= closed_through
+        return (late, record.accepted_ms, *_record_key(record))
+
+    def _record_read_step(self, expected: dict[Partition, int | None], now: datetime) -> None:
+        """Record this poll batch as a read step: the offset each of its partitions started at, and the
+        next offset of every partition now (its own moved to their end, the others' as committed). Which
+        instruction became a transaction depended on what this batch read together and what was folded
+        before it; the replay reads the same way (processor/replay.py)."""
+        started = [[topic, partition, offset or 0] for (topic, partition), offset in sorted(expected.items())]
+        self._conn.execute(
+            "INSERT INTO read_steps (started, offsets, recorded_at)"
+            " SELECT %s, coalesce(jsonb_agg(jsonb_build_array(topic, partition, next_offset)), '[]'), %s"
+            " FROM consumed",
+            (json.dumps(started), now),
+        )
 
     def _move(self, batch: PollBatch, expected: dict[Partition, int | None], now: datetime) -> None:
         """Compare-and-set each partition's offset, and advance its event time by the newest event time
@@ -261,9 +323,9 @@ class SettlementStore:
         self._opened |= self._open_batches(joined, now)
         return lines, refused
 
-    def _fold(self, lines: list[str], now: datetime, one_by_one: bool) -> tuple[int, int, int]:
-        """COPY the lines and fold them: (new transactions, late ones among them, duplicates)."""
-        duplicates = 0
+    def _fold(self, lines: list[str], now: datetime, one_by_one: bool) -> tuple[int, int, int, list[Conflict]]:
+        """COPY the lines and fold them: (new transactions, late ones among them, duplicates, conflicts)."""
+        duplicates, conflicts = 0, []
         with self._conn.cursor() as cursor:
             if one_by_one:
                 cursor.execute("DELETE FROM incoming")  # the previous record's line
@@ -273,7 +335,8 @@ class SettlementStore:
             if new < len(lines):  # some records are of transactions already folded: the slow path
                 duplicates = cursor.execute(_BETTER_COPIES).rowcount  # each replaced one is a duplicate now
                 duplicates += cursor.execute(_DUPLICATES).rowcount
-        return int(new or 0), int(late or 0), duplicates
+                conflicts = [Conflict(*row) for row in cursor.execute(_CONFLICTS, {"now": now}).fetchall()]
+        return int(new or 0), int(late or 0), duplicates, conflicts
 
     def _open_batches(self, batch_ids: set[str], now: datetime) -> set[str]:
         """Insert the batches of `batch_ids` not known to exist; return those (known once committed: a
@@ -477,24 +540,30 @@ class SettlementStore:
         }
 
     def snapshot(self) -> Snapshot:
-        """The digest of the state, the offsets it is as of and the lifecycle steps taken on the way, read
-        in one snapshot. The digest is a SHA-256 of everything the log and those steps determine:
-        transactions with their routing, amounts, Kafka records, lateness and status; duplicates;
-        unreadable records; batches with their status, frozen count, totals, net positions and late
-        count, and exact totals over all members. Left out are only the processor's reading times
-        (when a record was folded, a batch opened, an event published)."""
+        """The digest of the state, the offsets it is as of and the lifecycle and read steps taken on the
+        way, read in one snapshot. The digest is a SHA-256 of everything the log and those steps
+        determine: transactions with their routing, amounts, Kafka records, lateness and status;
+        duplicates; conflicts with both fingerprints; unreadable records; batches with their status,
+        frozen count, totals, net positions and late count, and exact totals over all members. Left out
+        are only the processor's reading times (when a record was folded or found in conflict, a batch
+        opened, an event published)."""
         with self._conn.transaction():
             self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             offsets = dict(
                 ((topic, partition), offset)
                 for topic, partition, offset in self._conn.execute("SELECT topic, partition, next_offset FROM consumed")
             )
-            steps = [
-                LifecycleStep(taken_at, watermark, {(topic, partition): offset for topic, partition, offset in cut})
-                for taken_at, watermark, cut in self._conn.execute(
-                    "SELECT taken_at, watermark, offsets FROM lifecycle_steps ORDER BY sequence"
+            numbered: list[tuple[int, LifecycleStep | ReadStep]] = [
+                (sequence, LifecycleStep(taken_at, watermark, _offsets(cut)))
+                for sequence, taken_at, watermark, cut in self._conn.execute(
+                    "SELECT sequence, taken_at, watermark, offsets FROM lifecycle_steps"
                 )
             ]
+            numbered += [
+                (sequence, ReadStep(_offsets(started), _offsets(cut)))
+                for sequence, started, cut in self._conn.execute("SELECT sequence, started, offsets FROM read_steps")
+            ]
+            steps = [step for _, step in sorted(numbered, key=lambda numbered_step: numbered_step[0])]
             hasher = hashlib.sha256()
             for query in _DIGEST:
                 for row in self._conn.execute(query):
@@ -545,6 +614,14 @@ _COPY = sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(s
 # beats a late one, and then the earliest wins. A copy read later that is better takes the place of the
 # one folded unless that one is frozen: in a batch that has closed (in its totals), or settled (rtgs).
 # The one it replaces becomes a duplicate.
+#
+# That holds for copies of one instruction (the same fingerprint). A record with another fingerprint
+# never takes the place of the transaction, better placed or not: the partner may have seen its amount
+# batched in the status API, and a frozen total may hold it. It is a conflict. So the instruction that
+# stands is the one of the first poll batch that held the transaction (its best copy there, whatever the
+# order the batch's records came in). What a poll batch held and what was folded before it depend on
+# the read order: each poll batch that found a conflict is recorded as a read step (migration 0005),
+# and the replay folds the records before it, then exactly its records together.
 
 # New transactions: the best record of each (partner, transaction id) not folded yet. One that took the
 # late path counts in the late_count of the batch it was routed to (and in the totals of the one it joins).
@@ -574,7 +651,8 @@ WITH inserted AS (
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM inserted WHERE late)
 """
 
-# Transactions already folded, not frozen, of which this poll batch holds a better copy: replaced by it.
+# Transactions already folded, not frozen, of which this poll batch holds a better copy of the same
+# instruction: replaced by it.
 _BETTER_COPIES = """
 WITH better AS (
     SELECT DISTINCT ON (i.partner, i.transaction_id) i.*,
@@ -584,7 +662,7 @@ WITH better AS (
     JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
     JOIN batches held ON held.batch_id = t.batch_id
     JOIN batches wanted ON wanted.batch_id = i.batch_id
-    WHERE held.status = 'open' AND t.status = 'batched'
+    WHERE held.status = 'open' AND t.status = 'batched' AND i.fingerprint = t.fingerprint
       AND (i.late, 'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic, i.partition,
            i.kafka_offset)
         < (t.late, t.accepted_at, t.topic, t.partition, t.kafka_offset)
@@ -619,14 +697,29 @@ FROM better e
 WHERE t.partner = e.partner AND t.transaction_id = e.transaction_id
 """
 
-# Every other record of a transaction already folded: recorded, never silently dropped.
+# Every other record of the instruction of a transaction already folded: recorded, never silently dropped.
 _DUPLICATES = """
 INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
 SELECT i.topic, i.partition, i.kafka_offset, i.partner, i.transaction_id, i.event_id, i.event_id = t.event_id,
     i.batch_id
 FROM incoming i JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
 WHERE (t.topic, t.partition, t.kafka_offset) IS DISTINCT FROM (i.topic, i.partition, i.kafka_offset)
+  AND i.fingerprint = t.fingerprint
 ON CONFLICT DO NOTHING
+"""
+
+# Every record of another instruction for a transaction already folded: a conflict, recorded apart (never
+# folded, in no total), returned to be counted and logged.
+_CONFLICTS = """
+INSERT INTO conflicts (topic, partition, kafka_offset, partner, transaction_id, event_id, fingerprint,
+    folded_fingerprint, amount, currency, batch_id, accepted_at, recorded_at)
+SELECT i.topic, i.partition, i.kafka_offset, i.partner, i.transaction_id, i.event_id, i.fingerprint,
+    t.fingerprint, i.amount, i.source_currency, i.batch_id,
+    'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', %(now)s
+FROM incoming i JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
+WHERE i.fingerprint <> t.fingerprint
+ON CONFLICT DO NOTHING
+RETURNING partner, transaction_id, fingerprint, folded_fingerprint, topic, partition, kafka_offset
 """
 
 _DIGEST = (
@@ -637,6 +730,8 @@ _DIGEST = (
     " ORDER BY partner, transaction_id",
     "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, batch_id"
     " FROM duplicates ORDER BY topic, partition, kafka_offset",
+    "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, fingerprint, folded_fingerprint,"
+    " amount, currency, batch_id, accepted_at FROM conflicts ORDER BY topic, partition, kafka_offset",
     "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",
     "SELECT batch_id, source_currency, count(*), sum(amount) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2",
     "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, closed_at, settled_at,"
