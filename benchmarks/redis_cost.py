@@ -28,8 +28,12 @@ random sample of `--sample` keys, scaled to every key. All of it divided by the 
                       own INFO, CONFIG, MEMORY, SCAN, FLUSHALL, CLIENT, DBSIZE left out)
   commandstats µs     the usec INFO commandstats gives the commands the gateway sent (a script's usec
                       includes the commands it ran, which are not counted twice: a command named in a
-                      `redis.call` of the checkout's Lua is taken as run by a script)
-  server CPU µs       the Redis process's CPU time: commands, parsing, networking, its timers
+                      `redis.call` of the checkout's Lua is taken as run by a script). Redis times a
+                      command by the clock, not by CPU: on a shared machine a command's usec includes
+                      the time Redis was preempted during it (here 0.6 s of CPU read as 1 to 3.6 s), so
+                      this row is reported and not gated
+  server CPU µs       the Redis process's CPU time: commands, parsing, networking, its timers; the CPU
+                      target is judged on it
   used_memory bytes   used_memory after minus before (dataset, hash tables, expiry table)
   MEMORY USAGE bytes  the sampled keys' MEMORY USAGE (SAMPLES 0), per key, times the keys there are
 
@@ -193,7 +197,7 @@ class Metric:
 
 METRICS = (
     Metric("commands_per_txn", "Redis commands / new transaction", "commands", "max_commands_bulk", ("bulk",)),
-    Metric("commandstats_us_per_txn", "Redis µs / new transaction (commandstats)", "µs", "max_cpu_us_bulk", ("bulk",)),
+    Metric("commandstats_us_per_txn", "Redis µs / new transaction (commandstats, wall clock)", "µs", None, ()),
     Metric("cpu_us_per_txn", "Redis CPU µs / new transaction (server)", "µs", "max_cpu_us_bulk", ("bulk",)),
     Metric("used_memory_bytes_per_txn", "bytes kept / transaction (used_memory)", "bytes", "max_bytes",
            ("single", "bulk")),
@@ -692,6 +696,7 @@ def run(plan: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             "gateway_workers": os.cpu_count(), "memory_usage_sample": plan.sample, "topic_prefix": prefix,
         },
         "rounds": [],
+        "warnings": [],
     }  # fmt: skip
     try:
         with before_checkout(plan.before) as (before, before_info), tempfile.TemporaryDirectory() as scratch_dir:
@@ -710,14 +715,27 @@ def run(plan: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     scratch.mkdir()
                     partner = {"GATEWAY_PARTNER": f"rcost-{tag}-{label}-{round_}"}
                     result = measure_checkout(label, checkouts[label], plan, {**env, **partner}, scratch, log)
-                    if label == "after":
-                        result["after_change_sha256"] = after_state(after).get("change_sha256")
+                    if label == "after":  # what it was at the end of the round (the tree may be edited)
+                        state = after_state(after)
+                        result["after_state"] = f"{state.get('head', '')[:12]}+{state.get('change_sha256', '')}"
                     report["rounds"].append({"round": round_, "checkout": label, **result})
     finally:
         delete_topics(settings.kafka_bootstrap, prefix)
-    changes = {r["after_change_sha256"] for r in report["rounds"] if r["checkout"] == "after"}
-    if len(changes) > 1:
-        report["warning"] = "the working tree changed between rounds: the after rounds measured different code"
+    states = [r["after_state"] for r in report["rounds"] if r["checkout"] == "after"]
+    if len(set(states)) > 1:
+        report["warnings"].append(
+            "the working tree changed during the run: the after rounds measured different code (HEAD+digest of "
+            f"the change, each after round's end: {', '.join(states)})"
+        )
+    for r in report["rounds"]:
+        for mode in MODES:
+            for name, found in (("", r[mode]["outcomes"]), ("replays ", r[mode]["replay_outcomes"])):
+                wanted = "200" if name else "202"
+                other = {status: n for status, n in found.items() if status != wanted}
+                if other:
+                    report["warnings"].append(
+                        f"round {r['round'] + 1}, {r['checkout']}, {mode} {name}answered other than {wanted}: {other}"
+                    )
     medians: dict[str, dict[str, dict[str, Any]]] = {}
     for label in ("before", "after"):
         mine = [r for r in report["rounds"] if r["checkout"] == label]
@@ -760,7 +778,7 @@ def document(report: dict[str, Any]) -> str:
             if report["misses"]
             else []
         ),
-        *([f"Warning: {report['warning']}", ""] if report.get("warning") else []),
+        *(["Warnings:", *(f"- {w}" for w in report["warnings"]), ""] if report.get("warnings") else []),
         "Per transaction, by command and by key (medians):",
         "",
         report["breakdown"],
