@@ -11,6 +11,11 @@ if ! command -v chromium >/dev/null; then
   say "installing chromium (apt) for the offline docs check"
   apt_install chromium || die "could not install chromium; install it with your package manager"
 fi
+# faketime runs a gateway with its clock 8 s off Redis's (tests/integration/test_clock_skew.py)
+if ! command -v faketime >/dev/null; then
+  say "installing faketime (apt) for the clock-skew test"
+  apt_install faketime || die "could not install faketime; install it with your package manager"
+fi
 # promtool checks and unit-tests the Prometheus alert rules (tests/unit/test_alert_rules.py)
 install_promtool
 # newman runs the Postman collection against a live gateway (tests/e2e/test_postman.py)

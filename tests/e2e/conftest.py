@@ -32,8 +32,14 @@ class Server:
     """A gateway process tree and its address."""
 
     def __init__(
-        self, env: dict[str, str], workers: int = 2, kill_timeout: int = 10, ready_path: str = "/ready"
+        self,
+        env: dict[str, str],
+        workers: int = 2,
+        kill_timeout: int = 10,
+        ready_path: str = "/ready",
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """`prefix`: a command the server runs under (e.g. faketime)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
@@ -41,7 +47,7 @@ class Server:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
-                str(Path(sys.executable).with_name("granian")),
+                *prefix, str(Path(sys.executable).with_name("granian")),
                 "--interface", "asgi", "--factory", "gateway.api.app:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
                 "--workers-kill-timeout", str(kill_timeout), *RESPAWN,
