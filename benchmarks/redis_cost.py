@@ -277,6 +277,9 @@ def breakdown(medians: dict[str, dict[str, dict[str, Any]]]) -> str:
                 + "; bytes/txn by key "
                 + (", ".join(f"{name} {v['bytes_per_txn']:g} ({v['keys_per_txn']:g} keys)" for name, v in keys.items())
                    or "-")
+                + "".join(f"; MEMORY STATS bytes/txn: dataset {split['dataset']:g}, key table "
+                          f"{split['hashtable_main']:g}, expiry table {split['hashtable_expires']:g}"
+                          for split in [result.get("memory_stats_per_txn")] if split)
             )  # fmt: skip
     return "\n".join(lines)
 
@@ -455,6 +458,17 @@ def measured(server: RedisServer, load: Callable[[], Counter[str]]) -> tuple[Win
     stats, end_cpu, end_sched, ended = at
     grown = int(parse_info(server.info("memory"))["used_memory"]) - memory
     return Window(stats, end_cpu - cpu, end_sched - sched, grown, ended - started), counts
+
+
+def memory_split(stats: dict[str, Any], transactions: int) -> dict[str, float | None]:
+    """MEMORY STATS per transaction, where used_memory goes: the dataset (keys and values as allocated) and
+    the hash tables of keys and of expiry times (entries and buckets), which MEMORY USAGE leaves out."""
+    tables = stats.get("db.0", {})
+    return {
+        "dataset": per(stats.get("dataset.bytes", 0), transactions, 1),
+        "hashtable_main": per(tables.get("overhead.hashtable.main", 0), transactions, 1),
+        "hashtable_expires": per(tables.get("overhead.hashtable.expires", 0), transactions, 1),
+    }
 
 
 def memory_sample(server: RedisServer, size: int, rng: random.Random) -> dict[str, tuple[int, list[int]]]:
@@ -641,6 +655,7 @@ def measure_checkout(
                 load = partial(post_all, gateway.port, mode, connections=connections)
                 window, counts = measured(server, partial(load, bodies))
                 result[mode] = mode_result(window, counts, memory_sample(server, plan.sample, rng), scripted)
+                result[mode]["memory_stats_per_txn"] = memory_split(server.client.memory_stats(), counts["202"])
                 again = bodies[: plan.replays] if mode == "single" else bodies  # bulk replays are cheap
                 window, counts = measured(server, partial(load, again))
                 result[mode] |= replay_result(window, counts, scripted)
@@ -765,7 +780,7 @@ def document(report: dict[str, Any]) -> str:
     lines = [
         f"# Redis cost per transaction, {report['started']}",
         "",
-        f"before: {before}; after: the working tree at {after.get('head', after.get('path'))}{changed}. "
+        f"before: {before}; after: the working tree, at the start {after.get('head', after.get('path'))}{changed}. "
         f"Medians of {plan['rounds']} interleaved rounds; bulk {plan['transactions_bulk']:,} transactions in "
         f"requests of {plan['bulk_size']}, single {plan['transactions_single']:,} over {plan['single_connections']} "
         f"connections; replays: the bulk ones all again, the first {plan['replays']:,} single ones. "
