@@ -60,7 +60,7 @@ from urllib.parse import unquote
 
 from gateway.idempotency.redis_cluster import RedisCluster
 from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import ONE_NODE, RESERVE, nonce_key, rate_key
+from gateway.idempotency.store import RESERVE, Reservation, nonce_key, rate_key
 from gateway.ids import uuid7
 
 CLIENTS = ("pipeline", "redis-py", "coredis", "valkey-glide")
@@ -73,7 +73,7 @@ TOPIC = "settlement.t1"
 ADMISSION = ["0", repr(1_000_000 / 1_000_000), "1000000"]  # unsigned; the bench partner: rate and burst 1e6
 WITHIN = 0.15  # issue 13: a maintained client within 15% of the hand-written one replaces it
 
-Call = Callable[[list[str], list[str]], Awaitable[Any]]
+Call = Callable[[list[str], list[Any]], Awaitable[Any]]
 
 
 class Unavailable(Exception):
@@ -131,20 +131,15 @@ class Workload:
         self._tag = secrets.token_hex(6)
         self._count = itertools.count()
 
-    def next(self) -> tuple[list[str], list[str]]:
+    def next(self) -> tuple[list[str], list[Any]]:
         i = next(self._count)
         n = i % PARTNERS
         partner = PARTNER_IDS[n]
-        digest = hashlib.sha256(f"{self._tag}-{i}".encode()).hexdigest()  # of the idempotency key
-        keys = [
-            ONE_NODE.idem(partner, digest),
-            ONE_NODE.txn(partner, f"txn_{self._tag}_{i}"),
-            NONCE_KEYS[n],
-            RATE_KEYS[n],
-        ]
-        fingerprint = digest[::-1]  # a SHA-256 hex digest, as the gateway's fingerprint is
-        now_ms = str(int(time.time() * 1000))
-        return keys, [fingerprint, digest, str(PENDING_TTL_MS), uuid7(), TOPIC, now_ms, *ADMISSION]
+        key = f"{self._tag}-{i}"  # the idempotency key
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[::-1]  # a SHA-256 hex digest, as the gateway's
+        r = Reservation(partner, key, f"txn_{self._tag}_{i}", fingerprint, uuid7(), TOPIC)
+        keys = [r.idem_key, r.txn_key, NONCE_KEYS[n], RATE_KEYS[n]]
+        return keys, [r.fp, r.key_id, str(PENDING_TTL_MS), str(PENDING_TTL_MS), r.event_id, r.topic, *ADMISSION]
 
 
 def build_cost_us(number: int = 20_000) -> float:
@@ -178,7 +173,7 @@ async def open_pipeline(target: Target, concurrency: int, stack: contextlib.Asyn
     await client.connect()
     run_script = client.run_script
 
-    def call(keys: list[str], args: list[str]) -> Awaitable[Any]:
+    def call(keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return run_script(RESERVE, keys, args)
 
     return Opened(call, lambda: _closing(client.close()))
@@ -203,7 +198,7 @@ async def open_redis_py(target: Target, concurrency: int, stack: contextlib.Asyn
         await client.initialize()
     script = client.register_script(RESERVE.source)
 
-    def call(keys: list[str], args: list[str]) -> Awaitable[Any]:
+    def call(keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return script(keys=keys, args=args)
 
     return Opened(call, client.aclose)
@@ -223,7 +218,7 @@ async def open_coredis(target: Target, concurrency: int, stack: contextlib.Async
     await stack.enter_async_context(client)  # coredis 6: a client lives inside `async with`
     script = client.register_script(RESERVE.source)
 
-    def call(keys: list[str], args: list[str]) -> Awaitable[Any]:
+    def call(keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return script(keys=keys, args=args)
 
     async def close() -> None:  # the exit stack closes it, in the task that opened it
@@ -261,7 +256,7 @@ async def open_glide(target: Target, concurrency: int, stack: contextlib.AsyncEx
     script = Script(RESERVE.source)
     invoke = client.invoke_script
 
-    def call(keys: list[str], args: list[str]) -> Awaitable[Any]:
+    def call(keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return invoke(script, keys=keys, args=args)
 
     return Opened(call, client.close)

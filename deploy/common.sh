@@ -5,6 +5,8 @@ STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 STACK_KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 STACK_KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
 STACK_REDIS_PORT=${STACK_REDIS_PORT:-16379}
+# Redis's maxmemory (each cluster node's): full, it refuses writes and the gateway answers 503, never evicts
+STACK_REDIS_MAXMEMORY=${STACK_REDIS_MAXMEMORY:-2gb}
 # PostgreSQL (deploy/postgres.sh): a cluster in PG_HOME, the application's role and database, and the
 # role's password, made on the first start (PG_HOME/password).
 STACK_POSTGRES_PORT=${STACK_POSTGRES_PORT:-15432}

@@ -53,6 +53,9 @@ cluster-node-timeout 2000
 appendonly yes
 appendfsync everysec
 save ""
+# full, a node refuses writes (the gateway answers 503) rather than evict idempotency state
+maxmemory $STACK_REDIS_MAXMEMORY
+maxmemory-policy noeviction
 CONF
 }
 

@@ -17,6 +17,7 @@ start() {
   say "starting Redis on 127.0.0.1:$STACK_REDIS_PORT"
   redis-server --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --dir "$REDIS_HOME" \
     --appendonly yes --appendfsync everysec --save "" \
+    --maxmemory "$STACK_REDIS_MAXMEMORY" --maxmemory-policy noeviction \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$REDIS_HOME/redis.log" >&2
   wait_redis "$STACK_REDIS_PORT" "$REDIS_HOME/redis.log"
   say "Redis ready on 127.0.0.1:$STACK_REDIS_PORT"

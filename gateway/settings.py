@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_max_messages: int = 100_000
     compression: str = "lz4"
     redis_timeout_ms: int = 1000
+    # /ready warns when Redis's memory passes this share of its maxmemory (full, it refuses writes: 503)
+    redis_memory_warning: float = 0.8
     idempotency_ttl_seconds: int = 86_400
     # how long Redis guards a transaction id (about 100 bytes each); past it, the ledger answers
     transaction_id_ttl_seconds: int = 604_800
@@ -88,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{PREFIX}TRANSACTION_ID_TTL_SECONDS must be at least {PREFIX}IDEMPOTENCY_TTL_SECONDS and "
                 f"{PREFIX}PENDING_TTL_SECONDS: an id must be guarded as long as its key answers"
             )
+        if not 0 < self.redis_memory_warning <= 1:
+            raise ConfigurationError(f"{PREFIX}REDIS_MEMORY_WARNING must be a share in (0, 1]")
         if self.max_clock_skew_ms < 0:
             raise ConfigurationError(f"{PREFIX}MAX_CLOCK_SKEW_MS must not be negative")
         if self.ready_cache_ms < 0:

@@ -12,7 +12,7 @@ from litestar.openapi.spec import Example
 from gateway import SERVICE_NAME, __version__
 from gateway.api.openapi import DocumentedOperation, documented
 from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
-from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError
+from gateway.idempotency.redis_pipeline import Memory, RedisUnavailable, ReplyError
 from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer
 from gateway.settings import Settings
@@ -41,7 +41,8 @@ OPEN_MODE_WARNING = "open mode: no partner registry (GATEWAY_PARTNERS_FILE); eve
 
 class Ready(msgspec.Struct, frozen=True, omit_defaults=True):
     """200 from /ready. `partners` says how callers are identified: `registry` (API keys) or `open`
-    (no registry: every request is the single default partner's, with `warning`)."""
+    (no registry: every request is the single default partner's). `warning`: what needs an operator
+    before it breaks (open mode, Redis filling up or able to evict)."""
 
     status: Literal["ready"]
     checks: Checks
@@ -84,12 +85,30 @@ async def health() -> Response[bytes]:
     return Response(_HEALTHY, media_type="application/json")
 
 
-async def _check_redis(request: Request, timeout: float) -> list[str]:
+async def _check_redis(request: Request, timeout: float) -> tuple[list[str], str | None]:
+    """What is wrong with Redis (it is down), and what to warn of (it fills up, or may evict)."""
     try:
         await asyncio.wait_for(request.app.state.redis.ping(), timeout)
+        memory = await asyncio.wait_for(request.app.state.redis.memory(), timeout)
     except (RedisUnavailable, ReplyError, TimeoutError) as exc:
-        return [f"redis: {exc or type(exc).__name__}"]
-    return []
+        return [f"redis: {exc or type(exc).__name__}"], None
+    request.app.state.metrics.redis_memory.set(memory.used_ratio)
+    return [], memory_warning(memory, request.app.state.settings.redis_memory_warning)
+
+
+def memory_warning(memory: Memory, share: float) -> str | None:
+    """Why Redis's memory needs an operator before it refuses submissions, or None.
+
+    Redis holds every idempotency key and transaction id the gateway answers from: full, with the
+    noeviction policy, it refuses writes and submissions fail closed (503); with an eviction policy it
+    would drop them silently, and a payment could be accepted twice."""
+    if memory.limit == 0:
+        return "Redis has no maxmemory: it grows until the host kills it; set maxmemory and noeviction"
+    if memory.policy != "noeviction":
+        return f"Redis evicts keys (maxmemory-policy {memory.policy}): it may drop idempotency state; set noeviction"
+    if memory.used_ratio >= share:
+        return f"Redis memory at {memory.used_ratio:.0%} of maxmemory: when full, submissions are refused (503)"
+    return None
 
 
 async def _check_kafka(producer: SettlementProducer, timeout: float) -> list[str]:
@@ -116,7 +135,7 @@ class Readiness:
                 return self._verdict
             settings: Settings = request.app.state.settings
             timeout = settings.ready_timeout_ms / 1000
-            redis_problems, kafka_problems = await asyncio.gather(
+            (redis_problems, redis_warning), kafka_problems = await asyncio.gather(
                 _check_redis(request, timeout), _check_kafka(request.app.state.producer, timeout)
             )
             checks = Checks("down" if redis_problems else "ok", "down" if kafka_problems else "ok")
@@ -126,11 +145,8 @@ class Readiness:
                 body = not_ready("not-ready", detail, checks, redis_problems + kafka_problems)
                 self._verdict = (503, ENCODER.encode(body))
             else:
-                ready = (
-                    Ready("ready", checks, "open", OPEN_MODE_WARNING)
-                    if self.open_mode
-                    else Ready("ready", checks, "registry")
-                )
+                warnings = [w for w in (OPEN_MODE_WARNING if self.open_mode else None, redis_warning) if w]
+                ready = Ready("ready", checks, "open" if self.open_mode else "registry", "; ".join(warnings) or None)
                 self._verdict = (200, ENCODER.encode(ready))
             self._checked_at = time.monotonic()
             return self._verdict

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.idempotency.redis_pipeline import Arg, RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.idempotency.redis_pipeline import Arg, Memory, RedisPipeline, RedisUnavailable, ReplyError, Script
 
 SLOTS = 16384
 MAX_REDIRECTS = 5
@@ -154,6 +154,12 @@ class RedisCluster:
         if failed := [f"{m[0]}:{m[1]}: {r}" for m, r in zip(masters, replies, strict=True) if r is not None]:
             self._refresh_soon()
             raise RedisUnavailable("master down: " + "; ".join(failed))
+
+    async def memory(self) -> Memory:
+        """How full the fullest master is (INFO memory): each holds its own share of the keys."""
+        await self.connect()
+        masters = [await self._node(m).memory() for m in self.masters]
+        return max(masters, key=lambda m: (m.limit == 0, m.policy != "noeviction", m.used_ratio))
 
     def close(self) -> None:
         if self._refreshing is not None:

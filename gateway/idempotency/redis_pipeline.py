@@ -21,7 +21,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -255,3 +255,25 @@ class RedisPipeline:
         """PING; RedisUnavailable or ReplyError when Redis cannot answer."""
         if await self.execute("PING") != b"PONG":
             raise RedisUnavailable("unexpected answer to PING")
+
+    async def memory(self) -> "Memory":
+        """How full Redis is (INFO memory)."""
+        return Memory.parse(await self.execute("INFO", "memory"))
+
+
+class Memory(NamedTuple):
+    """Redis's memory as INFO reports it: bytes used, the maxmemory limit (0: none) and its policy."""
+
+    used: int
+    limit: int
+    policy: str
+
+    @classmethod
+    def parse(cls, info: bytes) -> "Memory":
+        fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+        return cls(int(fields["used_memory"]), int(fields["maxmemory"]), fields["maxmemory_policy"])
+
+    @property
+    def used_ratio(self) -> float:
+        """Used over maxmemory; 0 when there is no limit."""
+        return self.used / self.limit if self.limit else 0.0

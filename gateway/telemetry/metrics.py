@@ -207,6 +207,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.redis_memory = Gauge(
+            "settlement_redis_memory_used_ratio",
+            "Redis memory used over its maxmemory (the fullest master's), as /ready last read it; 0 without a limit",
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
         self.redis_errors = Counter(
             "settlement_redis_errors",
             "Idempotency scripts that failed (Redis unreachable, timeout)",

@@ -42,6 +42,17 @@ def test_compose_redis_keeps_an_append_only_file():
     assert "6379:6379" in _compose()["services"]["redis"]["ports"]
 
 
+def test_compose_redis_refuses_writes_when_full_rather_than_evict():
+    """Full, Redis must fail closed (the gateway answers 503); an eviction policy would drop
+    idempotency state silently. The stack's scripts start it the same way."""
+    command = _compose()["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-2gb}"
+    for script in ("redis.sh", "redis-cluster.sh"):
+        text = (ROOT / "deploy" / script).read_text()
+        assert "noeviction" in text and "STACK_REDIS_MAXMEMORY" in text, script
+
+
 def test_compose_kafka_is_the_official_image_in_kraft_mode():
     kafka = _compose()["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:4.")
@@ -291,6 +302,7 @@ def test_cluster_profile_redis_is_six_cluster_nodes_and_a_one_shot_create():
             "--cluster-node-timeout 2000",
             "--appendonly yes",
             "--appendfsync everysec",
+            "--maxmemory-policy noeviction",
         ):
             assert setting in command, (name, setting)
         assert service["hostname"] == name  # announced to clients: --cluster-announce-hostname
