@@ -96,7 +96,8 @@ async def test_counters_equal_what_was_sent_across_two_workers(server, stack, un
     body = json.dumps(transaction(f"{unique}pending")).encode()
     redis = RedisPipeline(stack.redis_url, 2.0)
     store = IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
-    prepared = Intake(settings, policy, rules, store, None, None, time.time).prepare(server.partner, body, None)  # type: ignore[arg-type]
+    intake = Intake(settings, policy, rules, store, None, None, time.time, None)  # type: ignore[arg-type]
+    prepared = intake.prepare(server.partner, body, None)
     try:
         await store.reserve(prepared.reservation)
     finally:

@@ -971,7 +971,8 @@ def summary(result: dict) -> str:
         f"{final.get('records')} records); exit status on SIGTERM {final.get('exit_status')}.",
         "",
         f"- Ledger: {audit_['acknowledged']} acknowledged transactions, {audit_['folded']} folded, "
-        f"{audit_['duplicates_recorded']} duplicate records recorded; {audit_['not_folded']} not folded, "
+        f"{audit_['duplicates_recorded']} duplicate records recorded, {audit_.get('conflicts', 0)} conflicts; "
+        f"{audit_['not_folded']} not folded, "
         f"{audit_['misplaced']} at other coordinates, {audit_['records_unaccounted']} records of the run "
         f"unaccounted for, {audit_['folded_not_in_log']} folded records not in the log, "
         f"{audit_['counted_twice']} counted twice.",

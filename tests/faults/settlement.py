@@ -304,8 +304,11 @@ def audit_state(
                 "SELECT transaction_id, topic, partition, kafka_offset FROM duplicates WHERE partner = %s", (partner,)
             ):
                 duplicates.setdefault(txn, set()).add((topic, partition, offset))
+            # another payload under an id already folded: the load never sends one, so each is a failure
+            counted = connection.execute("SELECT count(*) FROM conflicts WHERE partner = %s", (partner,)).fetchone()
+            conflicts = counted[0] if counted else 0
             found = invariants(connection)
-    return {**compare(acknowledged, folded, duplicates, records, phase_of), "invariants": found}
+    return {**compare(acknowledged, folded, duplicates, records, phase_of), "conflicts": conflicts, "invariants": found}
 
 
 def compare(
@@ -361,6 +364,7 @@ def audit_ok(audit: Mapping[str, Any]) -> bool:
         and audit["records_unaccounted"] == 0
         and audit["folded_not_in_log"] == 0
         and audit["counted_twice"] == 0
+        and audit.get("conflicts", 0) == 0
         and invariants_hold(audit["invariants"])
     )
 
