@@ -278,7 +278,8 @@ class Failed(Exception):
 
 
 def _check(reply: Any) -> None:
-    if not isinstance(reply, list) or len(reply) < 3 or reply[2] != b"new":
+    # {remaining, reset, Redis's time, decision...} (reserve.lua)
+    if not isinstance(reply, list) or len(reply) < 4 or reply[3] != b"new":
         raise Failed(f"unexpected reply {reply!r:.200}")
 
 

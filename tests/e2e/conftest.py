@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,9 @@ class Server:
         ready_path: str = "/ready",
         prefix: tuple[str, ...] = (),
     ) -> None:
-        """`prefix`: a command the server runs under (e.g. faketime)."""
+        """`prefix`: a command the server runs under (e.g. faketime, which runs it as its child: the server
+        then gets a session of its own, and `stop` signals the whole group)."""
+        self._group = bool(prefix)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
@@ -56,6 +59,7 @@ class Server:
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=self._group,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -102,14 +106,34 @@ class Server:
         return self.log_path.read_text(errors="replace").splitlines()
 
     def stop(self, timeout: float = 20) -> int:
-        self.process.terminate()
+        self._signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal(signal.SIGKILL)
             return self.process.wait()
         finally:
+            if self._group:  # what the prefix started, whatever became of the prefix itself
+                self._wait_group(timeout)
             self._log.close()
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self._group:
+                os.killpg(self.process.pid, signum)
+            else:
+                self.process.send_signal(signum)
+
+    def _wait_group(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def server_env(stack, tmp_path, **extra: str) -> dict[str, str]:
