@@ -37,6 +37,8 @@ UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 # an instance holding no partition this long is not ready; this long, and it joins the group anew
 UNASSIGNED_READY = 15.0
 UNASSIGNED_REJOIN = 30.0
+# partitions lost while Kafka was unreachable and not back this long after it answers again: it joins anew
+REJOIN_AFTER_RETURN = 3.0
 
 
 class ProcessorMetrics:
@@ -117,6 +119,8 @@ class Processor:
         self._confirmed: list[int] = []  # delivered, not yet marked published in the database
         self._database_ok = True
         self._kafka_ok_at = -1e9  # monotonic time of the last answer from a broker
+        self._kafka_back_at = -1e9  # since when the brokers answer again (after they did not)
+        self._lost_in_outage = False  # the partitions were revoked while no broker answered
         self._subscribed = False
         self._unassigned_since: float | None = time.monotonic()  # holding no partition since (monotonic)
         self._consumer = self._new_consumer()
@@ -176,11 +180,15 @@ class Processor:
         """A consumer that lost its partitions (a session that timed out while the broker was frozen)
         and has not got them back while the brokers answer is replaced: librdkafka was seen to stay out
         of the group for good after such a timeout, folding nothing while the process looked alive."""
-        if self._unassigned_since is None or not self._subscribed:
+        now = time.monotonic()
+        if self._unassigned_since is None or not self._subscribed or now - self._kafka_ok_at > 5:
             return
-        if time.monotonic() - self._unassigned_since < UNASSIGNED_REJOIN or time.monotonic() - self._kafka_ok_at > 5:
+        back = self._lost_in_outage and now - self._kafka_back_at >= REJOIN_AFTER_RETURN
+        if now - self._unassigned_since < UNASSIGNED_REJOIN and not back:
             return
-        log.warning("no partition for %d s while Kafka answers: a new consumer joins the group", UNASSIGNED_REJOIN)
+        stranded = now - self._unassigned_since
+        log.warning("no partition for %.0f s while Kafka answers: a new consumer joins the group", stranded)
+        self._lost_in_outage = False
         with contextlib.suppress(KafkaException, RuntimeError):
             self._consumer.close()
         self._positions.clear()
@@ -212,6 +220,7 @@ class Processor:
             p.offset = OFFSET_BEGINNING if offset is None else offset
         consumer.assign(partitions)
         self._unassigned_since = None
+        self._lost_in_outage = False
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -222,6 +231,8 @@ class Processor:
         self._metrics.lag.clear()  # no longer this instance's to report
         if not self._positions and not self._unsynced:
             self._unassigned_since = time.monotonic()
+            # a session that timed out while the brokers were away: librdkafka may not rejoin by itself
+            self._lost_in_outage = time.monotonic() - self._kafka_ok_at > 5
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     def _unsync(self, keys: list[Partition]) -> None:
@@ -424,6 +435,8 @@ class Processor:
                 if finite:
                     self.problem = _retention_problem(finite)
                     log.error("%s", self.problem)
+        if self._kafka_ok_at < 0:  # it answers again
+            self._kafka_back_at = time.monotonic()
         self._kafka_ok_at = time.monotonic()
         return found
 

@@ -314,17 +314,9 @@ class Intake:
         """The original answer of an accepted transaction that today's rules refuse (a narrowed grant,
         a lowered limit, a calendar past its horizon), or None when it was never accepted: the refusal
         stands. The partner's admission is checked first, as for any submission."""
-        try:
-            instruction = fastcore.validate(self._lenient, *validation_fields(request, idempotency_header))
-        except fastcore.ValidationFailed:
+        r = self._replay_of(partner, request, idempotency_header)
+        if r is None:
             return None
-        r = Reservation(
-            partner,
-            instruction.idempotency_key,
-            request.transaction_id,
-            fingerprint(_transaction(request, instruction)),
-            layout=self._store.layout,
-        )
         quota = None
         if admission is not None and (admission.interval_us or admission.nonce_ttl_ms):
             admitted, quota = await self._store.admit(admission)
@@ -342,6 +334,19 @@ class Intake:
         if decision is Decision.IN_FLIGHT:
             raise Refused(*REFUSALS[decision], quota=quota)
         return None
+
+    def _replay_of(
+        self, partner: str, request: TransactionRequest, idempotency_header: str | None
+    ) -> Reservation | None:
+        """The keys a refused submission would have had, were it an accepted transaction's replay
+        (checked without today's limits); None when it is no valid transaction at all."""
+        try:
+            instruction = fastcore.validate(self._lenient, *validation_fields(request, idempotency_header))
+        except fastcore.ValidationFailed:
+            return None
+        transaction = _transaction(request, instruction)
+        key = instruction.idempotency_key
+        return Reservation(partner, key, request.transaction_id, fingerprint(transaction), layout=self._store.layout)
 
     async def _recalled(self, reservations: list[Reservation]) -> list[tuple[Decision | None, bytes | None]]:
         """What Redis, then the ledger, know of submissions refused before their reservation."""
@@ -544,16 +549,7 @@ class Intake:
     ) -> None:
         """The items of a bulk request today's rules refused that are replays of accepted transactions:
         their original answers instead (the request's admission already counted them)."""
-        looked: list[tuple[int, Reservation]] = []
-        for index, request in refused:
-            try:
-                instruction = fastcore.validate(self._lenient, *validation_fields(request, None))
-            except fastcore.ValidationFailed:
-                continue
-            transaction = _transaction(request, instruction)
-            key = instruction.idempotency_key
-            r = Reservation(partner, key, request.transaction_id, fingerprint(transaction), layout=self._store.layout)
-            looked.append((index, r))
+        looked = [(index, r) for index, request in refused if (r := self._replay_of(partner, request, None))]
         if not looked:
             return
         try:
