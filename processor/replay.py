@@ -39,6 +39,9 @@ def rebuild(settings: ProcessorSettings, calendar: SettlementCalendar, schema: s
                 "group.id": f"{settings.group}-replay",  # never joined: partitions are assigned
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
+                # each step assigns the partitions it still needs afresh: a fetch that waited for more
+                # bytes (the default waits up to 500 ms) would cost every one of hundreds of steps
+                "fetch.wait.max.ms": 10,
             }
         )
         positions: dict[Partition, int] = {}
