@@ -3,7 +3,7 @@
 -- transaction id's guard was written at the claim.
 --   key      see claim.lua
 --   fp       fingerprint (8 bytes)
---   answer   the compact answer (gateway.idempotency.answers)
+--   answer   the compact answer (gateway.intake.schemas.compact_answer), kept as given
 --   ttl      TTL of the completed key, milliseconds
 -- returns 1 when stored; 0 when another payload holds the key, or it is done already (the answer first
 -- given stays the answer): it is put back as it was. A key that
