@@ -38,7 +38,12 @@ UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 UNASSIGNED_READY = 15.0
 UNASSIGNED_REJOIN = 30.0
 # partitions lost while Kafka was unreachable and not back this long after it answers again: it joins anew
-REJOIN_AFTER_RETURN = 3.0
+REJOIN_AFTER_RETURN = 2.0
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    with contextlib.suppress(KafkaException, RuntimeError):
+        consumer.close()
 
 
 class ProcessorMetrics:
@@ -189,8 +194,10 @@ class Processor:
         stranded = now - self._unassigned_since
         log.warning("no partition for %.0f s while Kafka answers: a new consumer joins the group", stranded)
         self._lost_in_outage = False
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()
+        # the old one leaves the group in the background: its LeaveGroup request to a coordinator that
+        # forgot it was seen to wait 5 s, and the new one need not wait for it
+        stranded_consumer = self._consumer
+        threading.Thread(target=_close_quietly, args=(stranded_consumer,), name="stranded-close", daemon=True).start()
         self._positions.clear()
         self._unsynced.clear()
         self._consumer = self._new_consumer()
@@ -203,6 +210,8 @@ class Processor:
     # -- assignment ----------------------------------------------------------------------------------
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a stranded consumer closing in the background
         keys = [(p.topic, p.partition) for p in partitions]
         try:
             stored = self._store.stored_offsets(keys)
@@ -224,6 +233,9 @@ class Processor:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            consumer.unassign()
+            return  # a stranded consumer closing in the background
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
             self._unsynced.discard((p.topic, p.partition))
