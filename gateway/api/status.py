@@ -29,7 +29,7 @@ from gateway.api.openapi import (
 )
 from gateway.errors import Refused
 from gateway.intake.ledger import Ledger
-from gateway.intake.schemas import Deduped, replay_body
+from gateway.intake.schemas import stored_answer
 from gateway.kafka.events import instant
 
 log = logging.getLogger("gateway.api.status")
@@ -136,7 +136,7 @@ async def _accepted(request: Request, partner: str, transaction_id: str) -> Tran
     stored = await request.app.state.idempotency.answer_of(partner, transaction_id)
     if stored is None:
         return None  # unknown, or still in flight: not accepted yet
-    answer = msgspec.json.decode(replay_body(transaction_id, stored), type=Deduped).metadata
+    answer = stored_answer(transaction_id, stored).metadata
     return TransactionStatus(
         transaction_id=transaction_id,
         status="accepted",

@@ -146,20 +146,19 @@ class RedisCluster:
             return await self._route(args[1], lambda node: node.send(*args), lambda node: node.send(*args))
         return await self._node(self._owners[0]).execute(*args)
 
-    async def ping(self) -> None:
-        """PING every master; RedisUnavailable when one of them (and so a share of the keys) cannot answer."""
+    async def memory(self) -> Memory:
+        """How full the fullest master is (INFO memory, every master at once: each holds its own share of
+        the keys); RedisUnavailable when one of them (and so a share of the keys) cannot answer."""
         await self.connect()
         masters = self.masters
-        replies = await asyncio.gather(*(self._node(m).ping() for m in masters), return_exceptions=True)
-        if failed := [f"{m[0]}:{m[1]}: {r}" for m, r in zip(masters, replies, strict=True) if r is not None]:
+        replies = await asyncio.gather(*(self._node(m).memory() for m in masters), return_exceptions=True)
+        if failed := [f"{m[0]}:{m[1]}: {r}" for m, r in zip(masters, replies, strict=True) if isinstance(r, Exception)]:
             self._refresh_soon()
             raise RedisUnavailable("master down: " + "; ".join(failed))
-
-    async def memory(self) -> Memory:
-        """How full the fullest master is (INFO memory): each holds its own share of the keys."""
-        await self.connect()
-        masters = [await self._node(m).memory() for m in self.masters]
-        return max(masters, key=lambda m: (m.limit == 0, m.policy != "noeviction", m.used_ratio))
+        return max(
+            (r for r in replies if isinstance(r, Memory)),
+            key=lambda m: (m.limit == 0, m.policy != "noeviction", m.used_ratio),
+        )
 
     def close(self) -> None:
         if self._refreshing is not None:

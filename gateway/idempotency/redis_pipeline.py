@@ -251,13 +251,9 @@ class RedisPipeline:
         self.send("EVALSHA", script.sha, len(keys), *keys, *args).add_done_callback(lambda f: settle(f, True))
         return result
 
-    async def ping(self) -> None:
-        """PING; RedisUnavailable or ReplyError when Redis cannot answer."""
-        if await self.execute("PING") != b"PONG":
-            raise RedisUnavailable("unexpected answer to PING")
-
     async def memory(self) -> "Memory":
-        """How full Redis is (INFO memory)."""
+        """How full Redis is (INFO memory), the readiness probe; RedisUnavailable or ReplyError when Redis
+        cannot answer."""
         return Memory.parse(await self.execute("INFO", "memory"))
 
 

@@ -165,7 +165,7 @@ class ShardedIdempotencyStore(IdempotencyStore):
             await self._drop_entries([reservations[i] for i, own in refused_ids if own[0] != b"recall"])
         self._duration[name].observe(time.perf_counter() - started)
         decisions = [self._claimed(r, c, now_ms) for r, c in zip(reservations, claimed, strict=True)]
-        return None, quota, [await self._decided(r, d, now_ms) for r, d in zip(reservations, decisions, strict=True)]
+        return None, quota, await self._read_legacy(reservations, decisions, now_ms)
 
     async def _claim_entries(self, name: str, reservations: list[Reservation]) -> tuple[int, list[Any]]:
         """Step 2: Redis's time and each key's decision. When a slot's master fails, what the other

@@ -156,13 +156,13 @@ class Reservation:
     """The Redis keys and values of one submission, computed once per request."""
 
     __slots__ = (
+        "_digest",
         "_layout",
         "admission",
         "event_id",
         "fingerprint",
         "fp",
         "idem_key",
-        "key_digest",
         "key_id",
         "partner",
         "quota",
@@ -184,9 +184,8 @@ class Reservation:
         admission: Admission | None = None,
         layout: KeyLayout = ONE_NODE,
     ) -> None:
-        digest = hashlib.sha256(idempotency_key.encode()).digest()
-        self.key_id = digest[:12]
-        self.key_digest = digest.hex()  # the previous layout's name of the key
+        self._digest = hashlib.sha256(idempotency_key.encode()).digest()
+        self.key_id = self._digest[:12]
         self.partner = partner
         self.transaction_id = transaction_id
         self.idem_key = layout.idem(partner, self.key_id)
@@ -200,6 +199,11 @@ class Reservation:
         self.admission = admission or unlimited(partner)
         self.quota: Quota | None = None  # set by `reserve`: what the admission found
         self._layout = layout
+
+    @property
+    def key_digest(self) -> str:
+        """The idempotency key's SHA-256, hex: its name in the previous layout."""
+        return self._digest.hex()
 
     @property
     def legacy_key(self) -> str:
@@ -303,7 +307,8 @@ class IdempotencyStore:
         r.quota = Quota(int(reply[0]), int(reply[1]))
         now_ms = int(reply[2])
         r.reserved(now_ms)
-        return await self._decided(r, self._claimed(r, reply[3:], now_ms), now_ms)
+        (decided,) = await self._read_legacy([r], [self._claimed(r, reply[3:], now_ms)], now_ms)
+        return decided
 
     async def reserve_all(
         self, reservations: list[Reservation], admission: Admission, cost: int
@@ -321,11 +326,10 @@ class IdempotencyStore:
             return refused[0], refused[1], []
         quota = Quota(int(reply[0]), int(reply[1]))
         now_ms = int(reply[2])
-        decisions = []
-        for r, claimed in zip(reservations, reply[3:], strict=True):
+        for r in reservations:
             r.reserved(now_ms)
-            decisions.append(await self._decided(r, self._claimed(r, claimed, now_ms), now_ms))
-        return None, quota, decisions
+        decisions = [self._claimed(r, claimed, now_ms) for r, claimed in zip(reservations, reply[3:], strict=True)]
+        return None, quota, await self._read_legacy(reservations, decisions, now_ms)
 
     def _claimed(self, r: Reservation, claimed: list[Any], now_ms: int) -> tuple[Decision, bytes | None]:
         """claim.lua's decision for `r` (a replay carries the stored answer; the previous layout's guard
@@ -345,14 +349,18 @@ class IdempotencyStore:
         pending = PendingRecord(event_id.decode(), topic.decode(), reserved_at_ms, age_ms, time.monotonic())
         self.on_doubt(r.holding(pending.event_id, pending.topic), pending)
 
-    async def _decided(
-        self, r: Reservation, decided: tuple[Decision, bytes | None], now_ms: int
-    ) -> tuple[Decision, bytes | None]:
-        """`decided`, with a guard of the previous layout read from its hash (the upgrade's first day)."""
-        if decided[0] is not Decision.LEGACY:
-            return decided
-        assert decided[1] is not None
-        if decided[1].decode() != r.key_digest:
+    async def _read_legacy(
+        self, reservations: list[Reservation], decisions: list[tuple[Decision, bytes | None]], now_ms: int
+    ) -> list[tuple[Decision, bytes | None]]:
+        """`decisions`, each guard of the previous layout (LEGACY, its digest) decided by its hash."""
+        return [
+            await self._legacy(r, d[1], now_ms) if d[0] is Decision.LEGACY else d
+            for r, d in zip(reservations, decisions, strict=True)
+        ]
+
+    async def _legacy(self, r: Reservation, digest: bytes | None, now_ms: int) -> tuple[Decision, bytes | None]:
+        """What the previous layout's hash of the key owning an id (`digest`) decides for `r`."""
+        if digest is None or digest.decode() != r.key_digest:
             return Decision.TXN_TAKEN, None
         fp, state, response, at, event_id, topic = await self._execute(
             "reserve", "HMGET", r.legacy_key, "fp", "state", "response", "at", "ev", "topic"
@@ -379,18 +387,17 @@ class IdempotencyStore:
         )
         self._duration["recall"].observe(time.perf_counter() - started)
         if held is not None:
-            if held[1 : 1 + FP_BYTES] != r.fp:
+            state, answer = _held(held, r.fp)
+            if state is None:
                 return None, None
-            if held[:1] == b"D":
-                return Decision.REPLAY, held[1 + FP_BYTES :]
-            return Decision.IN_FLIGHT, None
+            return (Decision.REPLAY, answer) if state == b"D" else (Decision.IN_FLIGHT, None)
         if owner is None:
             return None, None
         if owner == r.fp + r.key_id:
             return Decision.RECALL, None
         if len(owner) == 64:
-            decided = await self._decided(r, (Decision.LEGACY, owner), 0)
-            return (decided[0], decided[1]) if decided[0] in (Decision.REPLAY, Decision.IN_FLIGHT) else (None, None)
+            decided = await self._legacy(r, owner, 0)
+            return decided if decided[0] in (Decision.REPLAY, Decision.IN_FLIGHT) else (None, None)
         return (Decision.ELSEWHERE, None) if owner[:FP_BYTES] == r.fp else (None, None)
 
     async def answer_of(self, partner: str, transaction_id: str) -> bytes | None:
@@ -405,9 +412,8 @@ class IdempotencyStore:
             )
             return response if state == b"done" else None
         held = await self._execute("recall", "GET", self.layout.idem(partner, owner[FP_BYTES:]))
-        if held is None or held[:1] != b"D" or held[1 : 1 + FP_BYTES] != owner[:FP_BYTES]:
-            return None
-        return bytes(held[1 + FP_BYTES :])
+        state, answer = _held(held or b"", owner[:FP_BYTES])
+        return answer if state == b"D" else None
 
     async def admit(self, a: Admission) -> tuple[Decision | None, Quota]:
         """The admission alone (a request that does not reserve): None when admitted, else why not."""
@@ -562,6 +568,14 @@ class IdempotencyStore:
     async def release(self, r: Reservation) -> bool:
         """Drop our pending reservation so a retry starts afresh; False when there was none."""
         return bool(await self._run("release", RELEASE, (r.idem_key, r.txn_key), [r.fp, r.key_id, r.event_id]))
+
+
+def _held(value: bytes, fp: bytes) -> tuple[bytes | None, bytes]:
+    """An idempotency key's value (claim.lua) as this payload's state, `P` (pending) or `D` (done), and
+    what follows its fingerprint (the answer when done); (None, b"") when it holds another payload."""
+    if len(value) <= FP_BYTES or value[1 : 1 + FP_BYTES] != fp:
+        return None, b""
+    return value[:1], bytes(value[1 + FP_BYTES :])
 
 
 def refusal(reply: list[Any]) -> tuple[Decision, Quota] | None:

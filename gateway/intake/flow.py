@@ -102,8 +102,9 @@ class BulkOutcome(NamedTuple):
 Forbids = Callable[[tuple[str, ...], tuple[str, str]], str | None]
 REPLAYED_NONCE = "the signature's nonce was already used: sign every request afresh"
 
-# what the partner is told when `reserve` does not claim the key: the problem's cause and detail
+# what Redis leaves to the ledger: a key it forgot, the same payment under another key
 LEDGER_DECIDES = (Decision.RECALL, Decision.ELSEWHERE)
+# what the partner is told when `reserve` does not claim the key: the problem's cause and detail
 REFUSALS = {
     Decision.IN_FLIGHT: ("request-in-flight", "a request with this idempotency key is still being processed"),
     Decision.MISMATCH: ("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
@@ -286,7 +287,7 @@ class Intake:
             return replayed
         started = perf_counter()
         decision, stored = await self._store.reserve(reservation)
-        if decision is Decision.RECALL or decision is Decision.ELSEWHERE:
+        if decision in LEDGER_DECIDES:
             ((decision, stored),) = await self._ask_ledger([(reservation, decision)], held=True)
         timing = Timing(decode_seconds, validate_seconds, perf_counter() - started, 0.0)
         transaction_id = event.transaction.transaction_id

@@ -158,16 +158,21 @@ def compact_answer(batch: str, topic: str, partition: int, offset: int, accepted
     return f"{batch}|{topic}|{partition}|{offset}|{accepted_ms}".encode()
 
 
-def replay_body(transaction_id: str, stored: bytes) -> bytes:
-    """The 200 body of an exact resubmission, from its `compact_answer` (or from the whole answer the
+def stored_answer(transaction_id: str, stored: bytes) -> Deduped:
+    """The answer every exact resubmission gets, from its `compact_answer` (or from the whole answer the
     previous layout kept, which starts with `{`)."""
     if stored[:1] == b"{":
-        return stored
+        return msgspec.json.decode(stored, type=Deduped)
     batch, topic, partition, offset, accepted_ms = stored.decode().split("|")
     window, day, _ = batch.split("-")
     routing = Routing(window, None, f"{day[:4]}-{day[4:6]}-{day[6:]}", batch, "")
     accepted_at = instant(int(accepted_ms) / 1000)
-    return ENCODER.encode(replay_answer(transaction_id, routing, topic, int(partition), int(offset), accepted_at))
+    return replay_answer(transaction_id, routing, topic, int(partition), int(offset), accepted_at)
+
+
+def replay_body(transaction_id: str, stored: bytes) -> bytes:
+    """The 200 body of an exact resubmission (the previous layout's stored body as it was kept)."""
+    return stored if stored[:1] == b"{" else ENCODER.encode(stored_answer(transaction_id, stored))
 
 
 class FieldError(msgspec.Struct, frozen=True):
