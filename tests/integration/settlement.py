@@ -2,12 +2,14 @@
 written as the gateway writes them, processes started and stopped, and the invariants of DESIGN section 8.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -28,6 +30,7 @@ from gateway.kafka.events import (
 from gateway.kafka.producer import ensure_topics
 from processor.calendar import SettlementCalendar
 from processor.replay import rebuild
+from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from tests.conftest import ROOT
@@ -66,6 +69,18 @@ class Setup:
         store = SettlementStore(self.database, self.settings.schema, SettlementCalendar.from_settings(self.settings))
         store.migrate()
         return store
+
+    @contextlib.contextmanager
+    def processor(self, clock: Callable[[], float], metrics: ProcessorMetrics | None = None) -> Iterator[Processor]:
+        """An in-process processor of this test's topics and schema, subscribed, on `clock`; closed after."""
+        store = self.store()
+        processor = Processor(self.settings, store, metrics or ProcessorMetrics(), clock)
+        try:
+            processor.subscribe()
+            yield processor
+        finally:
+            processor.close()
+            store.close()
 
     def sql(self, query: str, *args) -> list[tuple]:
         with psycopg.connect(self.database, autocommit=True) as conn:

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from gateway import ids
 from processor.calendar import SettlementCalendar
 from processor.records import collect
-from processor.service import Processor, ProcessorMetrics
+from processor.service import ProcessorMetrics
 from processor.store import SettlementStore
 from tests.integration.settlement import Setup, accepted, another_instruction, fold_until, produce_to
 
@@ -85,11 +85,8 @@ def test_another_instruction_read_later_never_takes_the_place_of_the_transaction
     second = another_instruction(first, "99.00", at="2026-11-30T10:00:00.000Z")
     produce_to(setup, [(first, 1), (unrelated, 1)])
     now = [EARLY.timestamp()]
-    store = setup.store()
     metrics = ProcessorMetrics()
-    processor = Processor(setup.settings, store, metrics, lambda: now[0])
-    try:
-        processor.subscribe()
+    with setup.processor(lambda: now[0], metrics) as processor:
         fold_until(processor, lambda: _count(setup, "transactions") == 2, "the first instruction folded")
         produce_to(setup, [(second, 0)])
         with caplog.at_level(logging.WARNING, logger="processor"):
@@ -99,9 +96,6 @@ def test_another_instruction_read_later_never_takes_the_place_of_the_transaction
         assert _folded(setup, "txn-1") == (first.event_id, first.fingerprint, "10.00", BATCH, 1)
         now[0] = CLOSED.timestamp()
         processor.tick()
-    finally:
-        processor.close()
-        store.close()
     # the batch closed with the first instruction only: 10.00 + 7.00, never 99.00
     assert setup.sql("SELECT status, transaction_count, totals FROM batches WHERE batch_id = %s", BATCH) == [
         ("closed", 2, {"USD": "17.00"})
@@ -128,19 +122,13 @@ def test_a_better_copy_of_the_same_instruction_still_takes_the_place_of_the_one_
     copy = msgspec.structs.replace(first, event_id=ids.uuid7(), occurred_at="2026-11-30T10:00:00.000Z")
     produce_to(setup, [(first, 1)])
     now = [EARLY.timestamp()]
-    store = setup.store()
     metrics = ProcessorMetrics()
-    processor = Processor(setup.settings, store, metrics, lambda: now[0])
-    try:
-        processor.subscribe()
+    with setup.processor(lambda: now[0], metrics) as processor:
         fold_until(processor, lambda: _count(setup, "transactions") == 1, "the first copy folded")
         produce_to(setup, [(copy, 0)])
         fold_until(processor, lambda: _count(setup, "duplicates") == 1, "the better copy folded")
         now[0] = CLOSED.timestamp()
         processor.tick()
-    finally:
-        processor.close()
-        store.close()
     assert _folded(setup, "txn-1") == (copy.event_id, first.fingerprint, "10.00", BATCH, 0)
     assert setup.sql("SELECT transaction_id, event_id, same_event, partition FROM duplicates") == [
         ("txn-1", first.event_id, False, 1)  # the copy it replaced
