@@ -199,12 +199,14 @@ METRICS = (
     Metric("commands_per_txn", "Redis commands / new transaction", "commands", "max_commands_bulk", ("bulk",)),
     Metric("commandstats_us_per_txn", "Redis µs / new transaction (commandstats, wall clock)", "µs", None, ()),
     Metric("cpu_us_per_txn", "Redis CPU µs / new transaction (server)", "µs", "max_cpu_us_bulk", ("bulk",)),
+    Metric("gateway_cpu_us_per_txn", "gateway CPU µs / new transaction (its processes)", "µs", None, ()),
     Metric("used_memory_bytes_per_txn", "bytes kept / transaction (used_memory)", "bytes", "max_bytes",
            ("single", "bulk")),
     Metric("memory_usage_bytes_per_txn", "bytes kept / transaction (MEMORY USAGE)", "bytes", "max_bytes",
            ("single", "bulk")),
     Metric("replay_commands_per_replay", "Redis commands / replay", "commands", None, ()),
     Metric("replay_cpu_us_per_replay", "Redis CPU µs / replay (server)", "µs", None, ()),
+    Metric("replay_gateway_cpu_us_per_replay", "gateway CPU µs / replay (its processes)", "µs", None, ()),
 )  # fmt: skip
 MODES = ("single", "bulk")
 
@@ -435,29 +437,38 @@ class Window:
     schedstat_seconds: float
     used_memory: int  # after minus before
     seconds: float
+    gateway_cpu_seconds: float = 0.0  # the gateway's processes (Granian's and its workers'), same window
 
 
-def measured(server: RedisServer, load: Callable[[], Counter[str]]) -> tuple[Window, Counter[str]]:
+def measured(
+    server: RedisServer,
+    load: Callable[[], Counter[str]],
+    gateway: list[int] = (),  # type: ignore[assignment]
+) -> tuple[Window, Counter[str]]:
     """Run `load` between CONFIG RESETSTAT and the end of the gateway's commands (the completions it sends
-    after answering included): the window's commandstats, CPU time and used_memory growth."""
+    after answering included): the window's commandstats, CPU time and used_memory growth, and the CPU
+    time of the `gateway` processes over the same window."""
     pid = server.process.pid
     server.client.config_resetstat()
     memory = int(parse_info(server.info("memory"))["used_memory"])
+    gateway_cpu = sum(cpu_seconds(p) for p in gateway)
     cpu, sched, started = cpu_seconds(pid), schedstat_seconds(pid), time.monotonic()
     counts = load()
     last, since, deadline = -1.0, 0.0, time.monotonic() + 120
     while True:  # until no command of the gateway's came for QUIET_SECONDS
         stats = parse_commandstats(server.info("commandstats"))
         now_cpu, now_sched, now = cpu_seconds(pid), schedstat_seconds(pid), time.monotonic()
+        now_gateway = sum(cpu_seconds(p) for p in gateway)
         total = sum(v.get("calls", 0.0) for k, v in stats.items() if base_command(k) not in OWN_COMMANDS)
         if total != last:
-            last, since, at = total, now, (stats, now_cpu, now_sched, now)
+            last, since, at = total, now, (stats, now_cpu, now_sched, now, now_gateway)
         elif now - since >= QUIET_SECONDS or now > deadline:
             break
         time.sleep(0.05)
-    stats, end_cpu, end_sched, ended = at
+    stats, end_cpu, end_sched, ended, end_gateway = at
     grown = int(parse_info(server.info("memory"))["used_memory"]) - memory
-    return Window(stats, end_cpu - cpu, end_sched - sched, grown, ended - started), counts
+    window = Window(stats, end_cpu - cpu, end_sched - sched, grown, ended - started, end_gateway - gateway_cpu)
+    return window, counts
 
 
 def memory_split(stats: dict[str, Any], transactions: int) -> dict[str, float | None]:
@@ -609,6 +620,7 @@ def mode_result(
         "sent_per_txn": per(cost["sent"], accepted),
         "commandstats_us_per_txn": per(cost["usec"], accepted, 2),
         "cpu_us_per_txn": per(window.cpu_seconds * 1e6, accepted, 2),
+        "gateway_cpu_us_per_txn": per(window.gateway_cpu_seconds * 1e6, accepted, 1),
         "schedstat_cpu_us_per_txn": per(window.schedstat_seconds * 1e6, accepted, 2),
         "used_memory_bytes_per_txn": per(window.used_memory, accepted, 1),
         "memory_usage_bytes_per_txn": scaled_sample(sampled, keys, accepted),
@@ -627,6 +639,7 @@ def replay_result(window: Window, counts: Counter[str], scripted: set[str]) -> d
         "replay_commands_per_replay": per(cost["commands"], replayed),
         "replay_commandstats_us_per_replay": per(cost["usec"], replayed, 2),
         "replay_cpu_us_per_replay": per(window.cpu_seconds * 1e6, replayed, 2),
+        "replay_gateway_cpu_us_per_replay": per(window.gateway_cpu_seconds * 1e6, replayed, 1),
         "replay_schedstat_cpu_us_per_replay": per(window.schedstat_seconds * 1e6, replayed, 2),
         "replay_calls_per_replay": {name: per(n, replayed) for name, n in sorted(cost["by_command"].items())},
     }
@@ -653,11 +666,12 @@ def measure_checkout(
                 bodies = seed_bodies(secrets.token_hex(2), count)
                 connections = plan.connections if mode == "single" else BULK_CONCURRENCY
                 load = partial(post_all, gateway.port, mode, connections=connections)
-                window, counts = measured(server, partial(load, bodies))
+                processes = [gateway.process.pid, *gateway.workers()]
+                window, counts = measured(server, partial(load, bodies), processes)
                 result[mode] = mode_result(window, counts, memory_sample(server, plan.sample, rng), scripted)
                 result[mode]["memory_stats_per_txn"] = memory_split(server.client.memory_stats(), counts["202"])
                 again = bodies[: plan.replays] if mode == "single" else bodies  # bulk replays are cheap
-                window, counts = measured(server, partial(load, again))
+                window, counts = measured(server, partial(load, again), processes)
                 result[mode] |= replay_result(window, counts, scripted)
                 r = result[mode]
                 log(
