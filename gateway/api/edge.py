@@ -24,6 +24,7 @@ from gateway.idempotency.store import Decision, IdempotencyStore, Quota
 from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, BulkOutcome, Intake, Outcome
 from gateway.intake.schemas import ENCODER, BulkAnswer, BulkItem, TransactionRequest
 from gateway.partners.authentication import Authenticator, Caller
+from gateway.partners.message import Message, message_of
 from gateway.partners.registry import Partner
 from gateway.partners.signatures import ACCEPT_SIGNATURE
 from gateway.telemetry.metrics import Metrics
@@ -36,7 +37,6 @@ POLICY = "partner"  # the name of the RateLimit policy (draft-ietf-httpapi-ratel
 ANONYMOUS = "-"  # the partner label of a request no credential identified (never a partner id)
 REALM = 'Bearer realm="settlement-gateway"'
 
-Header = Callable[[str], str | None]  # any request header by lower-case name (a signature's components)
 BodyReader = Callable[[], Awaitable[bytes]]  # raises Refused("body-too-large")
 # the intake of one kind of submission, given the identified caller, the body, Idempotency-Key, traceparent
 Submission = Callable[["Caller", bytes, str | None, str | None], Awaitable["Answer"]]
@@ -125,16 +125,7 @@ class Edge:
         self._retry_after = str(retry_after_seconds).encode()
         self._bulk_max_items = bulk_max_items
 
-    async def submit(
-        self,
-        method: str,
-        path: str,
-        header: Header,
-        body: bytes | BodyReader,
-        idempotency_key: str | None,
-        traceparent: str | None,
-        bulk: bool = False,
-    ) -> Answer:
+    async def submit(self, message: Message, body: bytes | BodyReader, bulk: bool = False) -> Answer:
         """POST /api/v1/transactions/: identify, then the intake (which admits in its Redis round trip).
 
         `bulk`: POST /api/v1/transactions/bulk, the intake of every transaction of the array. The whole
@@ -145,17 +136,18 @@ class Edge:
         an unexpected error becomes its problem answer."""
         intake = self._bulk if bulk else self._single
         caller: Caller | None = None
+        fields = message.fields
         try:
             if not isinstance(body, bytes):
                 body = await body()
-            caller = self.authenticator.identify(method, path, header("authorization"), header, body)
-            if not is_json(header("content-type")):
+            caller = self.authenticator.identify(message, body)
+            if not is_json(fields.get("content-type")):
                 raise Refused("unsupported-media-type", "send application/json")
-            return await intake(caller, body, idempotency_key, traceparent)
+            return await intake(caller, body, fields.get("idempotency-key"), fields.get("traceparent"))
         except (Refused, DependencyUnavailable) as exc:
             return await self.refusal(caller, exc)
         except Exception:
-            log.exception("unhandled error on %s %s", method, path)
+            log.exception("unhandled error on %s %s", message.method, message.path)
             status, payload = problem_body("internal-error", "the request could not be processed")
             return Answer(status, [PROBLEM], payload, partner=caller.partner.id if caller else None)
 
@@ -224,12 +216,12 @@ class Edge:
         status = 200 if counted["accepted"] == len(results) else 207
         return Answer(status, headers, ENCODER.encode(BulkAnswer(results)), partner=partner.id)
 
-    async def admit(self, method: str, path: str, header: Header) -> Admitted:
+    async def admit(self, message: Message) -> Admitted:
         """A request that reserves nothing (a status query): identify, then the admission alone.
         Raises EdgeRefusal with the answer to send."""
         caller: Caller | None = None
         try:
-            caller = self.authenticator.identify(method, path, header("authorization"), header, b"")
+            caller = self.authenticator.identify(message, b"")
             quota = await self._admission(caller)
         except (Refused, DependencyUnavailable) as exc:
             raise EdgeRefusal(await self.refusal(caller, exc, count=False)) from None
@@ -302,7 +294,7 @@ async def partner_of(request: Request) -> str:
     """Litestar dependency `partner` of the routes that reserve nothing (status queries): the edge
     identifies and admits the caller; its RateLimit headers go on whatever the route answers."""
     edge: Edge = request.app.state.edge
-    admitted = await edge.admit(request.method, request.url.path, request.headers.get)
+    admitted = await edge.admit(message_of(request.scope))
     state = request.scope.setdefault("state", {})
     state["partner"] = admitted.caller.partner.id
     state["answer_headers"] = admitted.headers
@@ -323,10 +315,7 @@ async def submitted(request: Request, bulk: bool) -> Response[bytes]:
                 raise Refused("body-too-large", f"the body is larger than {limit}") from None
             raise
 
-    headers = request.headers
-    answer = await edge.submit(
-        "POST", request.url.path, headers.get, body, headers.get("idempotency-key"), headers.get("traceparent"), bulk
-    )
+    answer = await edge.submit(message_of(request.scope), body, bulk)
     return as_response(request, answer)
 
 

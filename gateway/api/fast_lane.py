@@ -18,6 +18,7 @@ from typing import Any
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.edge import Edge
+from gateway.partners.message import message_of
 from gateway.telemetry.observability import RequestRecorder, request_id_of
 
 # path -> (the route template, as Litestar labels the same route; bulk or not)
@@ -58,16 +59,8 @@ class FastLane:
         body = await self._body(receive)
         if body is None:
             return  # the client went away before sending the whole body: nobody to answer
-        headers = {name: value for name, value in scope["headers"]}
-
-        def header(name: str) -> str | None:
-            value = headers.get(name.encode())
-            return value.decode("latin-1") if value is not None else None
-
         assert self.edge is not None
-        answer = await self.edge.submit(
-            "POST", scope["path"], header, body, header("idempotency-key"), header("traceparent"), bulk
-        )
+        answer = await self.edge.submit(message_of(scope), body, bulk)
         response_headers = answer.headers.copy()
         response_headers.append((b"content-length", str(len(answer.body)).encode()))
         response_headers.append((b"x-request-id", request_id))

@@ -11,10 +11,12 @@ from typing import NamedTuple
 
 from gateway.errors import Unauthorized
 from gateway.idempotency.store import Admission, nonce_key, unlimited
+from gateway.partners.message import Message
 from gateway.partners.registry import Partner, Registry
 from gateway.partners.signatures import SignatureRejected, verify
 
 log = logging.getLogger("gateway.partners")
+MAX_AUTHORIZATION = 1024  # bytes: `Bearer ` and a key of a few dozen characters; anything longer is refused unread
 
 
 class Caller(NamedTuple):
@@ -56,20 +58,17 @@ class Authenticator:
         self._callers = {p.id: caller_of(p) for p in registry.partners.values()}
         self.registry = registry
 
-    def identify(
-        self,
-        method: str,
-        path: str,
-        authorization: str | None,
-        header: Callable[[str], str | None],
-        body: bytes,
-    ) -> Caller:
+    def identify(self, message: Message, body: bytes) -> Caller:
         """The caller of a request, or Unauthorized."""
         registry = self.registry
         if registry is None:
             return self._open
+        authorization = message.fields.get("authorization")
         if authorization is None:
             raise Unauthorized("send the partner's API key as Authorization: Bearer <key>", error=None)
+        if len(authorization) > MAX_AUTHORIZATION:
+            detail = f"the Authorization header is longer than {MAX_AUTHORIZATION} bytes"
+            raise Unauthorized(detail, error="invalid_request")
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if not key or scheme.lower() != "bearer":
@@ -82,7 +81,7 @@ class Authenticator:
         if partner.signing_secret is None:
             return caller
         try:
-            signed = verify(partner.signing_secret, method, path, header, body, now, partner.id)
+            signed = verify(partner.signing_secret, message, body, now, partner.id)
         except SignatureRejected as exc:
             raise Unauthorized(str(exc), signature=True) from None
         admission = caller.admission._replace(nonce_key=nonce_key(partner.id, signed.nonce), nonce_ttl_ms=signed.ttl_ms)

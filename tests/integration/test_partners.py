@@ -129,7 +129,7 @@ async def test_a_window_or_currency_the_partner_may_not_use_is_403(client, regis
 
 def _signed_request(body: bytes, created: int | None = None, nonce: str | None = None) -> dict[str, str]:
     created = int(time.time()) if created is None else created
-    return sign(SECRET.encode(), "POST", URL, body, created, nonce or uuid.uuid4().hex)
+    return sign(SECRET.encode(), "POST", URL, body, created, nonce or uuid.uuid4().hex, JSON)
 
 
 async def test_signed_request_is_accepted_and_a_replayed_nonce_is_401(client, registry, log, unique):
@@ -160,7 +160,7 @@ async def test_signature_over_a_changed_body_is_401(client, registry, log, uniqu
     response = await client.post(URL, content=changed, headers={**JSON, **registry.bearer("signed"), **headers})
     assert_unauthorized(response, "Content-Digest does not match")
     # the body and its Content-Digest changed: the signature does not match
-    forged = {**headers, **{k: v for k, v in _signed_request(changed).items() if k == "Content-Digest"}}
+    forged = {**headers, **{k: v for k, v in _signed_request(changed).items() if k == "content-digest"}}
     response = await client.post(URL, content=changed, headers={**JSON, **registry.bearer("signed"), **forged})
     assert_unauthorized(response, "signature does not match")
     assert log.records(f"txn_{unique}") == []
@@ -169,7 +169,7 @@ async def test_signature_over_a_changed_body_is_401(client, registry, log, uniqu
 async def test_partner_that_signs_must_sign(client, registry, log, unique):
     response = await client.post(URL, json=transaction(unique), headers={**JSON, **registry.bearer("signed")})
     assert_unauthorized(response, "Signature-Input and Signature are required")
-    assert response.headers["accept-signature"].startswith('sig1=("@method" "@path" "content-digest")')
+    assert response.headers["accept-signature"].startswith('sig1=("@method" "@path" "content-type" "content-digest")')
     assert log.records(f"txn_{unique}") == []
 
 
