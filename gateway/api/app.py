@@ -184,7 +184,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         if registry is None:
             warn_if_open(settings)
-        watcher = RegistryWatcher(Path(settings.partners_file), authenticator, settings.partners_reload_seconds)
+        watcher = RegistryWatcher(
+            Path(settings.partners_file), authenticator, settings.partners_reload_seconds, metrics
+        )
+        readiness.partner_registry = watcher  # a failed reload is a warning of /ready
         if registry is not None:
             watcher.start()
         # What start-up made lives as long as the worker: keep it out of every garbage collection.

@@ -15,6 +15,7 @@ from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
 from gateway.idempotency.redis_pipeline import Memory, RedisUnavailable, ReplyError
 from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer
+from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
 from gateway.telemetry.metrics import CONTENT_TYPE
 
@@ -42,7 +43,7 @@ OPEN_MODE_WARNING = "open mode: no partner registry (GATEWAY_PARTNERS_FILE); eve
 class Ready(msgspec.Struct, frozen=True, omit_defaults=True):
     """200 from /ready. `partners` says how callers are identified: `registry` (API keys) or `open`
     (no registry: every request is the single default partner's). `warning`: what needs an operator
-    before it breaks (open mode, Redis filling up or able to evict)."""
+    before it breaks (open mode, Redis filling up or able to evict, a partner registry that failed to reload)."""
 
     status: Literal["ready"]
     checks: Checks
@@ -121,6 +122,7 @@ class Readiness:
         self.cache_seconds = cache_seconds
         self.open_mode = open_mode
         self.shutting_down = False
+        self.partner_registry: RegistryWatcher | None = None  # its failed reload is a warning
         self._checked_at = -1e9
         self._verdict: tuple[int, bytes] = (503, b"")
         self._lock = asyncio.Lock()
@@ -144,7 +146,10 @@ class Readiness:
                 body = not_ready("not-ready", detail, checks, redis_problems + kafka_problems)
                 self._verdict = (503, ENCODER.encode(body))
             else:
-                warnings = [w for w in (OPEN_MODE_WARNING if self.open_mode else None, redis_warning) if w]
+                reload_warning = self.partner_registry.warning if self.partner_registry is not None else None
+                warnings = [
+                    w for w in (OPEN_MODE_WARNING if self.open_mode else None, redis_warning, reload_warning) if w
+                ]
                 ready = Ready("ready", checks, "open" if self.open_mode else "registry", "; ".join(warnings) or None)
                 self._verdict = (200, ENCODER.encode(ready))
             self._checked_at = time.monotonic()

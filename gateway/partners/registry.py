@@ -16,16 +16,22 @@ A TOML file (GATEWAY_PARTNERS_FILE) with one table per partner:
 API keys are random (`python -m gateway new-key` makes one); the file holds only their SHA-256, which
 for a 256-bit random secret is as good as a slow hash and costs a microsecond per request. A bad file
 stops start-up (or a reload keeps the previous registry) with a message that names the line.
+
+A partner may have no active key (every key revoked or expired, `keys = []`, or no `keys` at all): it
+is loaded and locked out (every request 401), and the load says so in `Registry.warnings`. Revoking a
+partner's last key therefore works like any other revocation, at the next reload; refusing such a file
+would keep the previous registry, and the revoked key with it.
 """
 
 import hashlib
 import os
 import re
 import secrets
+import time
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from gateway.errors import ConfigurationError
 
@@ -66,6 +72,26 @@ class Key(NamedTuple):
     expires_at: float | None  # Unix seconds
 
 
+class FileStamp(NamedTuple):
+    """What identifies one version of a file: a write in place changes the times (and often the size), a
+    write-then-rename the inode, even with the same modification time and size."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """The stamp of `path` now, or None when it cannot be read (missing, no permission)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return FileStamp(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 class Found(NamedTuple):
     """What a presented API key turned out to be."""
 
@@ -84,11 +110,44 @@ def new_key() -> tuple[str, str]:
 
 
 class Registry:
-    """The partners of one registry file, looked up by the digest of a presented key."""
+    """The partners of one registry file, looked up by the digest of a presented key.
 
-    def __init__(self, partners: dict[str, Partner], keys: dict[str, Key]) -> None:
+    `warnings`: what the load wants an operator to know without refusing the file (a partner locked
+    out). `source`: the stamp of the file taken before it was read (None when built in memory), so a
+    change during or after the read is seen as a change. `loaded_at`: when it was read, Unix seconds."""
+
+    def __init__(
+        self,
+        partners: dict[str, Partner],
+        keys: dict[str, Key],
+        warnings: tuple[str, ...] = (),
+        source: FileStamp | None = None,
+        loaded_at: float = 0.0,
+    ) -> None:
         self.partners = partners
         self._keys = keys
+        self.warnings = warnings
+        self.source = source
+        self.loaded_at = loaded_at
+
+    def key_names(self) -> dict[str, str]:
+        """Every key's digest -> `partner/key id`, the name a log may show (never the digest)."""
+        return {digest: f"{key.partner.id}/{key.key_id}" for digest, key in self._keys.items()}
+
+    def removed_since(self, served: "Registry") -> tuple[list[str], list[str]]:
+        """The partners and keys (`partner/key id`) of `served` that this registry no longer has; a key
+        counts as gone when its digest is gone, whatever its id."""
+        partners = sorted(set(served.partners) - set(self.partners))
+        keys = sorted(name for digest, name in served.key_names().items() if digest not in self._keys)
+        return partners, keys
+
+    def revoked_since(self, served: "Registry", now: float) -> list[str]:
+        """The keys (`partner/key id`) that authenticated in `served` and are revoked or expired here."""
+        return sorted(
+            f"{key.partner.id}/{key.key_id}"
+            for digest, key in self._keys.items()
+            if not _active(key, now) and digest in served._keys and _active(served._keys[digest], now)
+        )
 
     def authenticate(self, key: str, now: float) -> Found:
         """The partner owning `key`, in time that does not depend on how close a guess is to a real key:
@@ -105,9 +164,11 @@ class Registry:
         return Found(entry.partner, None)
 
     @classmethod
-    def load(cls, path: Path, environ: dict[str, str] | None = None) -> "Registry":
+    def load(cls, path: Path, environ: dict[str, str] | None = None, now: float | None = None) -> Self:
         """Read and check a registry file; ConfigurationError names the file and line of the first fault."""
         environ = dict(os.environ) if environ is None else environ
+        now = time.time() if now is None else now
+        source = file_stamp(path)
         try:
             text = path.read_text()
         except OSError as exc:
@@ -116,7 +177,14 @@ class Registry:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"partner registry {path}: {exc}") from None
-        return _Parser(path, text, environ).registry(document)
+        partners, keys = _Parser(path, text, environ).registry(document)
+        locked_out = sorted(set(partners) - {key.partner.id for key in keys.values() if _active(key, now)})
+        warnings = tuple(f"partner {p} has no active key: it is locked out" for p in locked_out)
+        return cls(partners, keys, warnings, source, now)
+
+
+def _active(key: Key, now: float) -> bool:
+    return not key.revoked and (key.expires_at is None or now < key.expires_at)
 
 
 class _Parser:
@@ -143,7 +211,7 @@ class _Parser:
         where = f"{self.path}, line {line}" if line else str(self.path)
         return ConfigurationError(f"partner registry {where}: {message}")
 
-    def registry(self, document: dict[str, Any]) -> Registry:
+    def registry(self, document: dict[str, Any]) -> tuple[dict[str, Partner], dict[str, Key]]:
         unknown = set(document) - {"partners"}
         if unknown:
             name = sorted(unknown)[0]
@@ -168,7 +236,7 @@ class _Parser:
                 if key.digest in keys:
                     raise self.fail(f"the same API key is listed twice ({partner_id})", header, key.key_id)
                 keys[key.digest] = key
-        return Registry(partners, keys)
+        return partners, keys
 
     def partner(self, partner_id: str, table: dict[str, Any], header: str) -> Partner:
         allowed = {"rate", "burst", "windows", "currencies", "signing_secret", "signing_secret_env", "keys"}
@@ -212,8 +280,12 @@ class _Parser:
         return frozenset(value)
 
     def keys(self, partner: Partner, entries: Any, header: str) -> list[Key]:
-        if not isinstance(entries, list) or not entries:
-            raise self.fail(f"partner {partner.id} has no keys: give keys = [{{ id = ..., sha256 = ... }}]", header)
+        if entries is None:  # no keys: locked out, like keys = [] (Registry.load warns)
+            return []
+        if not isinstance(entries, list):
+            raise self.fail(
+                f"keys of {partner.id} must be a list: keys = [{{ id = ..., sha256 = ... }}]", header, "keys"
+            )
         found = []
         ids: set[str] = set()
         for entry in entries:
@@ -247,6 +319,4 @@ class _Parser:
             found.append(
                 Key(partner, key_id, digest, revoked, expires.astimezone(UTC).timestamp() if expires else None)
             )
-        if not any(not key.revoked for key in found):
-            raise self.fail(f"partner {partner.id} has no active key", header)
         return found

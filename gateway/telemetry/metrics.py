@@ -219,6 +219,31 @@ class Metrics:
             ["script"],
             registry=reg,
         )
+        # The partner registry's reloads (gateway.partners.reload): rare, so updated directly, no tally.
+        self.registry_reloads = Counter(
+            "settlement_partner_registry_reloads",
+            "Reloads of a changed partner registry file by outcome: loaded (now served) or failed (the previous stays)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.registry_reload_failed = Gauge(
+            "settlement_partner_registry_reload_failed",
+            "1 while the registry file on disk failed to load and the previous registry serves (any live worker)",
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.registry_loaded = Gauge(
+            "settlement_partner_registry_loaded_timestamp_seconds",
+            "When the served partner registry was loaded, Unix seconds (the oldest of the live workers)",
+            multiprocess_mode="livemin",
+            registry=reg,
+        )
+        self.registry_removed = Counter(
+            "settlement_partner_registry_removed",
+            "Partners and keys a reload removed from the served registry, by kind: partner or key",
+            ["kind"],
+            registry=reg,
+        )
 
         self._tallies: dict[Hashable, Tally | TallyHistogram] = {}
         self._publisher: asyncio.TimerHandle | None = None
