@@ -70,9 +70,10 @@ class Message(NamedTuple):
 
 
 def message_of(scope: Any) -> Message:
-    """The Message of an ASGI HTTP scope (Granian gives raw_path without the query, as ASGI says)."""
+    """The Message of an ASGI HTTP scope. Granian gives raw_path without the query, as ASGI says; some
+    test transports append it, so anything from a "?" on is cut."""
     raw_path: bytes | None = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    path = raw_path.partition(b"?")[0].decode("latin-1") if raw_path else scope["path"]
     return Message(
         scope["method"],
         scope.get("scheme", "http"),
