@@ -1,6 +1,7 @@
 """One settings object, read once from the environment (prefix GATEWAY_) and validated at start-up."""
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -54,6 +55,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partners_file: str = ""  # the partner registry (TOML); empty: open mode
     partners_reload_seconds: float = 2.0  # how often each worker looks for a changed registry; 0: never
     host: str = ""  # the listen address, as deploy/run.sh and the image bind it (empty: not said)
+    # the operations listener (/metrics, /health), apart from the partners' port; port 0: none
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 9101
+    # HTTPS on the partners' port, served by Granian (deploy/run.sh and the image pass them): both or neither
+    tls_cert_file: str = ""
+    tls_key_file: str = ""  # PEM, unencrypted (Granian is given no passphrase)
     max_body_bytes: int = 65_536
     bulk_max_items: int = 1000  # transactions in one bulk request
     bulk_max_body_bytes: int = 2_097_152  # the body of a bulk request
@@ -116,6 +123,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
         if not self.database_schema.isidentifier() or self.database_schema.lower() != self.database_schema:
             raise ConfigurationError(f"{PREFIX}DATABASE_SCHEMA must be a lower-case SQL identifier")
+        if not 0 <= self.ops_port <= 65535:
+            raise ConfigurationError(f"{PREFIX}OPS_PORT must be a port number (0: no operations listener)")
+        if not self.ops_host:
+            raise ConfigurationError(f"{PREFIX}OPS_HOST must be an address (0.0.0.0: every IPv4 interface)")
+        check_tls(self.tls_cert_file, self.tls_key_file)
 
     @property
     def in_doubt_after_ms(self) -> int:
@@ -168,6 +180,40 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigurationError(f"{name} is no longer read: {instead}")
         variables = {name: PREFIX + name.upper() for name in cls.__struct_fields__}
         return read_environment(cls, variables, environ)
+
+
+def check_tls(cert_file: str, key_file: str) -> None:
+    """GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE: both or neither, each a readable PEM file, the key
+    unencrypted and the certificate's. Loaded as Granian loads them (the ssl module), so that a bad pair
+    stops start-up with its variable's name rather than a bare OSError in every worker."""
+    names = {"cert": f"{PREFIX}TLS_CERT_FILE", "key": f"{PREFIX}TLS_KEY_FILE"}
+    if bool(cert_file) != bool(key_file):
+        given, missing = ("cert", "key") if cert_file else ("key", "cert")
+        raise ConfigurationError(f"{names[given]} is set but {names[missing]} is not: HTTPS needs both")
+    if not cert_file:
+        return
+    # a key's header names its form: PRIVATE KEY (PKCS#8), RSA or EC PRIVATE KEY, ENCRYPTED PRIVATE KEY
+    markers = {"cert": "-----BEGIN CERTIFICATE-----", "key": "PRIVATE KEY-----"}
+    what = {"cert": "certificate", "key": "key"}
+    for kind, path in (("cert", cert_file), ("key", key_file)):
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError as exc:
+            raise ConfigurationError(f"{names[kind]} {path!r} cannot be read: {exc.strerror}") from None
+        if markers[kind] not in text:
+            raise ConfigurationError(f"{names[kind]} {path!r} holds no PEM {what[kind]}")
+        if kind == "key" and "ENCRYPTED" in text:
+            raise ConfigurationError(
+                f"{names[kind]} {path!r} is encrypted: the gateway has no passphrase to give Granian "
+                "(decrypt it with `openssl pkey -in KEY -out PLAIN`, readable by the gateway's user only)"
+            )
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise ConfigurationError(
+            f"{names['cert']} {cert_file!r} and {names['key']} {key_file!r} are not a certificate and its key "
+            f"({exc.reason or exc})"
+        ) from None
 
 
 T = TypeVar("T", bound=msgspec.Struct)

@@ -15,14 +15,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
 import fastcore
-from gateway import __version__
+from gateway import SERVICE_NAME, __version__
 from gateway.api.bulk import bulk_submission
 from gateway.api.docs import assets_router, swagger_ui
 from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
 from gateway.api.openapi import SECURITY_SCHEMES
-from gateway.api.operations import Readiness, health, ready
-from gateway.api.operations import metrics as metrics_endpoint
+from gateway.api.operations import Health, Readiness, health, ready
+from gateway.api.operations_port import OperationsPort
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
@@ -35,13 +35,14 @@ from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
 from gateway.intake.ledger import Ledger
 from gateway.intake.routing import compile_policy, compile_rules, default_rules_path, load_rules_file
+from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
 from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
 from gateway.telemetry.logs import AccessLog, configure_logging
-from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.metrics import CONTENT_TYPE, Metrics
 from gateway.telemetry.observability import RequestObservability, RequestRecorder
 
 log = logging.getLogger("gateway")
@@ -102,6 +103,36 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:  # the last lifespan to end: whatever the others counted or logged goes out
             metrics.stop_publishing()
             access_log.flush()
+
+    @asynccontextmanager
+    async def operations_listener(app: Litestar) -> AsyncIterator[None]:
+        # /metrics apart from the partners' port: it names every partner. Each worker binds the same
+        # address (SO_REUSEPORT) and answers on its own loop, where its tallies may be published.
+        if not settings.ops_port:
+            yield
+            return
+        healthy = ENCODER.encode(Health("healthy", SERVICE_NAME, __version__))
+        port = OperationsPort(
+            {
+                "/metrics": lambda: (CONTENT_TYPE, metrics.exposition()),
+                "/health": lambda: ("application/json", healthy),
+            },
+            settings.ops_host,
+            settings.ops_port,
+        )
+        try:
+            await port.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the operations listener cannot bind {settings.ops_host}:{settings.ops_port} "
+                f"(GATEWAY_OPS_HOST, GATEWAY_OPS_PORT; 0 for none): {exc.strerror or exc}"
+            ) from None
+        app.state.operations_port = port
+        log.info("operations listener (/metrics, /health) on %s:%d", *port.address)
+        try:
+            yield
+        finally:
+            await port.close()
 
     @asynccontextmanager
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
@@ -211,11 +242,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             batches,
             health,
             ready,
-            metrics_endpoint,
             assets_router(),
         ],
         middleware=[RequestObservability(recorder)],
-        lifespan=[telemetry, redis_client, kafka_producer, status_database, in_doubt_resolver, intake_service],
+        lifespan=[
+            telemetry,
+            operations_listener,
+            redis_client,
+            kafka_producer,
+            status_database,
+            in_doubt_resolver,
+            intake_service,
+        ],
         exception_handlers={EdgeRefusal: edge_refusal, **EXCEPTION_HANDLERS},  # type: ignore[dict-item]
         dependencies={"partner": Provide(partner_of)},
         request_max_body_size=settings.max_body_bytes,

@@ -1,4 +1,5 @@
-"""Liveness and readiness probes for operators and orchestrators."""
+"""Liveness and readiness probes for operators and orchestrators. Metrics are not served here, on the
+partners' port: see gateway.api.operations_port."""
 
 import asyncio
 import time
@@ -17,7 +18,6 @@ from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer
 from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
-from gateway.telemetry.metrics import CONTENT_TYPE
 
 CheckResult = Literal["ok", "down"]
 
@@ -193,17 +193,3 @@ async def ready(request: Request) -> Response[bytes]:
         return Response(body, media_type="application/json")
     headers = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
-
-
-@get(
-    "/metrics",
-    summary="Prometheus metrics",
-    tags=["operations"],
-    media_type=CONTENT_TYPE,
-    operation_class=DocumentedOperation,
-    response_description="Prometheus text exposition format",
-)
-async def metrics(request: Request) -> Response[bytes]:
-    """Prometheus text format, summed over every worker process."""
-    # The content type as a header: given as the media type, Litestar would add a second charset.
-    return Response(request.app.state.metrics.exposition(), headers={"content-type": CONTENT_TYPE})

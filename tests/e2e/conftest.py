@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A gateway process tree and its address."""
+    """A gateway process tree, its partners' address and its operations address."""
 
     def __init__(
         self,
@@ -39,12 +40,22 @@ class Server:
         kill_timeout: int = 10,
         ready_path: str = "/ready",
         prefix: tuple[str, ...] = (),
+        ops_port: int | None = None,
     ) -> None:
         """`prefix`: a command the server runs under (e.g. faketime, which runs it as its child: the server
-        then gets a session of its own, and `stop` signals the whole group)."""
+        then gets a session of its own, and `stop` signals the whole group). `ops_port`: the operations
+        listener's (/metrics); a free one of its own by default, 0 for none. With GATEWAY_TLS_CERT_FILE and
+        GATEWAY_TLS_KEY_FILE in `env` it serves HTTPS, as deploy/run.sh does, and `context` trusts its
+        certificate."""
         self._group = bool(prefix)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ops_port = free_port() if ops_port is None else ops_port
+        env = {**env, "GATEWAY_OPS_PORT": str(self.ops_port)}
+        self.ops_url = f"http://127.0.0.1:{self.ops_port}"
+        certificate, key = env.get("GATEWAY_TLS_CERT_FILE"), env.get("GATEWAY_TLS_KEY_FILE")
+        tls = ("--ssl-certificate", certificate, "--ssl-keyfile", key) if certificate and key else ()
+        self.context = ssl.create_default_context(cafile=certificate) if tls else None
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
         self.log_path = Path(env["E2E_LOG"])
         self._log = self.log_path.open("wb")
@@ -53,7 +64,7 @@ class Server:
                 *prefix, str(Path(sys.executable).with_name("granian")),
                 "--interface", "asgi", "--factory", "gateway.api.app:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
-                "--workers-kill-timeout", str(kill_timeout), *RESPAWN,
+                "--workers-kill-timeout", str(kill_timeout), *RESPAWN, *tls,
             ],
             env=env,
             cwd=ROOT,
@@ -67,7 +78,7 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url + ready_path, timeout=2) as response:
+                with urllib.request.urlopen(self.url + ready_path, timeout=2, context=self.context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -83,14 +94,10 @@ class Server:
                 pids.update(int(pid) for pid in children.read_text().split())
         return pids
 
-    def listening_workers(self) -> set[int]:
-        """The workers that hold a socket listening on the port (each binds its own, SO_REUSEPORT)."""
-        sockets = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:  # 0A: LISTEN
-                    sockets.add(f"socket:[{fields[9]}]")
+    def listening_workers(self, port: int | None = None) -> set[int]:
+        """The workers that hold a socket listening on `port`, the partners' by default (each binds its own,
+        SO_REUSEPORT)."""
+        sockets = {f"socket:[{inode}]" for inode in listening_sockets(port or self.port)}
         listening = set()
         for pid in self.workers():
             try:
@@ -134,6 +141,24 @@ class Server:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def listening_sockets(port: int) -> dict[str, str]:
+    """The sockets listening on TCP `port`, as {inode: the address bound}, from /proc/net/tcp and tcp6."""
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                sockets[fields[9]] = _address(address)
+    return sockets
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's address (32-bit words in host byte order, little-endian here) as text."""
+    raw = b"".join(int(hex_address[i : i + 8], 16).to_bytes(4, "little") for i in range(0, len(hex_address), 8))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
 def server_env(stack, tmp_path, **extra: str) -> dict[str, str]:

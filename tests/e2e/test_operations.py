@@ -1,4 +1,5 @@
-"""What operators see of the running server: metrics summed over two workers, JSON logs, shutdown."""
+"""What operators see of the running server: metrics summed over two workers on the operations port (never
+on the partners'), JSON logs, shutdown."""
 
 import asyncio
 import json
@@ -15,19 +16,22 @@ from gateway.idempotency.redis_pipeline import RedisPipeline
 from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.flow import Intake
 from gateway.settings import Settings
-from gateway.telemetry.metrics import PUBLISH_INTERVAL, Metrics
+from gateway.telemetry.metrics import CONTENT_TYPE, PUBLISH_INTERVAL, Metrics
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import Server, listening_sockets, server_env
 from tests.kafka_log import end_offsets, read_topic
+from tests.partners import write_registry
 
 URL = "/api/v1/transactions/"
 
 
 def scrape(server: Server) -> dict[str, float]:
-    """Every sample of /metrics as {'name{labels}': value}."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    """Every sample of the operations port's /metrics as {'name{labels}': value} (a new connection each
+    time: any worker may answer)."""
+    response = httpx.get(server.ops_url + "/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"] == CONTENT_TYPE, response.text
     samples = {}
-    for line in text.splitlines():
+    for line in response.text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
@@ -242,3 +246,49 @@ async def test_a_bulk_request_counts_each_transaction_by_its_outcome(server, uni
     assert grew("settlement_redis_script_duration_seconds_count", script="complete_all") == 1
     route = "/api/v1/transactions/bulk"
     assert grew("http_server_request_duration_seconds_count", http_route=route, http_response_status_code="207") == 1
+
+
+async def test_metrics_are_served_on_the_operations_port_only_and_summed_over_both_workers(server, unique):
+    """/metrics names every partner and its volumes: it is not a route of the partners' port. The operations
+    listener binds loopback by default, every worker holds it (SO_REUSEPORT), and whichever worker a scrape
+    reaches answers with the count of both."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (await client.get("/metrics")).status_code == 404
+        assert "/metrics" not in (await client.get("/docs/openapi.json")).json()["paths"]
+    assert set(listening_sockets(server.ops_port).values()) == {"127.0.0.1"}
+    deadline = time.monotonic() + 30  # the second worker may still be starting
+    while server.listening_workers(server.ops_port) != server.workers() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    holders = server.listening_workers(server.ops_port)
+    assert len(holders) == 2 and holders == server.workers()
+
+    partner = server.partner
+    before = sample(scrape(server), "settlement_intake_outcomes_total", partner=partner, outcome="accepted")
+    for n in range(8):  # a new connection each: both workers take some
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert (await post(client, transaction(f"{unique}{n}"))).status_code == 202
+    await asyncio.sleep(2 * PUBLISH_INTERVAL)
+    counts = [
+        sample(scrape(server), "settlement_intake_outcomes_total", partner=partner, outcome="accepted") - before
+        for _ in range(12)
+    ]
+    assert counts == [8] * 12
+    health = httpx.get(server.ops_url + "/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "healthy"
+    assert httpx.get(server.ops_url + "/api/v1/transactions/", timeout=10).status_code == 404
+
+
+async def test_with_a_partner_registry_metrics_are_not_on_the_partners_port_either(stack, tmp_path, unique):
+    registry = write_registry(tmp_path)
+    gateway = Server(server_env(stack, tmp_path, GATEWAY_PARTNERS_FILE=str(registry.path)), workers=1)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            assert (await client.get("/metrics")).status_code == 404
+            assert (await client.get("/metrics", headers=registry.bearer("acme"))).status_code == 404
+            accepted = await post(client, transaction(unique), **registry.bearer("acme"))
+            assert accepted.status_code == 202, accepted.text
+        await asyncio.sleep(2 * PUBLISH_INTERVAL)
+        samples = scrape(gateway)
+        assert sample(samples, "settlement_intake_outcomes_total", partner=registry.ids["acme"]) == 1
+    finally:
+        gateway.stop()

@@ -43,7 +43,8 @@ def newman_run(server, stack, tmp_path_factory) -> dict[str, list[dict]]:
         run = subprocess.run(
             [
                 newman, "run", str(COLLECTION), "-e", str(ENVIRONMENT),
-                "--env-var", f"base_url={server.url}", "--env-var", f"degraded_url={degraded.url}",
+                "--env-var", f"base_url={server.url}", "--env-var", f"ops_url={server.ops_url}",
+                "--env-var", f"degraded_url={degraded.url}",
                 "--env-var", f"partner_key={registry.keys['acme']}",
                 "--reporters", "cli,json", "--reporter-json-export", str(report), "--timeout-request", "10000",
             ],

@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
@@ -53,7 +54,10 @@ async def _fill(redis: Redis, share: float) -> None:
 
 
 async def test_a_filling_redis_is_warned_of_and_a_full_one_fails_closed(stack, small_redis, log, unique):
-    settings = msgspec.structs.replace(stack, redis_url=small_redis, ready_cache_ms=0, partner=f"mem-{unique}")
+    ops_port = free_port()
+    settings = msgspec.structs.replace(
+        stack, redis_url=small_redis, ready_cache_ms=0, partner=f"mem-{unique}", ops_port=ops_port
+    )
     redis = Redis.from_url(small_redis)
     try:
         async with AsyncTestClient(create_app(settings)) as client:
@@ -64,7 +68,9 @@ async def test_a_filling_redis_is_warned_of_and_a_full_one_fails_closed(stack, s
             ready = await client.get("/ready")
             assert ready.status_code == 200  # still serving: a warning, well before it is full
             assert "Redis memory at 8" in ready.json()["warning"], ready.text
-            gauge = [line for line in (await client.get("/metrics")).text.splitlines() if "redis_memory_used" in line]
+            async with httpx.AsyncClient() as operations:  # the operations listener, not the partners' port
+                exposition = (await operations.get(f"http://127.0.0.1:{ops_port}/metrics")).text
+            gauge = [line for line in exposition.splitlines() if "redis_memory_used" in line]
             assert any(float(line.split()[-1]) >= 0.85 for line in gauge if not line.startswith("#")), gauge
             await _fill(redis, 1.0)
             used = (await redis.info("memory"))["used_memory"]

@@ -37,6 +37,7 @@ def test_probes_document_their_bodies_and_the_503_of_ready():
     assert set(ready) == {"200", "503"}
     assert ready["503"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/NotReady"}
     assert ready["503"]["headers"]["Retry-After"]["required"] is True
+    assert "/metrics" not in paths  # on the operations port only (gateway.api.operations_port)
 
 
 def test_every_response_documents_x_request_id_and_every_error_is_a_problem():

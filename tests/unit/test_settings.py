@@ -1,9 +1,14 @@
 """Settings come from GATEWAY_* variables and a bad one stops start-up with its name."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings
+from tests.certificates import encrypted_copy, self_signed
 
 
 def test_defaults_point_at_the_local_stack():
@@ -50,3 +55,60 @@ def test_the_removed_max_amount_variable_stops_start_up_and_says_where_the_maxim
     with pytest.raises(ConfigurationError, match=r"GATEWAY_MAX_AMOUNT is no longer read: .*max_amount"):
         Settings.from_env({"GATEWAY_MAX_AMOUNT": "1000000"})
     assert not hasattr(Settings.from_env({}), "max_amount")
+
+
+def test_the_operations_listener_is_on_loopback_port_9101_unless_told_and_0_turns_it_off():
+    settings = Settings.from_env({})
+    assert (settings.ops_host, settings.ops_port) == ("127.0.0.1", 9101)
+    assert Settings.from_env({"GATEWAY_OPS_PORT": "0"}).ops_port == 0
+    with pytest.raises(ConfigurationError, match="GATEWAY_OPS_PORT"):
+        Settings.from_env({"GATEWAY_OPS_PORT": "65536"})
+    with pytest.raises(ConfigurationError, match="GATEWAY_OPS_HOST"):
+        Settings.from_env({"GATEWAY_OPS_HOST": ""})
+
+
+def tls(certificate: object = "", key: object = "") -> dict[str, str]:
+    return {"GATEWAY_TLS_CERT_FILE": str(certificate), "GATEWAY_TLS_KEY_FILE": str(key)}
+
+
+def test_tls_takes_a_certificate_and_its_key_both_or_neither(tmp_path):
+    certificate, key = self_signed(tmp_path)
+    settings = Settings.from_env(tls(certificate, key))
+    assert (settings.tls_cert_file, settings.tls_key_file) == (str(certificate), str(key))
+    assert Settings.from_env({}).tls_cert_file == ""
+    with pytest.raises(ConfigurationError, match="GATEWAY_TLS_CERT_FILE is set but GATEWAY_TLS_KEY_FILE is not"):
+        Settings.from_env(tls(certificate))
+    with pytest.raises(ConfigurationError, match="GATEWAY_TLS_KEY_FILE is set but GATEWAY_TLS_CERT_FILE is not"):
+        Settings.from_env(tls(key=key))
+
+
+def test_tls_files_that_are_missing_or_wrong_are_named(tmp_path):
+    certificate, key = self_signed(tmp_path)
+    other, other_key = self_signed(tmp_path, "other")
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (tls(missing, key), f"GATEWAY_TLS_CERT_FILE '{missing}' cannot be read: No such file"),
+        (tls(certificate, missing), f"GATEWAY_TLS_KEY_FILE '{missing}' cannot be read: No such file"),
+        (tls(key, key), "GATEWAY_TLS_CERT_FILE .* holds no PEM certificate"),
+        (tls(certificate, certificate), "GATEWAY_TLS_KEY_FILE .* holds no PEM key"),
+        (tls(certificate, encrypted_copy(key)), "GATEWAY_TLS_KEY_FILE .* is encrypted"),
+        (tls(certificate, other_key), "are not a certificate and its key"),
+    ]
+    for environ, message in cases:
+        with pytest.raises(ConfigurationError, match=message):
+            Settings.from_env(environ)
+    assert Settings.from_env(tls(other, other_key)).tls_key_file == str(other_key)
+
+
+def test_gateway_check_refuses_half_a_tls_configuration(tmp_path):
+    certificate, _ = self_signed(tmp_path)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "check"],
+        env={**environ, "GATEWAY_TLS_CERT_FILE": str(certificate)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 2
+    assert "GATEWAY_TLS_CERT_FILE is set but GATEWAY_TLS_KEY_FILE is not" in check.stderr, check.stderr
