@@ -94,8 +94,14 @@ def test_every_alert_has_a_severity_and_annotations_to_act_on():
         assert len(annotations["description"]) > 100, f"{name}: a description says what to do"
         page, _, anchor = annotations["runbook"].partition("#")
         assert (ROOT / page) == RUNBOOK and anchor in documented, f"{name}: no section {anchor} in {page}"
-        # each alert reads the processor's job: what prometheus.yml scrapes it as
-        assert f'job="{JOB}"' in rule["expr"], name
+
+
+def test_each_group_of_alerts_reads_the_job_it_is_named_after_which_prometheus_scrapes():
+    jobs = {job["job_name"] for job in yaml.safe_load(CONFIG.read_text())["scrape_configs"]}
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        assert group["name"] in jobs, group["name"]
+        for rule in group["rules"]:
+            assert f'job="{group["name"]}"' in rule["expr"], rule.get("alert")
 
 
 def test_the_processor_is_scraped_as_the_job_the_alerts_select():
