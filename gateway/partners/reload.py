@@ -10,9 +10,9 @@ A file written in place (an editor saving over it, `cat > partners.toml`) can be
 The watcher guards against it twice: a changed file is read only once its modification time is
 `settle` old (0.5 s, at most the interval), and its stamp (gateway.partners.registry.FileStamp: inode,
 size, times) is taken again after the read; if it moved, the read is thrown away and the file is read
-again at the next look. A change is served within one interval of the last write (measured in
-tests/integration/test_registry_reload.py), since the settle time is spent only on a file younger
-than it.
+again at the next look. A change is served within one interval of the last write, since the settle
+time is spent only on a file younger than it and a write during that wait restarts the wait, not the
+interval (tests/e2e/test_registry_reload.py holds a revocation to it on the two-worker server).
 
 What a reload removed, partners and keys (by partner and key id, never a digest), is logged as a
 warning and counted in settlement_partner_registry_removed_total before the new registry is served:
