@@ -21,9 +21,17 @@ ENV PYTHONUNBUFFERED=1 \
     GATEWAY_REDIS_URL=redis://redis:6379/0 \
     GATEWAY_HOST=0.0.0.0
 USER gateway
-EXPOSE 8000
+# 8000: the partners' port, HTTPS when GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE name a certificate and
+# its key (mount them read-only). 9101: the operations listener (/metrics, /health), on the container's
+# loopback unless GATEWAY_OPS_HOST says otherwise (docker-compose.yml: 0.0.0.0, for Prometheus on the compose
+# network); /metrics names every partner: publish 9101 on the host's loopback at most, never `-P`.
+EXPOSE 8000 9101
+# on the operations port: plain HTTP whether or not the partners' port is HTTPS
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
-# A worker that dies is replaced at once (the interval only paces graceful respawns; see deploy/run.sh).
-ENTRYPOINT ["granian", "--interface", "asgi", "--factory", "gateway.api.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-ws", "--workers-kill-timeout", "15", "--respawn-failed-workers", "--respawn-interval", "5"]
+  CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GATEWAY_OPS_PORT', '9101'), timeout=2).status != 200)"]
+# `gateway check` first: a bad setting (one TLS file without the other, a key that is not the
+# certificate's) stops the container with its name, before Granian starts workers that would fail one by
+# one. A worker that dies is replaced at once (the interval only paces graceful respawns; see deploy/run.sh).
+# The arguments of CMD (or compose's `command`) follow Granian's own.
+ENTRYPOINT ["sh", "-c", "python -m gateway check && exec granian --interface asgi --factory gateway.api.app:create_app --host 0.0.0.0 --port 8000 --no-ws --workers-kill-timeout 15 --respawn-failed-workers --respawn-interval 5 ${GATEWAY_TLS_CERT_FILE:+--ssl-certificate \"$GATEWAY_TLS_CERT_FILE\" --ssl-keyfile \"$GATEWAY_TLS_KEY_FILE\"} \"$@\"", "granian"]
 CMD ["--workers", "2"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.run import ROOT, Server, granian_command
+from benchmarks.run import OPS_PORT_OFFSET, ROOT, Server, granian_command
 
 PORT = 8391
 
@@ -36,7 +36,8 @@ def stack_env(stack: str) -> dict[str, str]:
 def measure(extra: dict[str, str], requests: int, log_dir: Path) -> tuple[float, dict[str, float]]:
     """Median round trip (ms) and median of each Server-Timing stage (ms) of a gateway with `extra`."""
     command = [*granian_command(1), "--port", str(PORT), "--factory", "gateway.api.app:create_app"]
-    server = Server("gateway-stages", command, PORT, "/ready", {"GATEWAY_ACCESS_LOG": "false", **extra})
+    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_OPS_PORT": str(PORT + OPS_PORT_OFFSET), **extra}
+    server = Server("gateway-stages", command, PORT, "/ready", env)
     server.start(log_dir)
     try:
         totals: list[float] = []

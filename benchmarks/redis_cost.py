@@ -568,6 +568,7 @@ def start_gateway(label: str, checkout: Path, redis_url: str, env: dict[str, str
         "GATEWAY_PARTNERS_FILE": "",  # open mode
         "GATEWAY_ACCESS_LOG": "false",  # the client's side; Redis does the same either way
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "GATEWAY_OPS_PORT": str(free_port()),  # an operations listener of its own, not a running gateway's 9101
     }
     server = Server(label, command, port, "/ready", environment)
     try:

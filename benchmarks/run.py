@@ -169,6 +169,8 @@ class Server:
 
 # the gateway is served as `make run` serves it: a worker that dies is replaced (deploy/run.sh)
 RESPAWN = ["--respawn-failed-workers", "--respawn-interval", "5"]
+# a gateway's operations listener (/metrics) is this far above its port
+OPS_PORT_OFFSET = 100
 
 
 def bench_registry(directory: Path) -> tuple[Path, str]:
@@ -203,7 +205,11 @@ def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
 
     def gateway(name: str, port: int, env: dict[str, str], authorization: str = "") -> Server:
         command = [*granian, "--port", str(port), "--factory", "gateway.api.app:create_app", *RESPAWN]
-        metrics = {"PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}")}
+        # an operations listener of its own, OPS_PORT_OFFSET above its port (several gateways run at once)
+        metrics = {
+            "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
+            "GATEWAY_OPS_PORT": str(port + OPS_PORT_OFFSET),
+        }
         return Server(name, command, port, "/ready", {**ttl, **metrics, **env}, authorization=authorization)
 
     return {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: the local stack (unless configured elsewhere) and the gateway under Granian on :8000.
-# Ctrl-C stops the gateway (which flushes its producer), then whatever this script started.
+# `make run`: the local stack (unless configured elsewhere) and the gateway under Granian on :8000, its
+# operations listener (/metrics, /health) on 127.0.0.1:9101, HTTPS when GATEWAY_TLS_CERT_FILE and
+# GATEWAY_TLS_KEY_FILE are set. Ctrl-C stops the gateway (which flushes its producer), then whatever this
+# script started.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -16,6 +18,13 @@ else
   say "open mode (no GATEWAY_PARTNERS_FILE): listening on loopback only; set GATEWAY_HOST to listen elsewhere"
 fi
 export GATEWAY_HOST=$HOST
+# The operations listener: every worker binds it (SO_REUSEPORT, as Granian binds PORT). It serves /metrics,
+# which names every partner and its volumes: loopback unless the operator says otherwise. 0: none.
+OPS_HOST=${GATEWAY_OPS_HOST:-127.0.0.1}
+OPS_PORT=${GATEWAY_OPS_PORT:-9101}
+if [ "$OPS_PORT" = "$PORT" ]; then
+  die "GATEWAY_OPS_PORT and GATEWAY_PORT are both $PORT: the kernel would hand partners' connections to the operations listener; give it a port of its own (0: none)"
+fi
 
 # listeners HOST PORT: the `ss` lines of the sockets listening on PORT that a server on HOST:PORT
 # would collide with (same address, or either one the wildcard); nothing when ss is missing.
@@ -28,9 +37,10 @@ listeners() {
 }
 
 # Granian binds with SO_REUSEPORT, so a second gateway on a port already served would not fail: the
-# kernel would silently split the partners' connections between the two. Refuse before starting anything.
+# kernel would silently split the partners' connections (or the scrapes) between the two. Refuse before
+# starting anything. refuse_if_served HOST PORT [VARIABLE that sets the port]
 refuse_if_served() {
-  local host=$1 port=$2 probe=$1 found owners
+  local host=$1 port=$2 variable=${3:-GATEWAY_PORT} probe=$1 found owners
   case "$host" in 0.0.0.0 | "") probe=127.0.0.1 ;; :: | "[::]") probe=::1 ;; esac
   found=$(listeners "$host" "$port")
   if [ -z "$found" ] && ! timeout 2 bash -c ": </dev/tcp/$probe/$port" 2>/dev/null; then
@@ -39,7 +49,7 @@ refuse_if_served() {
   # users:(("granian",pid=4242,fd=27)) -> granian (pid 4242)
   owners=$(printf '%s\n' "$found" | grep -o '("[^"]*",pid=[0-9]*' | sed 's/^("\(.*\)",pid=\([0-9]*\)$/\1 (pid \2)/' |
     sort -u | paste -sd, - | sed 's/,/, /g' || true)
-  local advice="stop it or set GATEWAY_PORT to a free port"
+  local advice="stop it or set $variable to a free port"
   if [ -n "$owners" ]; then
     die "$host:$port is already served by $owners; $advice"
   elif [ -n "$found" ]; then
@@ -51,6 +61,7 @@ refuse_if_served() {
 }
 
 refuse_if_served "$HOST" "$PORT"
+[ "$OPS_PORT" = 0 ] || refuse_if_served "$OPS_HOST" "$OPS_PORT" GATEWAY_OPS_PORT
 use_stack
 trap 'exit 130' INT TERM
 # one metrics folder per run: every worker writes there and a scrape sums them
@@ -64,7 +75,19 @@ rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 processor=$!
 trap 'kill -TERM "$processor" 2>/dev/null; wait "$processor" 2>/dev/null; stop_started' EXIT
 say "settlement processor started under supervision (pid $processor; metrics on :${PROCESSOR_METRICS_PORT:-9102})"
-say "gateway on http://$HOST:$PORT (docs at /docs); Ctrl-C stops"
+# HTTPS without a proxy in front: `gateway check` above refused one file without the other, or a bad pair
+tls=()
+scheme=http
+if [ -n "${GATEWAY_TLS_CERT_FILE:-}" ]; then
+  tls=(--ssl-certificate "$GATEWAY_TLS_CERT_FILE" --ssl-keyfile "$GATEWAY_TLS_KEY_FILE")
+  scheme=https
+fi
+say "gateway on $scheme://$HOST:$PORT (docs at /docs); Ctrl-C stops"
+if [ "$OPS_PORT" = 0 ]; then
+  say "no operations listener (GATEWAY_OPS_PORT=0): no /metrics"
+else
+  say "metrics on http://$OPS_HOST:$OPS_PORT/metrics (every worker's; /health there too)"
+fi
 # --respawn-failed-workers: a worker that dies is replaced at once while the others keep serving.
 # --respawn-interval only paces graceful respawns (SIGHUP): a new worker starts that long before its
 # predecessor stops; 5 s covers a worker's start-up (2-6 s on a loaded 2-core machine), 1 s left no
@@ -72,5 +95,5 @@ say "gateway on http://$HOST:$PORT (docs at /docs); Ctrl-C stops"
 "$ROOT/.venv/bin/granian" --interface asgi --factory gateway.api.app:create_app \
   --host "$HOST" --port "$PORT" \
   --workers "${GATEWAY_WORKERS:-$(nproc)}" --workers-kill-timeout "${GATEWAY_SHUTDOWN_GRACE_SECONDS:-15}" \
-  --respawn-failed-workers --respawn-interval 5 \
+  --respawn-failed-workers --respawn-interval 5 ${tls[@]+"${tls[@]}"} \
   --no-ws --log-level warning || true

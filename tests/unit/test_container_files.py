@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -68,8 +69,8 @@ def test_compose_kafka_is_the_official_image_in_kraft_mode():
 def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings():
     gateway = _compose()["services"]["gateway"]
     assert gateway["build"] == "."
-    # open mode by default (no registry): published on the host's loopback only
-    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    # open mode by default (no registry), and the operations port: published on the host's loopback only
+    assert gateway["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:9101:9101"]
     assert "GATEWAY_PARTNERS_FILE" not in gateway["environment"]
     for dependency in ("redis", "kafka", "postgres"):
         assert gateway["depends_on"][dependency]["condition"] == "service_healthy"
@@ -77,6 +78,18 @@ def test_compose_gateway_waits_for_healthy_dependencies_and_reads_real_settings(
     assert not unknown, f"compose sets variables the gateway does not read: {unknown}"
     assert gateway["environment"]["GATEWAY_REDIS_URL"].startswith("redis://redis:")
     Settings.from_env({k: str(v) for k, v in gateway["environment"].items()})  # valid values too
+
+
+def test_compose_gateway_operations_port_is_reachable_by_prometheus_and_published_on_loopback_only():
+    """/metrics names every partner and its volumes: on the compose network (Prometheus scrapes it), on the
+    host's loopback at most, and the health check asks it (plain HTTP, whatever the partners' port is)."""
+    gateway = _compose()["services"]["gateway"]
+    settings = Settings.from_env({k: str(v) for k, v in gateway["environment"].items()})
+    assert settings.ops_host == "0.0.0.0" and settings.ops_port == 9101
+    assert str(settings.ops_port) in gateway["expose"]
+    published = [port for port in gateway["ports"] if port.rsplit(":", 1)[-1] == str(settings.ops_port)]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), published
+    assert f"127.0.0.1:{settings.ops_port}/health" in " ".join(gateway["healthcheck"]["test"])
 
 
 def test_compose_processor_runs_the_same_image_with_its_own_entry_point_and_real_settings():
@@ -140,21 +153,61 @@ def test_dockerfile_is_multi_stage_and_compiles_in_the_build_stage():
     assert not any(op == "RUN" and "gcc" in args for op, args in runtime), "no compiler in the runtime image"
 
 
-def test_dockerfile_runtime_is_non_root_granian_with_healthcheck():
+def _entrypoint_and_command() -> tuple[list[str], list[str]]:
+    runtime = _dockerfile()
+    entrypoint = [args for op, args in runtime if op == "ENTRYPOINT"][-1]
+    command = [args for op, args in runtime if op == "CMD"][-1]
+    return yaml.safe_load(entrypoint), yaml.safe_load(command)
+
+
+def run_entrypoint(tmp_path: Path, env: dict[str, str], check_status: int = 0) -> tuple[int, list[str] | None]:
+    """The image's ENTRYPOINT and CMD, run by this machine's sh with stand-ins for `python` (its `gateway
+    check` exits `check_status`) and `granian` (it writes down its arguments): the exit status, and
+    Granian's arguments or None when it was not started."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    written = tmp_path / "granian-arguments"
+    (stand_ins / "python").write_text(f'#!/bin/sh\n[ "$*" = "-m gateway check" ] || exit 99\nexit {check_status}\n')
+    (stand_ins / "granian").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {written}\n')
+    for stand_in in stand_ins.iterdir():
+        stand_in.chmod(0o755)
+    entrypoint, command = _entrypoint_and_command()
+    run = subprocess.run([*entrypoint, *command], env={"PATH": f"{stand_ins}:/usr/bin:/bin", **env}, timeout=30)
+    return run.returncode, written.read_text().splitlines() if written.exists() else None
+
+
+def test_dockerfile_runtime_is_non_root_granian_with_healthcheck(tmp_path):
     runtime = _dockerfile()
     users = [args for op, args in runtime if op == "USER"]
     assert users and users[-1] not in ("root", "0")
-    entrypoint = [args for op, args in runtime if op == "ENTRYPOINT"][-1]
-    argv = yaml.safe_load(entrypoint)
-    assert argv[0] == "granian" and "asgi" in argv and "gateway.api.app:create_app" in argv and "--factory" in argv
+    status, argv = run_entrypoint(tmp_path, {})
+    assert status == 0 and argv is not None
+    assert "asgi" in argv and "gateway.api.app:create_app" in argv and "--factory" in argv
     assert argv[argv.index("--port") + 1] == "8000"
-    assert any(op == "EXPOSE" and "8000" in args for op, args in runtime)
+    assert argv[-2:] == ["--workers", "2"], "CMD's arguments follow Granian's own"
+    assert not any(arg.startswith("--ssl") for arg in argv)
+    exposed = {port for op, args in runtime if op == "EXPOSE" for port in args.split()}
+    assert exposed == {"8000", str(Settings().ops_port)}
     healthcheck = [args for op, args in runtime if op == "HEALTHCHECK"][-1]
-    assert "/health" in healthcheck
+    assert "/health" in healthcheck and "GATEWAY_OPS_PORT" in healthcheck and str(Settings().ops_port) in healthcheck
     env_names = {token.split("=", 1)[0] for op, args in runtime if op == "ENV" for token in shlex.split(args)}
     assert env_names - {"PYTHONUNBUFFERED", "PROMETHEUS_MULTIPROC_DIR"} <= SETTING_NAMES
     assert "--workers-kill-timeout" in argv, "a bounded graceful shutdown"
     assert "--respawn-failed-workers" in argv, "a worker that dies is replaced"
+
+
+def test_dockerfile_serves_https_when_given_a_certificate_and_its_key(tmp_path):
+    certificate, key = "/run/secrets/gateway certificate.pem", "/run/secrets/gateway.key"
+    status, argv = run_entrypoint(tmp_path, {"GATEWAY_TLS_CERT_FILE": certificate, "GATEWAY_TLS_KEY_FILE": key})
+    assert status == 0 and argv is not None
+    assert argv[argv.index("--ssl-certificate") + 1] == certificate  # one argument, spaces and all
+    assert argv[argv.index("--ssl-keyfile") + 1] == key
+    assert argv[-2:] == ["--workers", "2"]
+
+
+def test_dockerfile_starts_no_granian_when_gateway_check_refuses_the_settings(tmp_path):
+    status, argv = run_entrypoint(tmp_path, {"GATEWAY_TLS_CERT_FILE": "/run/secrets/only-the-certificate.pem"}, 2)
+    assert status == 2 and argv is None
 
 
 def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard():
@@ -164,7 +217,10 @@ def test_observability_profile_scrapes_the_gateway_and_provisions_the_dashboard(
     scrape = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
     gateway = jobs["settlement-gateway"]
-    assert gateway["metrics_path"] == "/metrics" and gateway["static_configs"][0]["targets"] == ["gateway:8000"]
+    # the operations port of the compose file's gateway, never the partners' port
+    environment = {k: str(v) for k, v in services["gateway"]["environment"].items()}
+    ops_port = Settings.from_env(environment).ops_port
+    assert gateway["metrics_path"] == "/metrics" and gateway["static_configs"][0]["targets"] == [f"gateway:{ops_port}"]
     mounted = {volume.split(":")[0] for volume in services["grafana"]["volumes"]}
     assert {"./deploy/observability/grafana/provisioning", "./deploy/observability/grafana/dashboards"} <= mounted
     for volume in services["grafana"]["volumes"] + services["prometheus"]["volumes"]:
