@@ -170,13 +170,20 @@ class Registry:
         now = time.time() if now is None else now
         source = file_stamp(path)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as exc:
             raise ConfigurationError(f"partner registry {path}: {exc.strerror}") from None
+        try:
+            text = data.decode()  # TOML is UTF-8, whatever the locale says
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigurationError(f"partner registry {path}, line {line}: not UTF-8 ({exc.reason})") from None
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"partner registry {path}: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+            raise ConfigurationError(f"partner registry {path}: arrays or inline tables nested too deep") from None
         partners, keys = _Parser(path, text, environ).registry(document)
         locked_out = sorted(set(partners) - {key.partner.id for key in keys.values() if _active(key, now)})
         warnings = tuple(f"partner {p} has no active key: it is locked out" for p in locked_out)

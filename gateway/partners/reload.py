@@ -105,11 +105,13 @@ class RegistryWatcher:
             return False
         try:
             registry = Registry.load(self._path)
-        except ConfigurationError as exc:
+        except Exception as exc:  # whatever it is, the reload failed and an operator must see it
             if file_stamp(self._path) != stamp:
                 return False  # changed while read: read it again at the next look
+            if not isinstance(exc, ConfigurationError):
+                log.exception("partner registry %s: unexpected error while loading", self._path)
             self._seen = stamp
-            self._failed(str(exc))
+            self._failed(str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}")
             return False
         if registry.source != stamp or file_stamp(self._path) != stamp:
             return False  # changed while read: never serve what may be half a file

@@ -83,6 +83,21 @@ def test_a_bad_registry_stops_with_the_line(tmp_path, text, line, says):
     assert "partners.toml" in message
 
 
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'[partners.acme]\nkeys = [{ id = "k\xff1", sha256 = "DIGEST" }]\n', "line 2: not UTF-8"),
+        (b"a = " + b"[" * 600 + b"]" * 600, "nested too deep"),
+        (b"a = " + b"{ b = " * 600 + b"1" + b" }" * 600, "nested too deep"),
+    ],
+)
+def test_a_file_that_is_not_utf8_or_nests_too_deep_is_refused_naming_the_file(tmp_path, data, says):
+    path = tmp_path / "partners.toml"
+    path.write_bytes(data.replace(b"DIGEST", DIGEST.encode()))
+    with pytest.raises(ConfigurationError, match=f"partner registry {path}.*{says}"):
+        Registry.load(path, {})
+
+
 def test_no_partners_at_all_is_refused(tmp_path):
     with pytest.raises(ConfigurationError, match="no partners"):
         _load(tmp_path, "# nothing\n")
