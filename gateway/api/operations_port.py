@@ -87,13 +87,13 @@ class OperationsPort:
                         await writer.drain()
                     return
                 except h11.RemoteProtocolError as exc:
-                    await _send(writer, connection, "GET", exc.error_status_hint, "text/plain", b"bad request\n", True)
+                    await _send(writer, connection, exc.error_status_hint, "text/plain", b"bad request\n", close=True)
                     return
-                if request is None:  # the client closed, or sent nothing in time
+                if request is None:  # the client closed
                     return
-                method, status, content_type, body = self._answer(request)
+                status, content_type, body = self._answer(request)
                 close = connection.their_state is h11.MUST_CLOSE
-                await _send(writer, connection, method, status, content_type, body, close)
+                await _send(writer, connection, status, content_type, body, close, head=request.method == b"HEAD")
                 if close or connection.our_state is h11.MUST_CLOSE:
                     return
                 connection.start_next_cycle()
@@ -105,21 +105,20 @@ class OperationsPort:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _answer(self, request: h11.Request) -> tuple[str, int, str, bytes]:
-        """(method, status, content type, body) of one request."""
-        method = request.method.decode("ascii", "replace")
+    def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one request."""
         path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
         page = self.pages.get(path)
         if page is None:
-            return method, 404, "text/plain", b"not found\n"
-        if method not in ("GET", "HEAD"):
-            return method, 405, "text/plain", b"method not allowed\n"
+            return 404, "text/plain", b"not found\n"
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
         try:
             content_type, body = page()
         except Exception:
             log.exception("operations: %s failed", path)
-            return method, 500, "text/plain", b"internal error\n"
-        return method, 200, content_type, body
+            return 500, "text/plain", b"internal error\n"
+        return 200, content_type, body
 
 
 async def _next_request(reader: asyncio.StreamReader, connection: h11.Connection) -> h11.Request | None:
@@ -146,13 +145,13 @@ async def _next_request(reader: asyncio.StreamReader, connection: h11.Connection
 async def _send(
     writer: asyncio.StreamWriter,
     connection: h11.Connection,
-    method: str,
     status: int,
     content_type: str,
     body: bytes,
     close: bool,
+    head: bool = False,
 ) -> None:
-    """One answer; `close`: say so, and the connection ends after it."""
+    """One answer; `close`: say so, and the connection ends after it; `head`: the headers alone."""
     headers = [("content-type", content_type), ("content-length", str(len(body)))]
     if status == 405:
         headers.append(("allow", "GET, HEAD"))
@@ -160,7 +159,7 @@ async def _send(
         headers.append(("connection", "close"))
     reason = HTTPStatus(status).phrase.encode()
     writer.write(connection.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b"")
-    if method != "HEAD":
+    if not head:
         writer.write(connection.send(h11.Data(data=body)) or b"")
     writer.write(connection.send(h11.EndOfMessage()) or b"")
     async with asyncio.timeout(TIMEOUT):
