@@ -705,6 +705,7 @@ class _Container:
     name_end = cython.declare(cython.Py_ssize_t)
     name_escaped = cython.declare(cython.bint)
     index = cython.declare(cython.Py_ssize_t)  # an array's current element, for paths
+    where = cython.declare(str)  # its own path ("" for the body itself), once asked; None before
 
 
 @cython.cfunc
@@ -718,6 +719,7 @@ def _open(parent, is_object: cython.bint, base: cython.Py_ssize_t) -> _Container
     container.name_end = 0
     container.name_escaped = False
     container.index = 0
+    container.where = None
     return container
 
 
@@ -748,18 +750,30 @@ def _same_bytes(
 
 @cython.cfunc
 def _path(container: _Container, body: bytes) -> str:
-    """Where `container`'s latest member name is: `amount`, `metadata.invoice`, `items[2].id`."""
-    parts: list = []
-    current: _Container = container
-    while current is not None:
-        if current.is_object:
-            name: str = _member_name(body, current.name_start, current.name_end, current.name_escaped)
-            parts.append(name if current.parent is None else "." + name)
-        else:
-            parts.append(f"[{current.index}]")
-        current = current.parent
-    parts.reverse()
-    return "".join(parts)
+    """Where `container`'s latest member is: `amount`, `metadata.invoice`, `items[2].id`.
+
+    Each open container's own path is made once and kept: while it is open, the names and indices of
+    the containers around it still point at it. (Walking the nesting for every repeat cost
+    O(depth x repeats): 40 ms for an 8 KiB body of one name repeated 900 levels down.)"""
+    if container.where is None:
+        unknown: list = []  # the containers without their path, innermost first
+        current: _Container = container
+        while current is not None and current.where is None:
+            unknown.append(current)
+            current = current.parent
+        for k in range(len(unknown) - 1, -1, -1):
+            current = unknown[k]
+            current.where = "" if current.parent is None else _latest(current.parent, body)
+    return _latest(container, body)
+
+
+@cython.cfunc
+def _latest(container: _Container, body: bytes) -> str:
+    """The path of `container`'s latest member, given the container's own."""
+    if container.is_object:
+        name: str = _member_name(body, container.name_start, container.name_end, container.name_escaped)
+        return name if container.parent is None else container.where + "." + name
+    return f"{container.where}[{container.index}]"
 
 
 def duplicate_members(body: bytes) -> tuple:
