@@ -71,7 +71,7 @@ keys = [{{ id = "k1", sha256 = "{DIGEST}" }}, {{ id = "k0", sha256 = "{"0" * 64}
         ),
         ('[partners.acme]\nsigning_secret_env = "NONE"\nkeys = [{ id = "k1", sha256 = "DIGEST" }]\n', 2, "not set"),
         ('[partners.acme]\nsigning_secret = "short"\nkeys = [{ id = "k1", sha256 = "DIGEST" }]\n', 2, "32 bytes"),
-        ("[partners.acme]\nrate = \n", 2, "Invalid value"),  # TOML itself: tomllib names line and column
+        ("[partners.acme]\nrate = \n", 2, "expected"),  # TOML itself: rtoml names line and column
     ],
 )
 def test_a_bad_registry_stops_with_the_line(tmp_path, text, line, says):
@@ -87,8 +87,8 @@ def test_a_bad_registry_stops_with_the_line(tmp_path, text, line, says):
     ("data", "says"),
     [
         (b'[partners.acme]\nkeys = [{ id = "k\xff1", sha256 = "DIGEST" }]\n', "line 2: not UTF-8"),
-        (b"a = " + b"[" * 600 + b"]" * 600, "nested too deep"),
-        (b"a = " + b"{ b = " * 600 + b"1" + b" }" * 600, "nested too deep"),
+        (b"a = " + b"[" * 600 + b"]" * 600, "max recursion depth"),
+        (b"a = " + b"{ b = " * 600 + b"1" + b" }" * 600, "max recursion depth"),
     ],
 )
 def test_a_file_that_is_not_utf8_or_nests_too_deep_is_refused_naming_the_file(tmp_path, data, says):
