@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -25,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """The settings the suite's gateways use: the environment's, with a delivery timeout short enough to test."""
-    return Settings.from_env()
+    """The settings the suite's in-process gateways use: the environment's, without an operations listener
+    (each would bind 127.0.0.1:9101, a developer's own gateway's port; a test that scrapes one names a
+    free port of its own)."""
+    return msgspec.structs.replace(Settings.from_env(), ops_port=0)
 
 
 @pytest.fixture(scope="session")
