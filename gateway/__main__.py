@@ -25,10 +25,12 @@ def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
         build_policy(settings)
-        load_partners(settings)
+        registry = load_partners(settings)
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    for warning in registry.warnings if registry is not None else ():
+        print(f"warning: {warning}", file=sys.stderr)  # a locked-out partner is allowed, not unnoticed
     return 0
 
 

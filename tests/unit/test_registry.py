@@ -342,3 +342,13 @@ async def test_a_file_written_in_place_in_two_steps_is_served_whole_within_the_i
     assert _sample(metrics, "settlement_partner_registry_removed_total", kind="partner") == 0
     assert _sample(metrics, "settlement_partner_registry_reloads_total", outcome="loaded") == 4
     assert max(delays) < interval + 0.2, delays
+
+
+def test_gateway_check_passes_a_locked_out_partner_but_says_so(tmp_path, monkeypatch, capsys):
+    from gateway.__main__ import main
+
+    path = tmp_path / "partners.toml"
+    path.write_text(f'[partners.zeta]\nkeys = [{{ id = "k1", sha256 = "{DIGEST}", revoked = true }}]\n')
+    monkeypatch.setenv("GATEWAY_PARTNERS_FILE", str(path))
+    assert main(["check"]) == 0
+    assert "warning: partner zeta has no active key: it is locked out" in capsys.readouterr().err
