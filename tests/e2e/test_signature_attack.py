@@ -9,8 +9,10 @@ pair of repetitions doubled the time (30 took 0.33 s), so 60 would hold the work
 clients' timeout makes that a prompt failure instead of a hung suite (run against the commit before the
 rewrite, the test fails with httpx.ReadTimeout after 3 s, 8 s in all).
 
-A second crafted request, `re-parsing`, is an attack the hostile-input campaign found in the rewrite
-(tests/unit/test_hostile_input.py): it xfails until mended.
+The hostile-input campaign (tests/unit/test_hostile_input.py) found a second such request in the
+rewrite: 134 components, each a member of one 2 KiB field, parsed that field 134 times, 113 ms of this
+worker per request. Each covered field is now parsed once per signature; the campaign's pathological
+case holds it to 5 ms, so it is not repeated here.
 """
 
 import asyncio
@@ -23,7 +25,7 @@ from time import perf_counter
 import httpx
 import pytest
 
-from gateway.partners.signatures import MAX_SIGNATURE_INPUT, MAX_STRUCTURED_FIELD, sign
+from gateway.partners.signatures import sign
 from tests.conftest import transaction
 from tests.e2e.conftest import Server, server_env
 from tests.partners import SECRET, write_registry
@@ -63,44 +65,12 @@ async def _ordinary(client: httpx.AsyncClient, headers: dict[str, str], unique: 
     return [await _submit(client, headers, unique) for _ in range(ROUNDS)]
 
 
-def _backtracking(registry, body: bytes, created: int, nonce: str) -> dict[str, str]:
-    """The attack on the old regular expression: a well-signed request's Signature-Input replaced."""
-    headers = sign(SECRET.encode(), "POST", URL, body, created, nonce, JSON)
-    return {**registry.bearer("signed"), **headers, "signature-input": BACKTRACKING}
-
-
-def _reparsing(registry, body: bytes, created: int, nonce: str) -> dict[str, str]:
-    """As many components as 2 KiB of Signature-Input holds, each a member of one 2 KiB field `x`:
-    `created` and `nonce` right, so the signature base is built (no secret is needed for that)."""
-    fields = ", ".join(f"m{i}=1" for i in range(400))
-    fields = fields[: fields[:MAX_STRUCTURED_FIELD].rfind(",")]
-    params = f';created={created};nonce="{nonce}";alg="hmac-sha256"'
-    components = '"@method" "@path" "content-type" "content-digest"'
-    for i in range(400):
-        if len(f'sig1=({components} "x";key="m{i}"){params}') > MAX_SIGNATURE_INPUT:
-            break
-        components += f' "x";key="m{i}"'
-    headers = sign(SECRET.encode(), "POST", URL, body, created, nonce, JSON)
-    return {**registry.bearer("signed"), **headers, "signature-input": f"sig1=({components}){params}", "x": fields}
-
-
-ATTACKS = [
-    pytest.param(_backtracking, id="backtracking"),
-    pytest.param(
-        _reparsing,
-        id="re-parsing",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason='known, reported (issue 24): each `"x";key=…` component parses the field again, '
-            "134 of them 113 ms of the worker per request",
-        ),
-    ),
-]
-
-
-def _crafted(registry, attack) -> tuple[bytes, dict[str, str]]:
+def _crafted(registry) -> tuple[bytes, dict[str, str]]:
+    """The attack: a fresh valid body, signed, with the signing partner's bearer key, and its
+    Signature-Input replaced by the crafted one."""
     body = json.dumps(transaction(f"attack-{uuid.uuid4().hex[:8]}")).encode()
-    return body, attack(registry, body, int(time.time()), uuid.uuid4().hex)
+    headers = sign(SECRET.encode(), "POST", URL, body, int(time.time()), uuid.uuid4().hex, JSON)
+    return body, {**registry.bearer("signed"), **headers, "signature-input": BACKTRACKING}
 
 
 def _summary(latencies: list[float]) -> str:
@@ -108,9 +78,9 @@ def _summary(latencies: list[float]) -> str:
     return f"n={len(ms)} p50 {statistics.median(ms):.2f} ms, p90 {ms[int(len(ms) * 0.9)]:.2f} ms, max {ms[-1]:.2f} ms"
 
 
-async def _refuse(attacker: httpx.AsyncClient, registry, attack) -> float:
+async def _refuse(attacker: httpx.AsyncClient, registry) -> float:
     """One crafted request, refused 401 for its signature; its latency in seconds."""
-    body, crafted = _crafted(registry, attack)
+    body, crafted = _crafted(registry)
     started = perf_counter()
     response = await attacker.post(URL, content=body, headers=crafted)
     elapsed = perf_counter() - started
@@ -119,7 +89,7 @@ async def _refuse(attacker: httpx.AsyncClient, registry, attack) -> float:
     return elapsed
 
 
-async def _under_attack(client, attacker, ordinary, registry, attack, unique) -> tuple[list, list, list]:
+async def _under_attack(client, attacker, ordinary, registry, unique) -> tuple[list, list, list]:
     """The other partner's submissions alone, then beside a stream of crafted requests (one in flight
     at a time, back to back, on a connection of its own); and the crafted requests' latencies."""
     quiet = await _ordinary(client, ordinary, unique)
@@ -128,7 +98,7 @@ async def _under_attack(client, attacker, ordinary, registry, attack, unique) ->
 
     async def stream() -> None:
         while not done.is_set():
-            refused.append(await _refuse(attacker, registry, attack))
+            refused.append(await _refuse(attacker, registry))
 
     attacking = asyncio.create_task(stream())
     try:
@@ -140,8 +110,7 @@ async def _under_attack(client, attacker, ordinary, registry, attack, unique) ->
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("attack", ATTACKS)
-async def test_a_crafted_signature_input_is_refused_at_once_and_slows_no_one(gateway, unique, attack):
+async def test_a_crafted_signature_input_is_refused_at_once_and_slows_no_one(gateway, unique):
     server, registry = gateway
     ordinary = {**JSON, **registry.bearer("acme")}
     async with (
@@ -155,7 +124,7 @@ async def test_a_crafted_signature_input_is_refused_at_once_and_slows_no_one(gat
         assert response.status_code == 202, response.text
 
         # the crafted request alone: refused for its signature, in milliseconds
-        alone = [await _refuse(attacker, registry, attack) for _ in range(5)]
+        alone = [await _refuse(attacker, registry) for _ in range(5)]
         print(f"crafted request alone: {_summary(alone)}")
         assert statistics.median(alone) < 0.010, _summary(alone)
 
@@ -168,7 +137,7 @@ async def test_a_crafted_signature_input_is_refused_at_once_and_slows_no_one(gat
         # request, so a run over the bound is measured again, up to ATTEMPTS in all: a parser that
         # holds the worker stays over it, a hiccup does not.
         for attempt in range(1, ATTEMPTS + 1):
-            quiet, attacked, refused = await _under_attack(client, attacker, ordinary, registry, attack, unique)
+            quiet, attacked, refused = await _under_attack(client, attacker, ordinary, registry, unique)
             bound = min(10 * statistics.median(quiet) + 0.005, 0.1)
             print(
                 f"attempt {attempt}: crafted {_summary(refused)}; ordinary quiet {_summary(quiet)}, "
