@@ -142,18 +142,28 @@ def _form_encode(value: str) -> str:
     return "".join(chr(byte) if byte in _UNRESERVED else f"%{byte:02X}" for byte in value.encode())
 
 
-def _query_param(message: Message, name: Any) -> str:
+def _query_params(query: str) -> dict[str, list[str]]:
+    """The query's parameters by encoded name, their values re-encoded (RFC 9421 section 2.2.8)."""
+    params: dict[str, list[str]] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        params.setdefault(_form_encode(key), []).append(_form_encode(value))
+    return params
+
+
+def _query_param(message: Message, name: Any, parsed: dict[str, Any]) -> str:
     """@query-param;name=…: the one parameter of that (encoded) name, its value re-encoded."""
     if type(name) is not str:
         raise SignatureRejected("@query-param needs its name parameter as a string")
-    values = [_form_encode(v) for k, v in parse_qsl(message.query, keep_blank_values=True) if _form_encode(k) == name]
+    if "?" not in parsed:  # the query is parsed once per signature, however many parameters it covers
+        parsed["?"] = _query_params(message.query)
+    values = parsed["?"].get(name, [])
     if len(values) != 1:
         issue = "is not in the query" if not values else "occurs more than once (cover @query instead)"
         raise SignatureRejected(f"the signature covers @query-param {name}, which {issue}")
     return values[0]
 
 
-def _derived(message: Message, name: str, params: Mapping[str, Any]) -> str:
+def _derived(message: Message, name: str, params: Mapping[str, Any], parsed: dict[str, Any]) -> str:
     """The value of a derived component (RFC 9421 section 2.2)."""
     allowed = {"name"} if name == "@query-param" else set()
     if set(params) - allowed:
@@ -173,13 +183,20 @@ def _derived(message: Message, name: str, params: Mapping[str, Any]) -> str:
     if name == "@target-uri":
         return f"{message.scheme.lower()}://{_authority(message)}{message.target}"
     if name == "@query-param":
-        return _query_param(message, params.get("name"))
+        return _query_param(message, params.get("name"), parsed)
     if name == "@status":
         raise SignatureRejected("@status is a response's component, not a request's")
     raise SignatureRejected(f"component {name} is not an RFC 9421 derived component")
 
 
-def _field(fields: Fields, name: str, params: Mapping[str, Any]) -> str:
+def _parsed(fields: Fields, name: str, parsed: dict[str, Any]) -> Dictionary:
+    """Field `name` as a dictionary, parsed once per signature however many components name it."""
+    if name not in parsed:
+        parsed[name] = _dictionary(fields, name, MAX_STRUCTURED_FIELD)
+    return parsed[name]
+
+
+def _field(fields: Fields, name: str, params: Mapping[str, Any], parsed: dict[str, Any]) -> str:
     """The value of a header field component with its parameters (RFC 9421 section 2.1)."""
     if not _FIELD_NAME.fullmatch(name):
         raise SignatureRejected(f"component {name!r} is not a lower-case field name")
@@ -200,14 +217,14 @@ def _field(fields: Fields, name: str, params: Mapping[str, Any]) -> str:
         key = params["key"]
         if type(key) is not str:
             raise SignatureRejected(f"component {name}: key must be a string")
-        member = _dictionary(fields, name, MAX_STRUCTURED_FIELD).get(key)
+        member = _parsed(fields, name, parsed).get(key)
         if member is None:
             raise SignatureRejected(f"the signature covers {name} member {key}, which the request does not carry")
         return str(member)
     if params.get("sf"):
         if name not in _DICTIONARY_FIELDS:
             raise SignatureRejected(f"component {name};sf: the gateway does not know {name}'s structured type")
-        return str(_dictionary(fields, name, MAX_STRUCTURED_FIELD))
+        return str(_parsed(fields, name, parsed))
     return ", ".join(lines)
 
 
@@ -222,14 +239,19 @@ def _identifier(component: Item) -> str:
 
 def signature_base(message: Message, signature_input: SignatureInput) -> bytes:
     """The signature base of RFC 9421 section 2.5: one line per covered component, then @signature-params."""
-    lines, identifiers = [], []
+    lines, identifiers, seen = [], [], set()
+    parsed: dict[str, Any] = {}  # what the components parse (a field as a dictionary, the query), once
     for component in signature_input.components:
         identifier = _identifier(component)
-        if identifier in identifiers:
+        if identifier in seen:
             raise SignatureRejected(f"component {identifier} is covered twice")
+        seen.add(identifier)
         identifiers.append(identifier)
         name, params = cast(str, component.value), component.params
-        value = _derived(message, name, params) if name.startswith("@") else _field(message.fields, name, params)
+        if name.startswith("@"):
+            value = _derived(message, name, params, parsed)
+        else:
+            value = _field(message.fields, name, params, parsed)
         if "\n" in value or "\r" in value:
             raise SignatureRejected(f"component {identifier} holds a line break")
         lines.append(f"{identifier}: {value}")
