@@ -15,13 +15,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
 import fastcore
-from gateway import SERVICE_NAME, __version__
+from gateway import __version__
 from gateway.api.bulk import bulk_submission
 from gateway.api.docs import assets_router, swagger_ui
 from gateway.api.edge import Edge, EdgeRefusal, edge_refusal, partner_of
 from gateway.api.fast_lane import FastLane
 from gateway.api.openapi import SECURITY_SCHEMES
-from gateway.api.operations import Health, Readiness, health, ready
+from gateway.api.operations import HEALTHY, Readiness, health, ready
 from gateway.api.operations_port import OperationsPort
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
@@ -35,7 +35,6 @@ from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
 from gateway.intake.ledger import Ledger
 from gateway.intake.routing import compile_policy, compile_rules, default_rules_path, load_rules_file
-from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
@@ -111,11 +110,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if not settings.ops_port:
             yield
             return
-        healthy = ENCODER.encode(Health("healthy", SERVICE_NAME, __version__))
         port = OperationsPort(
             {
                 "/metrics": lambda: (CONTENT_TYPE, metrics.exposition()),
-                "/health": lambda: ("application/json", healthy),
+                "/health": lambda: ("application/json", HEALTHY),
             },
             settings.ops_host,
             settings.ops_port,

@@ -68,7 +68,7 @@ def not_ready(cause: str, detail: str, checks: Checks | None = None, problems: l
     return NotReady(PROBLEM_BASE + cause, title, status, detail, checks, problems)
 
 
-_HEALTHY = ENCODER.encode(Health("healthy", SERVICE_NAME, __version__))
+HEALTHY = ENCODER.encode(Health("healthy", SERVICE_NAME, __version__))  # also the operations port's
 _SHUTTING_DOWN = ENCODER.encode(not_ready("shutting-down", "the gateway is shutting down"))
 
 
@@ -83,7 +83,7 @@ _SHUTTING_DOWN = ENCODER.encode(not_ready("shutting-down", "the gateway is shutt
 )
 async def health() -> Response[bytes]:
     """Liveness: the process serves HTTP. Never touches Redis or Kafka."""
-    return Response(_HEALTHY, media_type="application/json")
+    return Response(HEALTHY, media_type="application/json")
 
 
 async def _check_redis(request: Request, timeout: float) -> tuple[list[str], str | None]:

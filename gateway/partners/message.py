@@ -10,8 +10,15 @@ credential, a signature and the intake see one value per field whichever way the
   line, as the two ways in used to, let a signature cover one value while the gateway used another.)
 """
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded(name: str) -> bytes:
+    """A field name as ASGI gives it; the edge asks for a handful of names, each encoded once."""
+    return name.encode("latin-1")
 
 
 class Fields:
@@ -19,38 +26,36 @@ class Fields:
 
     __slots__ = ("_combined", "_repeated")
 
-    def __init__(self, lines: Iterable[tuple[bytes, bytes]]) -> None:
-        combined: dict[bytes, bytes] = {}
+    def __init__(self, lines: Sequence[tuple[bytes, bytes]]) -> None:
+        combined = dict(lines)  # each name once: the common case, at C speed
         repeated: dict[bytes, list[bytes]] | None = None
-        for name, value in lines:
-            if name in combined:  # rare: one dict lookup per line otherwise
-                if repeated is None:
-                    repeated = {}
-                if name not in repeated:
-                    repeated[name] = [combined[name].strip(b" \t")]
-                repeated[name].append(value.strip(b" \t"))
-                combined[name] = b", ".join(repeated[name])
-            else:
-                combined[name] = value
+        if len(combined) < len(lines):  # a name on several lines: each line's value, in order
+            repeated = {}
+            for name, value in lines:
+                repeated.setdefault(name, []).append(value.strip(b" \t"))
+            repeated = {name: values for name, values in repeated.items() if len(values) > 1}
+            for name, values in repeated.items():
+                combined[name] = b", ".join(values)
         self._combined = combined
         self._repeated = repeated
 
     def get(self, name: str) -> str | None:
-        """The field's value, its lines combined; None when the request does not carry it."""
-        value = self._combined.get(name.encode("latin-1"))
-        return None if value is None else value.decode("latin-1").strip(" \t")
+        """The field's value, its lines combined; None when the request does not carry it. (An HTTP/1.1
+        parser hands a line's value without its surrounding whitespace; combined lines were stripped.)"""
+        value = self._combined.get(_encoded(name))
+        return None if value is None else value.decode("latin-1")
 
     def lines(self, name: str) -> list[str]:
         """Each line's value of the field, stripped, in order (empty when absent)."""
-        key = name.encode("latin-1")
+        key = _encoded(name)
         if self._repeated is not None and key in self._repeated:
             return [value.decode("latin-1") for value in self._repeated[key]]
         value = self._combined.get(key)
-        return [] if value is None else [value.decode("latin-1").strip(" \t")]
+        return [] if value is None else [value.decode("latin-1")]
 
     def size(self, name: str) -> int:
         """The combined value's length in bytes (0 when absent), to bound it before parsing."""
-        value = self._combined.get(name.encode("latin-1"))
+        value = self._combined.get(_encoded(name))
         return 0 if value is None else len(value)
 
 
@@ -73,7 +78,9 @@ def message_of(scope: Any) -> Message:
     """The Message of an ASGI HTTP scope. Granian gives raw_path without the query, as ASGI says; some
     test transports append it, so anything from a "?" on is cut."""
     raw_path: bytes | None = scope.get("raw_path")
-    path = raw_path.partition(b"?")[0].decode("latin-1") if raw_path else scope["path"]
+    if raw_path and b"?" in raw_path:
+        raw_path = raw_path.partition(b"?")[0]
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
     return Message(
         scope["method"],
         scope.get("scheme", "http"),

@@ -370,7 +370,7 @@ def sign(
     names = ["@method", "@path"] + (["@query"] if query else []) + list(headers)
     components = InnerList([Item(name) for name in names])
     components.params.update(created=created, nonce=nonce, alg=ALGORITHM)
-    message = Message(method, "http", path, query, Fields((k.encode(), v.encode()) for k, v in headers.items()))
+    message = Message(method, "http", path, query, Fields([(k.encode(), v.encode()) for k, v in headers.items()]))
     mac = hmac.new(secret, signature_base(message, SignatureInput("sig1", components, {})), hashlib.sha256).digest()
     headers["signature-input"] = f"sig1={components}"
     headers["signature"] = "sig1=:" + base64.b64encode(mac).decode() + ":"

@@ -29,7 +29,7 @@ JSON = {"content-type": "application/json"}
 
 def message(headers: dict[str, str], method: str = "POST", target: str = URL, scheme: str = "http") -> Message:
     path, _, query = target.partition("?")
-    return Message(method, scheme, path, query, Fields((k.lower().encode(), v.encode()) for k, v in headers.items()))
+    return Message(method, scheme, path, query, Fields([(k.lower().encode(), v.encode()) for k, v in headers.items()]))
 
 
 def _verify(headers: dict[str, str], body: bytes = BODY, method: str = "POST", target: str = URL):
