@@ -87,27 +87,39 @@ def decode(body: bytes, duplicates: tuple | None = None):  # -> TransactionReque
     """Decode the raw body; Refused as malformed JSON (400) or the wrong shape (422), which includes
     a member name given twice in one object: parsers disagree on which value wins (RFC 7493).
     `duplicates`: the body's repeated member names when already known (a bulk request's item)."""
+    decoded = decoded_or_refused(body, duplicates)
+    if type(decoded) is Refused:
+        raise decoded
+    return decoded
+
+
+def decoded_or_refused(body: bytes, duplicates: tuple | None = None):  # -> TransactionRequest | Refused
+    """`decode` without raising: a bulk request's items are decided by the thousand, and a refused one
+    costs its refusal alone (raising and catching it was a third of its 2.7 µs)."""
     try:
         request = REQUEST_DECODER.decode(body)
     except msgspec.ValidationError as exc:
         try:
             document = msgspec.json.decode(body)  # is the JSON itself well formed?
         except msgspec.DecodeError as syntax:
-            raise Refused("malformed-json", f"the body is not valid JSON: {syntax}") from None
+            return Refused("malformed-json", f"the body is not valid JSON: {syntax}")
         except RecursionError:
-            raise _too_deep() from None
+            return _too_deep()
         if duplicates is None:
             duplicates = fastcore.duplicate_members(body)
-        errors = shape_errors(str(exc), document) + _duplicate_errors(duplicates)
-        raise Refused("invalid-shape", str(exc), errors) from None
+        message = str(exc)
+        errors = shape_errors(message, document)
+        if duplicates:
+            errors += _duplicate_errors(duplicates)
+        return Refused("invalid-shape", message, errors)
     except msgspec.DecodeError as exc:
-        raise Refused("malformed-json", f"the body is not valid JSON: {exc}") from None
+        return Refused("malformed-json", f"the body is not valid JSON: {exc}")
     except RecursionError:
-        raise _too_deep() from None
+        return _too_deep()
     if duplicates is None:
         duplicates = fastcore.duplicate_members(body)
     if duplicates:
-        raise Refused("invalid-shape", "a member name appears twice in one object", _duplicate_errors(duplicates))
+        return Refused("invalid-shape", "a member name appears twice in one object", _duplicate_errors(duplicates))
     return request
 
 

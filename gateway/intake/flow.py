@@ -23,7 +23,7 @@ import fastcore
 from gateway import ids
 from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused, Unauthorized
 from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation, unlimited
-from gateway.intake.decoding import decode, decode_items
+from gateway.intake.decoding import decode, decode_items, decoded_or_refused
 from gateway.intake.ledger import Ledger
 from gateway.intake.schemas import (
     ENCODER,
@@ -471,11 +471,18 @@ class Intake:
         raws, duplicates = decode_items(body, max_items)
         items: list[ItemOutcome | None] = [None] * len(raws)
         requests: list[tuple[int, TransactionRequest]] = []
+        refused_as: dict[bytes, Refused] = {}  # an item refused once is refused alike when repeated
         for index, raw in enumerate(raws):
-            try:
-                requests.append((index, decode(raw, duplicates[index])))
-            except Refused as exc:
-                items[index] = exc
+            if refused_as:  # after a first refusal only: an array of valid items pays nothing for it
+                seen = refused_as.get(bytes(raw))  # the same bytes: the same refusal, repeated names and all
+                if seen is not None:
+                    items[index] = seen
+                    continue
+            decoded = decoded_or_refused(raw, duplicates[index])
+            if type(decoded) is Refused:
+                items[index] = refused_as[bytes(raw)] = decoded
+            else:
+                requests.append((index, decoded))
         decoded = perf_counter()
         checked = fastcore.validate_all(self._policy, [validation_fields(request, None) for _, request in requests])
         now = self._clock()
