@@ -33,7 +33,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from http_sfv import Dictionary, InnerList, Item
 from http_sfv.types import Token
@@ -143,24 +143,27 @@ def _form_encode(value: str) -> str:
 
 
 def _query_params(query: str) -> dict[str, list[str]]:
-    """The query's parameters by encoded name, their values re-encoded (RFC 9421 section 2.2.8)."""
+    """The query's parameters by decoded name, their values decoded (application/x-www-form-urlencoded)."""
     params: dict[str, list[str]] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
-        params.setdefault(_form_encode(key), []).append(_form_encode(value))
+        params.setdefault(key, []).append(value)
     return params
 
 
 def _query_param(message: Message, name: Any, parsed: dict[str, Any]) -> str:
-    """@query-param;name=…: the one parameter of that (encoded) name, its value re-encoded."""
+    """@query-param;name=…: the one parameter of that name, its value re-encoded (RFC 9421 section 2.2.8).
+    The name is given encoded; a parameter is its when the parameter's decoded name encodes to it, which
+    is asked once of the name rather than of every parameter of the query."""
     if type(name) is not str:
         raise SignatureRejected("@query-param needs its name parameter as a string")
     if "?" not in parsed:  # the query is parsed once per signature, however many parameters it covers
         parsed["?"] = _query_params(message.query)
-    values = parsed["?"].get(name, [])
+    decoded = unquote(name)
+    values = parsed["?"].get(decoded, []) if _form_encode(decoded) == name else []
     if len(values) != 1:
         issue = "is not in the query" if not values else "occurs more than once (cover @query instead)"
         raise SignatureRejected(f"the signature covers @query-param {name}, which {issue}")
-    return values[0]
+    return _form_encode(values[0])
 
 
 def _derived(message: Message, name: str, params: Mapping[str, Any], parsed: dict[str, Any]) -> str:
