@@ -489,14 +489,18 @@ class Intake:
         prepared: list[tuple[int, Reservation, TransactionAccepted]] = []
         refused: list[tuple[int, TransactionRequest]] = []  # by rules an accepted replay may predate
         for (index, request), result in zip(requests, checked, strict=True):
-            try:
-                if type(result) is list:
-                    raise Refused("validation-failed", INVALID, result)
-                prepared.append((index, *self._routed(partner, request, result, now, admission, forbids)))
-            except (Refused, DependencyUnavailable) as exc:
-                items[index] = exc
-                if changed_rules(exc):
-                    refused.append((index, request))
+            exc: Refused | DependencyUnavailable
+            if type(result) is list:  # made, not raised: a thousand refused items cost their refusals alone
+                exc = Refused("validation-failed", INVALID, result)
+            else:
+                try:
+                    prepared.append((index, *self._routed(partner, request, result, now, admission, forbids)))
+                    continue
+                except (Refused, DependencyUnavailable) as routed:
+                    exc = routed
+            items[index] = exc
+            if changed_rules(exc):
+                refused.append((index, request))
         validated = perf_counter()
         refusal, quota, decisions = await self._store.reserve_all(
             [reservation for _, reservation, _ in prepared], admission or unlimited(partner), len(raws)
