@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -39,8 +40,8 @@ def skewed(stack, tmp_path):
     if shutil.which("faketime") is None:
         pytest.fail("faketime is needed (deploy/test.sh installs it from apt)", pytrace=False)
     partner = f"skew-{uuid.uuid4().hex[:8]}"
-    servers = []
-    for name, prefix in (("slow", ("faketime", "-f", f"-{SKEW_S}s")), ("fast", ())):
+
+    def start(name: str, prefix: tuple[str, ...]) -> Server:
         env = server_env(
             stack,
             tmp_path / name,
@@ -49,8 +50,15 @@ def skewed(stack, tmp_path):
             GATEWAY_IN_DOUBT_MARGIN_MS="1000",
         )
         (tmp_path / name).mkdir()
-        servers.append(Server(env, workers=1, prefix=prefix))
+        return Server(env, workers=1, prefix=prefix)
+
+    # both at once: a gateway under faketime takes several seconds more to start than one without
+    with ThreadPoolExecutor(2) as pool:
+        starting = [pool.submit(start, "slow", ("faketime", "-f", f"-{SKEW_S}s")), pool.submit(start, "fast", ())]
+    servers = [future.result() for future in starting if future.exception() is None]
     try:
+        for future in starting:
+            future.result()  # a server that did not start fails the test, once the other is stopped below
         yield servers
     finally:
         for server in servers:
