@@ -14,6 +14,7 @@ from gateway.api.app import create_app
 from gateway.partners.signatures import sign
 from tests.conftest import transaction
 from tests.integration.test_intake import assert_problem
+from tests.integration.test_partners import assert_unauthorized
 from tests.partners import SECRET, write_registry
 
 URL = "/api/v1/transactions/"
@@ -36,11 +37,6 @@ def signed(method: str, target: str, body: bytes = b"", fields: dict[str, str] |
     return sign(SECRET.encode(), method, target, body, int(time.time()), uuid.uuid4().hex, fields)
 
 
-def refused(response, says: str) -> None:
-    problem = assert_problem(response, 401, "unauthorized")
-    assert says in problem["detail"], problem
-
-
 async def test_the_status_api_query_is_signed(client, registry):
     """`@query` from the raw target: the filters of GET /api/v1/batches are covered, and a signature
     over one filter does not let another through."""
@@ -49,9 +45,9 @@ async def test_the_status_api_query_is_signed(client, registry):
     answer = await client.get(target, headers={**bearer, **signed("GET", target)})
     assert answer.status_code == 200, answer.text
     moved = await client.get("/api/v1/batches?window=t1&limit=5", headers={**bearer, **signed("GET", target)})
-    refused(moved, "does not match")
+    assert_unauthorized(moved, "does not match")
     unsigned_query = await client.get(target, headers={**bearer, **signed("GET", "/api/v1/batches")})
-    refused(unsigned_query, "must cover @query")
+    assert_unauthorized(unsigned_query, "must cover @query")
 
 
 async def test_the_path_is_covered_as_sent_not_decoded(client, registry, unique):
@@ -61,7 +57,7 @@ async def test_the_path_is_covered_as_sent_not_decoded(client, registry, unique)
     as_sent = await client.get(raw, headers={**bearer, **signed("GET", raw)})
     assert_problem(as_sent, 404, "not-found")  # authenticated; the transaction does not exist
     decoded = await client.get(raw, headers={**bearer, **signed("GET", f"/api/v1/transactions/txn_{unique}")})
-    refused(decoded, "does not match")
+    assert_unauthorized(decoded, "does not match")
 
 
 async def test_a_quoted_parameter_is_not_a_component(client, registry, log, unique):
@@ -69,7 +65,9 @@ async def test_a_quoted_parameter_is_not_a_component(client, registry, log, uniq
     body = json.dumps(transaction(unique)).encode()
     headers = {**registry.bearer("signed"), **signed("POST", URL, body, JSON)}
     headers["signature-input"] = headers["signature-input"].replace('"content-digest"', '"content-digest";key="x"')
-    refused(await client.post(URL, content=body, headers=headers), "member x, which the request does not carry")
+    assert_unauthorized(
+        await client.post(URL, content=body, headers=headers), "member x, which the request does not carry"
+    )
     assert log.records(f"txn_{unique}") == []
 
 
@@ -107,11 +105,13 @@ async def test_content_type_and_idempotency_key_must_be_covered(client, registry
     body = json.dumps(transaction(unique, idempotency_key=None)).encode()
     bearer = registry.bearer("signed")
     bare = signed("POST", URL, body, {})  # covers @method, @path and content-digest
-    refused(await client.post(URL, content=body, headers={**bearer, **bare, **JSON}), "must cover content-type")
+    assert_unauthorized(
+        await client.post(URL, content=body, headers={**bearer, **bare, **JSON}), "must cover content-type"
+    )
     key = {"idempotency-key": f"idem_{unique}"}
     without_key = signed("POST", URL, body, JSON)
     answer = await client.post(URL, content=body, headers={**bearer, **without_key, **key})
-    refused(answer, "must cover idempotency-key")
+    assert_unauthorized(answer, "must cover idempotency-key")
     answer = await client.post(URL, content=body, headers={**bearer, **signed("POST", URL, body, {**JSON, **key})})
     assert answer.status_code == 202, answer.text
     assert len(log.records(f"txn_{unique}")) == 1

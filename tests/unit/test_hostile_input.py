@@ -40,6 +40,7 @@ from gateway.api.app import build_policy
 from gateway.errors import ConfigurationError, Refused
 from gateway.idempotency.store import ONE_NODE
 from gateway.intake.flow import Intake
+from gateway.intake.schemas import TransactionRequest
 from gateway.partners.message import Fields, Message
 from gateway.partners.registry import Registry
 from gateway.partners.signatures import SignatureRejected, sign, verify
@@ -244,20 +245,7 @@ OPENERS = [
     (b"[{", b"}]"),
     (b'{"a":[', b"]}"),
 ]
-FIELDS = [
-    "transaction_id",
-    "amount",
-    "source_currency",
-    "destination_currency",
-    "source_account",
-    "destination_account",
-    "counterparty_id",
-    "idempotency_key",
-    "settlement_window",
-    "metadata",
-    "amt",  # not a field
-    "",
-]
+FIELDS = [*TransactionRequest.__struct_fields__, "amt", ""]  # a request's fields, one that is not, none
 
 
 def json_piece(tree: Any, budget: int) -> bytes:
