@@ -327,12 +327,14 @@ def locust(
     return result
 
 
-def wrk(url: str, connections: int, seconds: int, auth: str = "", bulk_items: int = 0) -> dict[str, Any]:
-    """wrk with the new-transaction script (or, with `bulk_items`, bulk requests of that many): throughput
-    and its latency percentiles (ms -> µs)."""
+def wrk(
+    url: str, connections: int, seconds: int, auth: str = "", bulk_items: int = 0, script_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """wrk with the new-transaction script (or, with `bulk_items`, bulk requests of that many; `script_env`,
+    the script's other variables: BENCH_REPLAY): throughput and its latency percentiles (ms -> µs)."""
     command = ["wrk", "-t1" if connections == 1 else "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     command += ["-s", str(HERE / "wrk_new_transactions.lua"), url]
-    env = {**os.environ, "BENCH_AUTHORIZATION": auth, "BENCH_BULK_ITEMS": str(bulk_items)}
+    env = {**os.environ, "BENCH_AUTHORIZATION": auth, "BENCH_BULK_ITEMS": str(bulk_items), **(script_env or {})}
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=env).stdout
     units = {"us": 1, "ms": 1000, "s": 1_000_000}
     latency = {

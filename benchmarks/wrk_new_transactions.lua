@@ -3,9 +3,12 @@
 -- With BENCH_BULK_ITEMS=N (N > 0) every request is a bulk request of N transactions to
 -- /api/v1/transactions/bulk, and any answer but 200 (every transaction accepted) is counted and
 -- printed at the end as "bulk non-200: N" (to wrk a 207 is a 2xx like any other).
--- Ids and idempotency keys are unique per run, thread and transaction. `prefix` is a global so that
--- setup() can give every thread its own through thread:set.
+-- With BENCH_REPLAY=N (N > 0) every thread sends the same N transactions over and over, their ids made
+-- from BENCH_REPLAY_PREFIX: a first run submits them, the runs after it (same prefix) are exact replays.
+-- Otherwise ids and idempotency keys are unique per run, thread and transaction. `prefix` is a global so
+-- that setup() can give every thread its own through thread:set.
 local items = tonumber(os.getenv("BENCH_BULK_ITEMS") or "0")
+local replay = tonumber(os.getenv("BENCH_REPLAY") or "0")
 local counter = 0
 local headers = {["Content-Type"] = "application/json"}
 local authorization = os.getenv("BENCH_AUTHORIZATION")
@@ -17,11 +20,16 @@ local windows = {',"settlement_window":"t1"', ',"settlement_window":"t1"', ',"se
 
 function setup(thread)
   table.insert(threads, thread)
-  thread:set("prefix", tostring(os.time()) .. "-" .. #threads .. "-" .. tostring(math.random(1, 1e9)))
+  if replay > 0 then
+    thread:set("prefix", (os.getenv("BENCH_REPLAY_PREFIX") or "replay") .. "-" .. #threads)
+  else
+    thread:set("prefix", tostring(os.time()) .. "-" .. #threads .. "-" .. tostring(math.random(1, 1e9)))
+  end
 end
 
 local function transaction()
   counter = counter + 1
+  if replay > 0 and counter > replay then counter = 1 end
   local id = prefix .. "-" .. counter
   local source = currencies[counter % #currencies + 1]
   local destination = currencies[(counter * 7) % #currencies + 1]
