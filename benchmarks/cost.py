@@ -36,6 +36,7 @@ from benchmarks.run import Server, servers, wrk
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 
+SERVERS = ("gateway", "gateway-open", "peer", "ceiling")
 PHASES = ("single", "replay", "bulk")
 CONNECTIONS = 64
 BULK_ITEMS = 500
@@ -96,7 +97,8 @@ def table(medians: dict[str, dict[str, Any]]) -> str:
     """The medians as a markdown table: per server and phase, throughput and µs of CPU per transaction."""
     parts = ("server", "redis", "kafka", "load")
     lines = [
-        "| server | phase | tx/s | stack µs/tx | server | Redis | Kafka broker | wrk (apart) | two cores of its own, tx/s |",
+        "| server | phase | tx/s | stack µs/tx | server | Redis | Kafka broker | wrk (apart)"
+        " | two cores of its own, tx/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, phases in medians.items():
@@ -131,6 +133,28 @@ def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def gates(result: dict[str, Any] | None, targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """targets.toml's [cost] against the medians, as benchmarks.run's gates."""
+    found = (result or {}).get("ratios", {})
+    checks = (  # (what, measured, limit, higher is better, unit)
+        ("cost: gateway single, stack CPU / peer's", found.get("cpu_single_over_peer"),
+         targets["max_single_cpu_over_peer"], False, "x"),
+        ("cost: gateway single, throughput / peer's", found.get("throughput_over_peer"),
+         targets["min_single_throughput_over_peer"], True, "x"),
+        ("cost: gateway single, throughput / ceiling's", found.get("throughput_over_ceiling"),
+         targets["min_single_throughput_over_ceiling"], True, "fraction"),
+        ("cost: gateway bulk of 500, stack CPU per transaction", found.get("bulk_stack_cpu_us"),
+         targets["max_bulk_stack_cpu_us"], False, "µs"),
+        ("cost: gateway bulk / single throughput", found.get("bulk_over_single"),
+         targets["min_bulk_over_single"], True, "x"),
+    )  # fmt: skip
+    return [
+        {"target": name, "measured": measured, "limit": limit, "unit": unit,
+         "passed": measured is not None and (measured >= limit if higher else measured <= limit)}
+        for name, measured, limit, higher, unit in checks
+    ]  # fmt: skip
+
+
 def phase(contenders: dict[str, Server], rounds: int, seconds: int, settings: Settings, log: Any) -> dict[str, Any]:
     """benchmarks/run.py's cost phase: start the servers, measure, stop them."""
     meter = StackMeter.of_stack(settings.redis_url, settings.kafka_bootstrap)
@@ -151,7 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--servers", default="gateway,gateway-open,peer,ceiling")
+    parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "8100")))
     parser.add_argument("--json", type=Path, help="write the result here too")
     args = parser.parse_args()

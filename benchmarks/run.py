@@ -102,6 +102,8 @@ class Plan:
     redis_clients_seconds: float = 3.0  # each of the two measurements, per client, topology and round
     redis_cost_rounds: int = 3
     redis_cost_transactions: int = 100_000  # single and bulk, each checkout, each round
+    cost_rounds: int = 3  # the headline (benchmarks/cost.py): interleaved rounds of every server's phases
+    cost_seconds: int = 10
     smoke: bool = False
 
 
@@ -109,7 +111,7 @@ SMOKE = Plan(
     warmup_seconds=1, one_connection_seconds=2, replay_seconds=2, steady_rate=100, steady_users=4,
     steady_seconds=2, steps=(8,), step_seconds=2, wrk_seconds=0, soak_seconds=0, micro_number=2000,
     bulk_sizes=(100,), bulk_seconds=2, bulk_connections=2, redis_clients_rounds=1, redis_clients_seconds=0.3,
-    redis_cost_rounds=0, smoke=True,
+    redis_cost_rounds=0, cost_rounds=1, cost_seconds=2, smoke=True,
 )  # fmt: skip
 
 
@@ -328,7 +330,12 @@ def locust(
 
 
 def wrk(
-    url: str, connections: int, seconds: int, auth: str = "", bulk_items: int = 0, script_env: dict[str, str] | None = None
+    url: str,
+    connections: int,
+    seconds: int,
+    auth: str = "",
+    bulk_items: int = 0,
+    script_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """wrk with the new-transaction script (or, with `bulk_items`, bulk requests of that many; `script_env`,
     the script's other variables: BENCH_REPLAY): throughput and its latency percentiles (ms -> µs)."""
@@ -516,6 +523,8 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     gate(f"steady {t['rate']}/s, p99 added", _ms(added("steady", "new", "p99", "steady")),
          targets["added_latency"]["steady_p99_ms"], False, "ms")  # fmt: skip
     gate(f"steady {t['rate']}/s, errors", steady.get("errors"), t["max_errors"], False, "requests")
+    ratio = _ratio(steady_p999(gateway), steady_p999(ceiling))
+    gate(f"steady {t['rate']}/s, p99.9 / ceiling's", ratio, t["max_p999_over_ceiling"], False, "x")
     achieved = steady.get("rps")
     gate(f"steady {t['rate']}/s, rate held", achieved, t["rate"] * 0.95, True, "requests/s")
     t = targets["micro"]
@@ -539,6 +548,10 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
     growth = report.get("soak", {}).get("growth")
     gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
          "fraction")  # fmt: skip
+    if "cost" in report:
+        from benchmarks.cost import gates as cost_gates
+
+        verdicts += cost_gates(report["cost"], targets["cost"])
     if "redis_cost" in report:
         from benchmarks.redis_cost import gates as redis_cost_gates
 
@@ -620,8 +633,39 @@ def redis_clients_phase(plan: Plan, single: str | None, cluster: str | None, log
         return result
 
 
+def steady_p999(server: dict[str, Any]) -> float | None:
+    return server.get("steady", {}).get("latency_us", {}).get("new", {}).get("p99.9")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
 def _ms(us: float | None) -> float | None:
     return None if us is None else round(us / 1000, 3)
+
+
+def _plot_cost(medians: dict[str, dict[str, Any]], cpu: Any, throughput: Any) -> None:
+    """The headline: whole-stack CPU per transaction by part (stacked), and throughput, per server and phase."""
+    labels = [f"{name}\n{phase}" for name, phases in medians.items() for phase in phases]
+    results = [result for phases in medians.values() for result in phases.values()]
+    bottom = [0.0] * len(results)
+    for part in ("server", "redis", "kafka", "postgres"):
+        heights = [r["cpu_us"].get(part, 0.0) for r in results]
+        if any(heights):
+            cpu.bar(labels, heights, bottom=bottom, label=part)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    cpu.set_ylabel("µs of CPU per accepted transaction")
+    cpu.set_title("Whole stack's CPU per transaction (load generator apart)")
+    throughput.bar(labels, [r["transactions_per_second"] for r in results], color="tab:green")
+    throughput.set_ylabel("transactions/s (wrk)")
+    throughput.set_yscale("log")
+    throughput.set_title("Throughput in the same rounds")
+    for axis in (cpu, throughput):
+        axis.tick_params(axis="x", labelsize=7)
+        axis.grid(True, axis="y", alpha=0.3)
+    if results:
+        cpu.legend()
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -631,7 +675,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(3, 2, figsize=(14, 13))
     colors = {"gateway": "tab:blue", "gateway-open": "tab:cyan", "peer": "tab:red", "ceiling": "tab:gray"}
     for axis, phase, title in (
         (axes[0][0], "one_connection_new", "One connection, new transactions"),
@@ -674,6 +718,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axis.grid(True, alpha=0.3)
     if pids:
         axis.legend()
+    _plot_cost(report.get("cost", {}).get("medians", {}), axes[2][0], axes[2][1])
     fig.suptitle(f"Settlement gateway benchmark, {report['started']}, {report['machine']['cpus']} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -696,6 +741,7 @@ def main() -> int:
     parser.add_argument(
         "--redis-clients-rounds", type=int, default=None, help="rounds of the Redis clients A/B (0 skips it)"
     )
+    parser.add_argument("--cost-rounds", type=int, default=None, help="rounds of the CPU-per-transaction headline")
     parser.add_argument("--redis-cost-rounds", type=int, default=None, help="rounds of issue 23's (0 skips it)")
     parser.add_argument("--redis-cost-transactions", type=int, default=None, help="per mode, checkout and round")
     parser.add_argument(
@@ -709,13 +755,15 @@ def main() -> int:
         plan.soak_seconds = args.soak_seconds
     if args.redis_clients_rounds is not None:
         plan.redis_clients_rounds = args.redis_clients_rounds
+    if args.cost_rounds is not None:
+        plan.cost_rounds = args.cost_rounds
     if args.redis_cost_rounds is not None:
         plan.redis_cost_rounds = args.redis_cost_rounds
     plan.redis_cost_transactions = args.redis_cost_transactions or plan.redis_cost_transactions
     names = ["gateway"] if args.smoke else args.servers.split(",")
     targets = tomllib.loads(args.targets.read_text())
     plan.steady_rate = targets["steady"]["rate"] if not args.smoke else plan.steady_rate
-    if plan.wrk_seconds and shutil.which("wrk") is None:
+    if (plan.wrk_seconds or plan.cost_rounds) and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (deploy/bench.sh installs it from apt)")
 
     def log(message: str) -> None:
@@ -735,6 +783,12 @@ def main() -> int:
     ensure_topics(msgspec.structs.replace(settings, topic_prefix="peer."))  # the peer writes to its own topics
     with tempfile.TemporaryDirectory() as scratch:
         contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch))
+        if plan.cost_rounds and not args.ab_only:
+            from benchmarks import cost
+
+            log(f"cost: CPU per accepted transaction, {plan.cost_rounds} interleaved rounds")
+            headline = {name: contenders[name] for name in names if name in cost.SERVERS}
+            report["cost"] = cost.phase(headline, plan.cost_rounds, plan.cost_seconds, settings, log)
         if args.ab_rounds and not args.smoke and {"gateway", "gateway-open"} <= set(names):
             log(f"partners A/B: authenticated and open gateway, alternating, {args.ab_rounds} rounds")
             report["partners_ab"] = partners_ab(
@@ -798,6 +852,10 @@ def main() -> int:
 
 def print_summary(report: dict[str, Any], path: Path) -> None:
     print(f"\nreport: {path}" + (f" (plot: {path.with_suffix('.png')})" if path.with_suffix(".png").exists() else ""))
+    headline = report.get("cost")
+    if headline:
+        print("CPU per accepted transaction (whole stack, /proc; medians of interleaved rounds):")
+        print(headline["table"])
     print(
         f"{'server':<12} {'max rps':>9} {'1-conn p50/p99 µs':>20} {'steady p50/p99/p99.9 µs':>26} {'wrk max rps':>12}"
     )

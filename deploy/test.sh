@@ -16,6 +16,11 @@ if ! command -v faketime >/dev/null; then
   say "installing faketime (apt) for the clock-skew test"
   apt_install faketime || die "could not install faketime; install it with your package manager"
 fi
+# wrk drives the benchmark harness's smoke, its CPU-per-transaction phase (tests/e2e/test_bench_smoke.py)
+if ! command -v wrk >/dev/null; then
+  say "installing wrk (apt) for the benchmark smoke"
+  apt_install wrk || die "could not install wrk; install it with your package manager"
+fi
 # promtool checks and unit-tests the Prometheus alert rules (tests/unit/test_alert_rules.py)
 install_promtool
 # newman runs the Postman collection against a live gateway (tests/e2e/test_postman.py)

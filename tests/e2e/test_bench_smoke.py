@@ -53,3 +53,14 @@ def test_bench_harness_smoke(stack, tmp_path):
         for name, result in measured.items():
             assert result["calls_per_s"] > 0 and 0 < result["p50_us"] <= result["p99_us"], (name, result)
         assert measured["pipeline"]["throughput_ratio"] == 1.0
+    # issue 25's headline: CPU per accepted transaction of every part of the stack, per phase
+    headline = report["cost"]["medians"]["gateway"]
+    assert set(headline) == {"single", "replay", "bulk"}, headline
+    for phase, result in headline.items():
+        cpu = result["cpu_us"]
+        assert result["transactions_per_second"] > 0 and result["error_rate"] == 0, (phase, result)
+        assert cpu["server"] > 0 and cpu["redis"] > 0 and cpu["load"] > 0, (phase, cpu)
+        assert abs(cpu["stack"] - (cpu["server"] + cpu["redis"] + cpu["kafka"])) < 0.2, (phase, cpu)
+    # a new transaction reaches the broker, an exact replay does not
+    assert headline["single"]["cpu_us"]["kafka"] > 5 * headline["replay"]["cpu_us"]["kafka"], headline
+    assert "| gateway | single |" in report["cost"]["table"]
