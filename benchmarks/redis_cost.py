@@ -73,6 +73,8 @@ from typing import Any
 import msgspec
 import redis
 
+from benchmarks.cpu import process_seconds as cpu_seconds
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_BEFORE = "0304ead"  # issue 23's starting point
@@ -365,12 +367,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (every thread), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def schedstat_seconds(pid: int) -> float:
