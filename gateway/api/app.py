@@ -173,8 +173,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def status_database(app: Litestar) -> AsyncIterator[None]:
-        # connected when first asked: the intake never waits for PostgreSQL
+        # the pool fills in the background: the intake never waits for PostgreSQL
         app.state.ledger = store = Ledger(settings)
+        await store.open()
         try:
             yield
         finally:

@@ -11,7 +11,7 @@ import logging
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.errors import DependencyUnavailable
 from gateway.intake.schemas import compact_answer
@@ -35,36 +35,42 @@ class Known(NamedTuple):
 
 
 class Ledger:
-    """A few PostgreSQL connections per worker for the status queries and the intake's look-ups (a
-    query waits only for a free one), each made when first needed and made again after it broke."""
+    """A maintained pool of PostgreSQL connections per worker (psycopg_pool) for the status queries and
+    the intake's look-ups: filled in the background from start-up, so neither waits for a connection to
+    be made, and a broken one is replaced by the pool. Every statement is prepared on a connection's
+    first use of it (prepare_threshold 0): the status GET is the same query a thousand times a second,
+    parsed and planned once per connection rather than once per request."""
 
     def __init__(self, settings: Settings, connections: int = 4) -> None:
-        self._url = settings.database_url
         self._schema = settings.database_schema
         self._timeout = settings.ready_timeout_ms / 1000
-        self._free: asyncio.Queue[psycopg.AsyncConnection | None] = asyncio.Queue()
-        for _ in range(connections):
-            self._free.put_nowait(None)  # a connection not made yet
-        self._all: set[psycopg.AsyncConnection] = set()
+        self._pool = AsyncConnectionPool(
+            settings.database_url,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": max(int(self._timeout), 1),
+                "application_name": "gateway-ledger",  # its connections, told apart in pg_stat_activity
+                # the schema is a checked lower-case identifier (Settings); set at login, no round trip
+                "options": f"-c search_path={self._schema}",
+            },
+            min_size=connections,
+            max_size=connections,
+            open=False,
+            timeout=self._timeout * 2,
+            name="ledger",
+        )
         self._told_no_schema = False
 
-    async def _connect(self) -> psycopg.AsyncConnection:
-        conn = await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, connect_timeout=max(int(self._timeout), 1)
-        )
-        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-        self._all.add(conn)
-        return conn
+    async def open(self) -> None:
+        """Start filling the pool; returns at once (the intake never waits for PostgreSQL)."""
+        await self._pool.open(wait=False)
 
     async def rows(self, query: str, *args: Any) -> list[tuple]:
-        """Run one query; DependencyUnavailable when PostgreSQL cannot answer."""
-        conn, taken = None, False
+        """Run one query; DependencyUnavailable when PostgreSQL cannot answer (a pool timeout is an
+        OperationalError too)."""
         try:
-            async with asyncio.timeout(self._timeout * 2):
-                conn = await self._free.get()
-                taken = True
-                if conn is None or conn.closed:
-                    conn = await self._connect()
+            async with asyncio.timeout(self._timeout * 2), self._pool.connection() as conn:
                 cursor = await conn.execute(query, args)
                 return await cursor.fetchall()
         except psycopg.errors.UndefinedTable:
@@ -74,18 +80,11 @@ class Ledger:
                 log.warning("the settlement schema %s does not exist yet (is the processor running?)", self._schema)
             return []
         except (psycopg.OperationalError, TimeoutError) as exc:
-            if conn is not None:
-                self._all.discard(conn)
-                await conn.close()
-                conn = None
+            # a broken connection goes back to the pool, which closes it and makes another
             raise DependencyUnavailable("database", str(exc).strip() or type(exc).__name__) from None
-        finally:
-            if taken:  # its slot goes back, with the connection or empty (made again when next needed)
-                self._free.put_nowait(conn)
 
     async def close(self) -> None:
-        for conn in self._all:
-            await conn.close()
+        await self._pool.close()
 
     async def known(self, partner: str, transaction_ids: list[str]) -> dict[str, Known]:
         """The transactions of `partner` among `transaction_ids` the ledger holds, by id."""
