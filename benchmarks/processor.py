@@ -127,6 +127,13 @@ def _cpu(meter: StackMeter) -> Iterator[dict[str, float]]:
     used["load"] = time.process_time() - own
 
 
+def _machine_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait): over a
+    run, beside the parts', it shows what else took the shared cores (a latency percentile feels it)."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def catch_up(env: dict[str, str], events: int) -> dict:
     gateway = Settings.from_env(env)
     ensure_topics(gateway)
@@ -257,19 +264,24 @@ async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
             await one(paths())
         latencies.clear()
         tasks = []
+        busy = _machine_seconds()
         with _cpu(meter) as used:
             start = time.perf_counter()
             for n in range(rate * 10):
                 await asyncio.sleep(max(start + n / rate - time.perf_counter(), 0))
                 tasks.append(asyncio.create_task(one(paths())))
             await asyncio.gather(*tasks)
+        cores_busy = (_machine_seconds() - busy) / (time.perf_counter() - start)
+        others = cores_busy - sum(used.values()) / (time.perf_counter() - start)
         ordered = sorted(latencies)
 
         def pct(q: float) -> float:
             return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000, 3)
 
         return {"requests": len(ordered), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
-                "cpu_us_per_get": per_answer_us(used, len(ordered))}  # fmt: skip
+                "cpu_us_per_get": per_answer_us(used, len(ordered)),
+                # the machine's cores busy on average, and the part of them none of the measured took
+                "cores_busy": round(cores_busy, 2), "cores_busy_others": round(others, 2)}  # fmt: skip
 
     try:
         # the ceiling: the same client and server answering /health (no database) at the same rate
