@@ -38,8 +38,10 @@ class Ledger:
     """A maintained pool of PostgreSQL connections per worker (psycopg_pool) for the status queries and
     the intake's look-ups: filled in the background from start-up, so neither waits for a connection to
     be made, and a broken one is replaced by the pool. Every statement is prepared on a connection's
-    first use of it (prepare_threshold 0): the status GET is the same query a thousand times a second,
-    parsed and planned once per connection rather than once per request."""
+    first use of it (prepare_threshold 0; psycopg's default waits for the fifth): the status GET is the
+    same query a thousand times a second, and unprepared it cost PostgreSQL twice the CPU (120 µs a
+    query against 55, measured one at a time). The pool's own bookkeeping costs some 20 µs of the
+    worker's CPU a query over a bare queue of connections: the price of a maintained one."""
 
     def __init__(self, settings: Settings, connections: int = 4) -> None:
         self._schema = settings.database_schema
