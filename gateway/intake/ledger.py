@@ -27,6 +27,9 @@ _ACCEPTED = (
 )
 
 
+UNREACHABLE_WAIT = 0.1  # seconds a query waits for a connection while the database is known to be down
+
+
 class Known(NamedTuple):
     """A transaction the ledger holds: the fingerprint of its payload and its compact answer."""
 
@@ -63,6 +66,9 @@ class Ledger:
             name="ledger",
         )
         self._told_no_schema = False
+        # after a failure, ask the pool for a connection only briefly until one answers again: a
+        # database known to be down answers 503 at once, not after the full wait each time
+        self._unreachable = False
 
     async def open(self) -> None:
         """Start filling the pool; returns at once (the intake never waits for PostgreSQL)."""
@@ -71,10 +77,11 @@ class Ledger:
     async def rows(self, query: str, *args: Any) -> list[tuple]:
         """Run one query; DependencyUnavailable when PostgreSQL cannot answer (a pool timeout is an
         OperationalError too)."""
+        wait = UNREACHABLE_WAIT if self._unreachable else self._timeout * 2
         try:
-            async with asyncio.timeout(self._timeout * 2), self._pool.connection() as conn:
+            async with asyncio.timeout(self._timeout * 2), self._pool.connection(timeout=wait) as conn:
                 cursor = await conn.execute(query, args)
-                return await cursor.fetchall()
+                rows = await cursor.fetchall()
         except psycopg.errors.UndefinedTable:
             # the processor has not created its schema yet: it knows nothing so far (said once)
             if not self._told_no_schema:
@@ -83,7 +90,10 @@ class Ledger:
             return []
         except (psycopg.OperationalError, TimeoutError) as exc:
             # a broken connection goes back to the pool, which closes it and makes another
+            self._unreachable = True
             raise DependencyUnavailable("database", str(exc).strip() or type(exc).__name__) from None
+        self._unreachable = False
+        return rows
 
     async def close(self) -> None:
         await self._pool.close()
