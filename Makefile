@@ -42,14 +42,19 @@ stack-up: install ## Start the local Redis, Kafka and PostgreSQL and leave them 
 stack-down: ## Stop the local Redis, Kafka and PostgreSQL (STACK=cluster: the clusters)
 	@deploy/stack.sh down
 
-lint: install ## ruff and mypy
+# (mkdocs without --quiet: it would hide the warnings --strict counts)
+lint: install ## ruff, mypy, and the documentation site built with strict warnings (offline)
 	$(BIN)/ruff check gateway processor fastcore tests tools deploy benchmarks
 	$(BIN)/ruff format --check gateway processor fastcore tests tools deploy benchmarks
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $$(mktemp -d)
+
+docs: install ## Build the documentation site (MkDocs with Material, offline) into site/; open site/index.html
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean: ## Stop both local stacks; remove the environment, the stacks' data and build products
 	@STACK=single deploy/stack.sh down
 	@STACK=cluster deploy/stack.sh down
-	rm -rf $(VENV) .stack build fastcore/_core.c fastcore/*.so *.egg-info
+	rm -rf $(VENV) .stack build site fastcore/_core.c fastcore/*.so *.egg-info
 
-.PHONY: help install run test chaos bench stack-up stack-down lint clean
+.PHONY: help install run test chaos bench stack-up stack-down lint docs clean

@@ -86,7 +86,7 @@ QUIET_SECONDS = 0.5  # the gateway's commands have stopped when none came for th
 # the run's own commands, left out of every count
 OWN_COMMANDS = frozenset({"info", "config", "memory", "scan", "flushall", "dbsize", "client", "hello", "select"})
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
-# the README's seed transaction, its ids made unique
+# the seed transaction of the README's quick start, its ids made unique
 SEED = (
     '{{"transaction_id":"txn_{u}","amount":250.00,"source_currency":"USD","destination_currency":"GBP",'
     '"source_account":"acct_usa_{u}","destination_account":"acct_uk_99","counterparty_id":"cparty_london",'

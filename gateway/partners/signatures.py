@@ -365,7 +365,7 @@ def sign(
     """The headers a partner sends to sign a request to `target` (path and query, as sent): covering
     @method, @path, @query when there is one, every field of `fields` (lower-case names, e.g.
     content-type and idempotency-key, returned among the headers too) and content-digest with a body.
-    For the tests, the benchmarks and the README."""
+    For the tests, the benchmarks and the docs (docs/api-and-partners.md)."""
     path, _, query = target.partition("?")
     headers = dict(fields or {})
     if body:

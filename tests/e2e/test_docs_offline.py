@@ -1,7 +1,7 @@
 """/docs works without internet access: headless Chromium, with every host name but localhost made
 unresolvable and every other address sent to a dead proxy, loads Swagger UI from the gateway's own
 assets and lists every operation. `DOCS_SCREENSHOT=docs/swagger-ui.png deploy/test.sh -k docs_offline`
-also keeps its screenshot (the README's)."""
+also keeps its screenshot (docs/swagger-ui.png)."""
 
 import json
 import os

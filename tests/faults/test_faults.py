@@ -1,7 +1,7 @@
 """The short fault suite of `make test`: every fault of tests/faults/chaos.py, held a few seconds each,
 under load from many connections, against the real Redis, Kafka, PostgreSQL and Granian, with the
 settlement processor folding the run beside the gateway; then Kafka is read from the start and the
-processor's state audited. `make chaos` runs the same suite longer and writes the report the README shows."""
+processor's state audited. `make chaos` runs the same suite longer and writes the report docs/reliability.md shows."""
 
 import subprocess
 

@@ -320,7 +320,7 @@ def test_every_parsed_header_has_a_size_bound(field):
 
 
 def test_hmac_of_the_base_is_what_a_partner_computes_by_hand():
-    """The README's recipe: the base as text, then HMAC-SHA256 of it with the secret."""
+    """The recipe of docs/api-and-partners.md: the base as text, then HMAC-SHA256 of it with the secret."""
     headers = signed(fields={})
     base = "\n".join(
         [
