@@ -56,7 +56,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "transaction_id": {**_IDENTIFIER, "description": "the partner's id of the transaction"},
         "amount": {
             "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "number", "minimum": 1e-30, "exclusiveMaximum": 1e31},  # written exponents within ±30
                 {
                     "type": "string",
                     "pattern": r"^([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)([eE][+-]?0*([12]?[0-9]|30))?$",
@@ -74,16 +74,17 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "counterparty_id": _IDENTIFIER,
         "idempotency_key": {
             **IDEMPOTENCY_KEY_SCHEMA,
+            "type": ["string", "null"],
             "description": "1 to 255 printable ASCII characters; may come in the Idempotency-Key header instead "
-            "(required in one; both present must be equal)",
+            "(required in one; both present must be equal); null is absent",
         },
-        "settlement_window": {"enum": ["rtgs", "t0", "t1"], "description": "absent: the router chooses"},
+        "settlement_window": {"enum": ["rtgs", "t0", "t1", None], "description": "absent or null: the router chooses"},
         "metadata": {
-            "type": "object",
+            "type": ["object", "null"],
             "maxProperties": 16,
             "propertyNames": {"minLength": 1, "maxLength": 64},
             "additionalProperties": {"type": "string", "maxLength": 256},
-            "description": "passed through to the Kafka event",
+            "description": "passed through to the Kafka event; null is absent",
         },
     },
 }
