@@ -31,7 +31,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GATEWAY_OPS_PORT', '9101'), timeout=2).status != 200)"]
 # `gateway check` first: a bad setting (one TLS file without the other, a key that is not the
 # certificate's) stops the container with its name, before Granian starts workers that would fail one by
-# one. A worker that dies is replaced at once (the interval only paces graceful respawns; see deploy/run.sh).
-# The arguments of CMD (or compose's `command`) follow Granian's own.
-ENTRYPOINT ["sh", "-c", "python -m gateway check && exec granian --interface asgi --factory gateway.api.app:create_app --host 0.0.0.0 --port 8000 --no-ws --workers-kill-timeout 15 --respawn-failed-workers --respawn-interval 5 ${GATEWAY_TLS_CERT_FILE:+--ssl-certificate \"$GATEWAY_TLS_CERT_FILE\" --ssl-keyfile \"$GATEWAY_TLS_KEY_FILE\"} \"$@\"", "granian"]
+# one. Then the one launcher (`python -m gateway serve`, as make run, the tests and the benchmarks start the
+# gateway): Granian's options, TLS from GATEWAY_TLS_*, a dead worker replaced at once. The arguments of CMD
+# (or compose's `command`) are the launcher's (--workers N) or Granian's own, after its.
+ENTRYPOINT ["sh", "-c", "python -m gateway check && exec python -m gateway serve --host 0.0.0.0 --port 8000 \"$@\"", "gateway"]
 CMD ["--workers", "2"]

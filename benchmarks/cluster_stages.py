@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.run import OPS_PORT_OFFSET, ROOT, Server, granian_command
+from benchmarks.run import LAUNCHER_ENV, OPS_PORT_OFFSET, ROOT, Server, gateway_command
 
 PORT = 8391
 
@@ -35,8 +35,8 @@ def stack_env(stack: str) -> dict[str, str]:
 
 def measure(extra: dict[str, str], requests: int, log_dir: Path) -> tuple[float, dict[str, float]]:
     """Median round trip (ms) and median of each Server-Timing stage (ms) of a gateway with `extra`."""
-    command = [*granian_command(1), "--port", str(PORT), "--factory", "gateway.api.app:create_app"]
-    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_OPS_PORT": str(PORT + OPS_PORT_OFFSET), **extra}
+    command = gateway_command(PORT, 1)
+    env = {**LAUNCHER_ENV, "GATEWAY_ACCESS_LOG": "false", "GATEWAY_OPS_PORT": str(PORT + OPS_PORT_OFFSET), **extra}
     server = Server("gateway-stages", command, PORT, "/ready", env)
     server.start(log_dir)
     try:

@@ -550,11 +550,14 @@ def prepare_fastcore(before: Path, before_info: dict[str, Any]) -> tuple[dict[st
 
 def start_gateway(label: str, checkout: Path, redis_url: str, env: dict[str, str], scratch: Path) -> Any:
     """The gateway of `checkout` (benchmarks.run's Server: Granian, one worker per core, open mode)."""
-    from benchmarks.run import RESPAWN, Server, granian_command
+    from benchmarks.run import BIN, Server
+    from gateway.__main__ import granian_arguments
 
+    # Granian run directly with the launcher's options (gateway/__main__.py): the checkout measured may
+    # predate the launcher
     port = free_port()
-    command = [*granian_command(os.cpu_count() or 1), "--port", str(port), "--working-dir", str(checkout)]
-    command += ["--factory", "gateway.api.app:create_app", *RESPAWN]
+    command = [str(BIN / "granian"), *granian_arguments("127.0.0.1", port, os.cpu_count() or 1, 10)]
+    command += ["--working-dir", str(checkout), "--log-level", "warning"]
     metrics = scratch / f"metrics-{label}"
     metrics.mkdir()
     environment = {

@@ -169,8 +169,8 @@ class Server:
             self.process.wait()
 
 
-# the gateway is served as `make run` serves it: a worker that dies is replaced (deploy/run.sh)
-RESPAWN = ["--respawn-failed-workers", "--respawn-interval", "5"]
+# the launcher finds Granian on PATH: this interpreter's first
+LAUNCHER_ENV = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
 # a gateway's operations listener (/metrics) is this far above its port
 OPS_PORT_OFFSET = 100
 
@@ -192,8 +192,16 @@ def cluster_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in os.environ.get("BENCH_CLUSTER_ENV", "").splitlines() if "=" in line)
 
 
+def gateway_command(port: int, workers: int) -> list[str]:
+    """The gateway as `make run` and the image start it, the launcher (`python -m gateway serve`: a worker
+    that dies is replaced, and the rest of Granian's options), on loopback and quieter."""
+    launcher = [str(BIN / "python"), "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [*launcher, "--workers", str(workers), "--log-level", "warning"]
+
+
 def granian_command(workers: int) -> list[str]:
-    """Granian serving an ASGI app on loopback with `workers` workers (the port and app follow)."""
+    """Granian serving another ASGI app (the ceiling) on loopback with `workers` workers (the port and app
+    follow)."""
     command = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--workers", str(workers)]
     return [*command, "--no-ws", "--log-level", "warning"]
 
@@ -206,9 +214,10 @@ def servers(workers: int, port_base: int, scratch: Path) -> dict[str, Server]:
     registry, authorization = bench_registry(scratch)
 
     def gateway(name: str, port: int, env: dict[str, str], authorization: str = "") -> Server:
-        command = [*granian, "--port", str(port), "--factory", "gateway.api.app:create_app", *RESPAWN]
+        command = gateway_command(port, workers)
         # an operations listener of its own, OPS_PORT_OFFSET above its port (several gateways run at once)
         metrics = {
+            **LAUNCHER_ENV,
             "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
             "GATEWAY_OPS_PORT": str(port + OPS_PORT_OFFSET),
         }

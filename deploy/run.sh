@@ -76,24 +76,15 @@ processor=$!
 trap 'kill -TERM "$processor" 2>/dev/null; wait "$processor" 2>/dev/null; stop_started' EXIT
 say "settlement processor started under supervision (pid $processor; metrics on :${PROCESSOR_METRICS_PORT:-9102})"
 # HTTPS without a proxy in front: `gateway check` above refused one file without the other, or a bad pair
-tls=()
 scheme=http
-if [ -n "${GATEWAY_TLS_CERT_FILE:-}" ]; then
-  tls=(--ssl-certificate "$GATEWAY_TLS_CERT_FILE" --ssl-keyfile "$GATEWAY_TLS_KEY_FILE")
-  scheme=https
-fi
+[ -z "${GATEWAY_TLS_CERT_FILE:-}" ] || scheme=https
 say "gateway on $scheme://$HOST:$PORT (docs at /docs); Ctrl-C stops"
 if [ "$OPS_PORT" = 0 ]; then
   say "no operations listener (GATEWAY_OPS_PORT=0): no /metrics"
 else
   say "metrics on http://$OPS_HOST:$OPS_PORT/metrics (every worker's; /health there too)"
 fi
-# --respawn-failed-workers: a worker that dies is replaced at once while the others keep serving.
-# --respawn-interval only paces graceful respawns (SIGHUP): a new worker starts that long before its
-# predecessor stops; 5 s covers a worker's start-up (2-6 s on a loaded 2-core machine), 1 s left no
-# worker listening for 1-3 s of a reload there. It does not delay the replacement of a dead worker.
-"$ROOT/.venv/bin/granian" --interface asgi --factory gateway.api.app:create_app \
-  --host "$HOST" --port "$PORT" \
-  --workers "${GATEWAY_WORKERS:-$(nproc)}" --workers-kill-timeout "${GATEWAY_SHUTDOWN_GRACE_SECONDS:-15}" \
-  --respawn-failed-workers --respawn-interval 5 ${tls[@]+"${tls[@]}"} \
-  --no-ws --log-level warning || true
+# the one launcher (gateway/__main__.py: Granian's options, workers from GATEWAY_WORKERS, the grace from
+# GATEWAY_SHUTDOWN_GRACE_SECONDS, TLS from GATEWAY_TLS_*); it becomes Granian, found on PATH
+PATH="$ROOT/.venv/bin:$PATH" "$ROOT/.venv/bin/python" -m gateway serve --host "$HOST" --port "$PORT" \
+  --log-level warning || true

@@ -19,9 +19,10 @@ from prometheus_client.mmap_dict import MmapedDict
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# A worker that dies is replaced at once, as `make run` and the image do; the interval only paces a
-# graceful respawn (SIGHUP): how long a new worker starts before its predecessor is stopped.
-RESPAWN = ("--respawn-failed-workers", "--respawn-interval", "5")
+# `python -m gateway serve`, as `make run` and the image start the gateway; it becomes Granian, which it
+# finds on PATH (this interpreter's, first)
+LAUNCHER = (sys.executable, "-m", "gateway", "serve")
+BIN = str(Path(sys.executable).parent)
 
 
 def free_port() -> int:
@@ -53,7 +54,7 @@ class Server:
         env = {**env, "GATEWAY_OPS_PORT": str(self.ops_port)}
         self.ops_url = f"http://127.0.0.1:{self.ops_port}"
         certificate, key = env.get("GATEWAY_TLS_CERT_FILE"), env.get("GATEWAY_TLS_KEY_FILE")
-        tls = ("--ssl-certificate", certificate, "--ssl-keyfile", key) if certificate and key else ()
+        tls = bool(certificate and key)  # the launcher serves HTTPS then
         self.context = ssl.create_default_context(cafile=certificate) if tls else None
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.partner = env["GATEWAY_PARTNER"]
@@ -61,12 +62,10 @@ class Server:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
-                *prefix, str(Path(sys.executable).with_name("granian")),
-                "--interface", "asgi", "--factory", "gateway.api.app:create_app",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-ws",
-                "--workers-kill-timeout", str(kill_timeout), *RESPAWN, *tls,
+                *prefix, *LAUNCHER, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
+                "--kill-timeout", str(kill_timeout),
             ],
-            env=env,
+            env={**env, "PATH": f"{BIN}:{env.get('PATH', os.environ.get('PATH', ''))}"},
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -162,12 +163,14 @@ def _entrypoint_and_command() -> tuple[list[str], list[str]]:
 
 def run_entrypoint(tmp_path: Path, env: dict[str, str], check_status: int = 0) -> tuple[int, list[str] | None]:
     """The image's ENTRYPOINT and CMD, run by this machine's sh with stand-ins for `python` (its `gateway
-    check` exits `check_status`) and `granian` (it writes down its arguments): the exit status, and
-    Granian's arguments or None when it was not started."""
+    check` exits `check_status`; `gateway serve` is the real launcher) and `granian` (it writes down its
+    arguments): the exit status, and Granian's arguments or None when it was not started."""
     stand_ins = tmp_path / "bin"
     stand_ins.mkdir()
     written = tmp_path / "granian-arguments"
-    (stand_ins / "python").write_text(f'#!/bin/sh\n[ "$*" = "-m gateway check" ] || exit 99\nexit {check_status}\n')
+    # `python -m gateway check` is a stand-in; `python -m gateway serve` is this interpreter's launcher
+    python = f'[ "$*" = "-m gateway check" ] && exit {check_status}\n[ "$1 $2 $3" = "-m gateway serve" ] || exit 99\n'
+    (stand_ins / "python").write_text(f'#!/bin/sh\n{python}exec {sys.executable} "$@"\n')
     (stand_ins / "granian").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {written}\n')
     for stand_in in stand_ins.iterdir():
         stand_in.chmod(0o755)
@@ -184,7 +187,8 @@ def test_dockerfile_runtime_is_non_root_granian_with_healthcheck(tmp_path):
     assert status == 0 and argv is not None
     assert "asgi" in argv and "gateway.api.app:create_app" in argv and "--factory" in argv
     assert argv[argv.index("--port") + 1] == "8000"
-    assert argv[-2:] == ["--workers", "2"], "CMD's arguments follow Granian's own"
+    assert argv[argv.index("--workers") + 1] == "2", "CMD's --workers"
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
     assert not any(arg.startswith("--ssl") for arg in argv)
     exposed = {port for op, args in runtime if op == "EXPOSE" for port in args.split()}
     assert exposed == {"8000", str(Settings().ops_port)}
@@ -202,7 +206,7 @@ def test_dockerfile_serves_https_when_given_a_certificate_and_its_key(tmp_path):
     assert status == 0 and argv is not None
     assert argv[argv.index("--ssl-certificate") + 1] == certificate  # one argument, spaces and all
     assert argv[argv.index("--ssl-keyfile") + 1] == key
-    assert argv[-2:] == ["--workers", "2"]
+    assert argv[argv.index("--workers") + 1] == "2"
 
 
 def test_dockerfile_starts_no_granian_when_gateway_check_refuses_the_settings(tmp_path):
