@@ -18,6 +18,7 @@ import fastcore
 from gateway.intake.flow import validation_fields
 from gateway.intake.routing import load_policy
 from gateway.intake.schemas import REQUEST_SCHEMA, TransactionRequest
+from tests.conftest import transaction
 
 POLICY = load_policy(None)
 PROPERTIES = REQUEST_SCHEMA["properties"]
@@ -88,17 +89,7 @@ def test_the_schema_and_fastcore_agree_on_every_field(fields):
 
 
 def _valid() -> dict:
-    return {
-        "transaction_id": "txn_001",
-        "amount": "250.00",
-        "source_currency": "USD",
-        "destination_currency": "GBP",
-        "source_account": "acct_usa_88",
-        "destination_account": "acct_uk_99",
-        "counterparty_id": "cparty_london",
-        "idempotency_key": "idemp_key_101",
-        "settlement_window": "t1",
-    }
+    return transaction("001")  # the seed's transaction
 
 
 def _refused_fields(body: dict) -> dict[str, set[str]]:
