@@ -33,7 +33,8 @@ def granian_arguments(
 def serve(argv: list[str]) -> NoReturn:
     """Replace this process with Granian serving the gateway (so signals reach Granian itself); options
     this does not know go to Granian as given, after its own. `granian` is looked up on PATH."""
-    parser = argparse.ArgumentParser(prog="python -m gateway serve", description=serve.__doc__)
+    # no abbreviations: an option that does not name one of these exactly goes to Granian as given
+    parser = argparse.ArgumentParser(prog="python -m gateway serve", description=serve.__doc__, allow_abbrev=False)
     environ = os.environ.get
     parser.add_argument("--host", default=environ("GATEWAY_HOST") or "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(environ("GATEWAY_PORT") or 8000))
