@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.cpu import StackMeter, per_answer_us
-from benchmarks.run import Server, servers, wrk
+from benchmarks.run import Server, servers, verdict, wrk
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 
@@ -148,11 +148,7 @@ def gates(result: dict[str, Any] | None, targets: dict[str, Any]) -> list[dict[s
         ("cost: gateway bulk / single throughput", found.get("bulk_over_single"),
          targets["min_bulk_over_single"], True, "x"),
     )  # fmt: skip
-    return [
-        {"target": name, "measured": measured, "limit": limit, "unit": unit,
-         "passed": measured is not None and (measured >= limit if higher else measured <= limit)}
-        for name, measured, limit, higher, unit in checks
-    ]  # fmt: skip
+    return [verdict(*check) for check in checks]
 
 
 def phase(contenders: dict[str, Server], rounds: int, seconds: int, settings: Settings, log: Any) -> dict[str, Any]:

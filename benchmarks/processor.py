@@ -42,6 +42,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.cpu import StackMeter, per_answer_us
+from benchmarks.run import verdict
 from gateway import ids
 from gateway.kafka.events import (
     EVENT_ENCODER,
@@ -302,9 +303,8 @@ def gates(result: dict, targets: dict) -> list[dict]:
     verdicts: list[dict] = []
 
     def gate(name: str, measured: float | None, limit: float, higher_is_better: bool, unit: str, **more: str) -> bool:
-        passed = measured is not None and (measured >= limit if higher_is_better else measured <= limit)
-        verdicts.append({"target": name, "measured": measured, "limit": limit, "unit": unit, "passed": passed, **more})
-        return passed
+        verdicts.append({**verdict(name, measured, limit, higher_is_better, unit), **more})
+        return verdicts[-1]["passed"]
 
     caught_up = result.get("catch_up", {})
     rate, limit_rate = caught_up.get("events_per_second"), t["min_catch_up_events_per_second"]

@@ -501,14 +501,20 @@ def _installed(name: str) -> bool:
     return True
 
 
+def verdict(name: str, measured: Any, limit: float, higher_is_better: bool, unit: str) -> dict[str, Any]:
+    """One gate of the report: a target, what was measured against its limit, and whether it passed
+    (nothing measured is a miss)."""
+    passed = measured is not None and (measured >= limit if higher_is_better else measured <= limit)
+    return {"target": name, "measured": measured, "limit": limit, "unit": unit, "passed": passed}
+
+
 def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target of targets.toml against what was measured."""
     found = report["servers"]
     verdicts: list[dict[str, Any]] = []
 
     def gate(name: str, measured: float | None, target: float, higher_is_better: bool, unit: str) -> None:
-        passed = measured is not None and (measured >= target if higher_is_better else measured <= target)
-        verdicts.append({"target": name, "measured": measured, "limit": target, "unit": unit, "passed": passed})
+        verdicts.append(verdict(name, measured, target, higher_is_better, unit))
 
     gateway = found.get("gateway", {})
     ratios = report.get("ratios", {})
