@@ -7,7 +7,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY fastcore ./fastcore
+COPY settlement ./settlement
 COPY gateway ./gateway
+COPY processor ./processor
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # Runtime stage: slim, no compiler, a non-root user, Granian as the entrypoint.

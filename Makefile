@@ -44,8 +44,8 @@ stack-down: ## Stop the local Redis, Kafka and PostgreSQL (STACK=cluster: the cl
 
 # (mkdocs without --quiet: it would hide the warnings --strict counts)
 lint: install ## ruff, mypy, and the documentation site built with strict warnings (offline)
-	$(BIN)/ruff check gateway processor fastcore tests tools deploy benchmarks
-	$(BIN)/ruff format --check gateway processor fastcore tests tools deploy benchmarks
+	$(BIN)/ruff check settlement gateway processor fastcore tests tools deploy benchmarks
+	$(BIN)/ruff format --check settlement gateway processor fastcore tests tools deploy benchmarks
 	$(BIN)/mypy
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $$(mktemp -d)
 

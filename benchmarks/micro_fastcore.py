@@ -25,8 +25,8 @@ import fastcore
 from benchmarks.peers.pydantic_model import TransactionModel
 from gateway.api.transactions import SEED_EXAMPLE
 from gateway.intake.flow import validation_fields
-from gateway.intake.routing import load_policy, load_rules
 from gateway.intake.schemas import REQUEST_DECODER
+from settlement.rules import load_policy, load_rules
 
 VALID = {**SEED_EXAMPLE, "amount": "250.00"}  # the seed's transaction, amount as a decimal string
 INVALID = {

@@ -43,8 +43,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.cpu import StackMeter, per_answer_us
 from benchmarks.run import verdict
-from gateway import ids
-from gateway.kafka.events import (
+from gateway.kafka.producer import ensure_topics
+from gateway.settings import Settings
+from processor.calendar import SettlementCalendar
+from processor.service import Processor, ProcessorMetrics
+from processor.settings import ProcessorSettings
+from processor.store import SettlementStore
+from settlement import ids
+from settlement.events import (
     EVENT_ENCODER,
     Routing,
     Transaction,
@@ -53,12 +59,6 @@ from gateway.kafka.events import (
     event_time_ms,
     fingerprint,
 )
-from gateway.kafka.producer import ensure_topics
-from gateway.settings import Settings
-from processor.calendar import SettlementCalendar
-from processor.service import Processor, ProcessorMetrics
-from processor.settings import ProcessorSettings
-from processor.store import SettlementStore
 from tests.e2e.conftest import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def catch_up(env: dict[str, str], events: int) -> dict:
     _produce_backlog(gateway, events)
     produced = time.monotonic() - started
     settings = ProcessorSettings.from_env(env)
-    store = SettlementStore(settings.database_url, settings.schema, SettlementCalendar.from_settings(settings))
+    store = SettlementStore(settings.database_url, settings.database_schema, SettlementCalendar.from_settings(settings))
     store.migrate()
     processor = Processor(settings, store, ProcessorMetrics(), time.time)
     meter = _stack(gateway, ("postgres", "kafka"), processor=os.getpid())
@@ -152,8 +152,8 @@ def catch_up(env: dict[str, str], events: int) -> dict:
         with psycopg.connect(settings.database_url, autocommit=True) as progress, meter.measure() as used:
             processor.subscribe()
             first, read = _first_batch(processor)
-            folded_before = _folded_on(progress, settings.schema)
-            _fold_rest(processor, lambda: _folded_on(progress, settings.schema), events, read)
+            folded_before = _folded_on(progress, settings.database_schema)
+            _fold_rest(processor, lambda: _folded_on(progress, settings.database_schema), events, read)
             seconds = time.monotonic() - first
     finally:
         processor.close()
@@ -204,7 +204,7 @@ async def lag_under_intake(env: dict[str, str], seconds: float, tmp: Path) -> di
         while time.monotonic() < deadline:
             await asyncio.sleep(0.25)
             ends = await asyncio.to_thread(_ends, settings.kafka_bootstrap, settings.topics)
-            samples.append(ends - await asyncio.to_thread(_folded, settings.database_url, settings.schema))
+            samples.append(ends - await asyncio.to_thread(_folded, settings.database_url, settings.database_schema))
         report = (await load.communicate())[0].decode()
     finally:
         server.stop()
@@ -212,7 +212,7 @@ async def lag_under_intake(env: dict[str, str], seconds: float, tmp: Path) -> di
     # after intake stops, how long until the processor has folded everything
     drained_at = time.monotonic()
     final = await asyncio.to_thread(_ends, settings.kafka_bootstrap, settings.topics)
-    while await asyncio.to_thread(_folded, settings.database_url, settings.schema) < final:
+    while await asyncio.to_thread(_folded, settings.database_url, settings.database_schema) < final:
         await asyncio.sleep(0.05)
     drain = time.monotonic() - drained_at
     processor.terminate()
@@ -231,7 +231,9 @@ async def lag_under_intake(env: dict[str, str], seconds: float, tmp: Path) -> di
 async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
     settings = ProcessorSettings.from_env(env)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        query = f"SELECT transaction_id FROM {settings.schema}.transactions WHERE partner = 'bench' LIMIT 20000"
+        query = (
+            f"SELECT transaction_id FROM {settings.database_schema}.transactions WHERE partner = 'bench' LIMIT 20000"
+        )
         ids_known = [row[0] for row in conn.execute(query)]  # type: ignore[call-overload]
     status_env = {"GATEWAY_PARTNER": "bench", "E2E_LOG": str(tmp / "gateway-status.log"), "GATEWAY_ACCESS_LOG": "false"}
     server = Server({**env, **status_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics-status")})

@@ -61,7 +61,7 @@ from urllib.parse import unquote
 from gateway.idempotency.redis_cluster import RedisCluster
 from gateway.idempotency.redis_pipeline import RedisPipeline
 from gateway.idempotency.store import RESERVE, Reservation, nonce_key, rate_key
-from gateway.ids import uuid7
+from settlement.ids import uuid7
 
 CLIENTS = ("pipeline", "redis-py", "coredis", "valkey-glide")
 TOPOLOGIES = ("single", "cluster")

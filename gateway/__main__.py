@@ -9,7 +9,7 @@ import os
 import sys
 from typing import NoReturn
 
-from gateway.errors import ConfigurationError
+from settlement.errors import ConfigurationError
 
 APP = "gateway.api.app:create_app"
 

@@ -1,21 +1,7 @@
-"""The gateway's errors: one root, no HTTP status codes (those appear only in `gateway.api.problems`)."""
+"""The gateway's own errors on the settlement core's root (`settlement.errors`); no HTTP status codes
+(those appear only in `gateway.api.problems`)."""
 
-
-class GatewayError(Exception):
-    """Root of every error the gateway raises on purpose."""
-
-
-class ConfigurationError(GatewayError):
-    """A setting is missing or invalid; start-up stops with this message."""
-
-
-class DependencyUnavailable(GatewayError):
-    """Redis or Kafka cannot take the request now; the partner should retry later."""
-
-    def __init__(self, dependency: str, detail: str) -> None:
-        super().__init__(f"{dependency} unavailable: {detail}")
-        self.dependency = dependency
-        self.detail = detail
+from settlement.errors import DependencyUnavailable, SettlementError
 
 
 class DeliveryInDoubt(DependencyUnavailable):
@@ -23,7 +9,7 @@ class DeliveryInDoubt(DependencyUnavailable):
     lost connection, no report in time). Its reservation stays locked until the log says which."""
 
 
-class Refused(GatewayError):
+class Refused(SettlementError):
     """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields;
     `quota` is what the partner's admission found when Redis was asked before the refusal
     (gateway.idempotency.store.Quota: remaining, reset µs, retry-after µs).

@@ -2,15 +2,11 @@
 
 import os
 import ssl
-import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
-import msgspec
-
-from gateway.errors import ConfigurationError
+from settlement.errors import ConfigurationError
+from settlement.settings import SharedSettings, read_environment
 
 PREFIX = "GATEWAY_"
 # Variables no longer read, and where their job went: start-up refuses them rather than ignore a limit.
@@ -24,17 +20,12 @@ REMOVED = {
 REPORT_GRACE_MS = 500
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Every setting of the gateway; each field is the environment variable GATEWAY_<FIELD>."""
+class Settings(SharedSettings, frozen=True, kw_only=True):
+    """Every setting of the gateway (the shared ones from SharedSettings); each field is the environment
+    variable GATEWAY_<FIELD>."""
 
-    kafka_bootstrap: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
-    # the settlement processor's PostgreSQL, read by the status API (the local stack's adds its password)
-    database_url: str = "postgresql://settlement@127.0.0.1:15432/settlement"
-    database_schema: str = "settlement"
-    topic_prefix: str = "settlement."
     topic_partitions: int = 3
-    topic_replication: int = 1
     delivery_timeout_ms: int = 5000
     linger_ms: float = 0.0
     queue_max_messages: int = 100_000
@@ -65,17 +56,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bulk_max_items: int = 1000  # transactions in one bulk request
     bulk_max_body_bytes: int = 2_097_152  # the body of a bulk request
     blocked_pairs: str = ""
-    rules_path: str = ""
     ready_timeout_ms: int = 1000
     ready_cache_ms: int = 1000
-    log_level: str = "INFO"
     access_log: bool = True
-    fixed_time: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         positive = (
             "topic_partitions",
-            "topic_replication",
             "delivery_timeout_ms",
             "queue_max_messages",
             "redis_timeout_ms",
@@ -103,8 +91,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"{PREFIX}MAX_CLOCK_SKEW_MS must not be negative")
         if self.ready_cache_ms < 0:
             raise ConfigurationError(f"{PREFIX}READY_CACHE_MS must not be negative")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigurationError(f"{PREFIX}LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.linger_ms < 0:
             raise ConfigurationError(f"{PREFIX}LINGER_MS must not be negative")
         # A reservation must outlive the moment its record's fate can be read from the log, or a
@@ -116,13 +102,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
             raise ConfigurationError(f"{PREFIX}COMPRESSION must be one of none, gzip, snappy, lz4, zstd")
-        self.fixed_epoch()  # validates GATEWAY_FIXED_TIME
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        if not self.database_url.startswith(("postgresql://", "postgres://")):
-            raise ConfigurationError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
-        if not self.database_schema.isidentifier() or self.database_schema.lower() != self.database_schema:
-            raise ConfigurationError(f"{PREFIX}DATABASE_SCHEMA must be a lower-case SQL identifier")
         if not 0 <= self.ops_port <= 65535:
             raise ConfigurationError(f"{PREFIX}OPS_PORT must be a port number (0: no operations listener)")
         if not self.ops_host:
@@ -145,31 +126,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigurationError(f"{PREFIX}BLOCKED_PAIRS entry {item!r} is not SOURCE:DESTINATION")
             pairs.append((source, destination))
         return pairs
-
-    def fixed_epoch(self) -> float | None:
-        """GATEWAY_FIXED_TIME (an ISO-8601 instant with its offset) as Unix seconds; None when unset."""
-        if not self.fixed_time:
-            return None
-        try:
-            instant = datetime.fromisoformat(self.fixed_time)
-        except ValueError:
-            raise ConfigurationError(f"{PREFIX}FIXED_TIME {self.fixed_time!r} is not an ISO-8601 instant") from None
-        if instant.tzinfo is None:
-            raise ConfigurationError(f"{PREFIX}FIXED_TIME must carry its UTC offset (e.g. 2026-06-19T15:00:00Z)")
-        return instant.timestamp()
-
-    def clock(self) -> Callable[[], float]:
-        """The clock routing uses: pinned to GATEWAY_FIXED_TIME when set, else the real one."""
-        fixed = self.fixed_epoch()
-        return time.time if fixed is None else (lambda: fixed)
-
-    def rules_file(self) -> Path | None:
-        """GATEWAY_RULES_PATH, or None for the shipped default rules."""
-        return Path(self.rules_path) if self.rules_path else None
-
-    def topic(self, window: str) -> str:
-        """The Kafka topic of a settlement window."""
-        return f"{self.topic_prefix}{window}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -214,20 +170,3 @@ def check_tls(cert_file: str, key_file: str) -> None:
             f"{names['cert']} {cert_file!r} and {names['key']} {key_file!r} are not a certificate and its key "
             f"({exc.reason or exc})"
         ) from None
-
-
-T = TypeVar("T", bound=msgspec.Struct)
-
-
-def read_environment(cls: type[T], variables: Mapping[str, str], environ: Mapping[str, str] | None = None) -> T:
-    """A settings Struct from the environment: `variables` maps each field to its variable. A bad value
-    raises ConfigurationError naming the variable (msgspec's `$.field`, said in the operator's words)."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {field: environ[name] for field, name in variables.items() if name in environ}
-    try:
-        return msgspec.convert(values, cls, strict=False)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        for field in values:
-            message = message.replace(f"`$.{field}`", variables[field])
-        raise ConfigurationError(message) from None

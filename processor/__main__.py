@@ -21,14 +21,14 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.errors import ConfigurationError
-from gateway.telemetry.logs import configure_logging
 from processor.calendar import SettlementCalendar
 from processor.replay import replay
 from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from processor.supervisor import supervise
+from settlement.errors import ConfigurationError
+from settlement.logs import configure_logging
 
 
 def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor: Processor) -> ThreadingHTTPServer:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return supervise([sys.executable, "-m", "processor", "run"])
     if args.command == "replay":
         return replay(settings, calendar)
-    store = SettlementStore(settings.database_url, settings.schema, calendar)
+    store = SettlementStore(settings.database_url, settings.database_schema, calendar)
     store.migrate()
     if args.command == "migrate":
         return 0

@@ -1,4 +1,4 @@
-"""When a batch closes and settles, from the same rules file as the router (gateway/intake/settlement_rules.toml).
+"""When a batch closes and settles, from the same rules file as the router (settlement/settlement_rules.toml).
 
 Days and times are the batch currency's (the destination currency, as in the batch id). A batch stops
 receiving at the moment after which the router can no longer assign a transaction to it:
@@ -20,7 +20,8 @@ from datetime import date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from gateway.intake.routing import (
+from processor.settings import ProcessorSettings
+from settlement.rules import (
     RulesFile,
     business_day_test,
     clock_time,
@@ -28,7 +29,6 @@ from gateway.intake.routing import (
     load_rules_file,
     resolved,
 )
-from processor.settings import ProcessorSettings
 
 
 class BatchTimes(NamedTuple):

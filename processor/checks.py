@@ -12,8 +12,8 @@ from datetime import date, datetime
 
 import fastcore
 from fastcore.currencies import CURRENCIES
-from gateway.kafka.events import TransactionAccepted
 from processor.calendar import SettlementCalendar
+from settlement.events import TransactionAccepted
 
 WINDOWS = frozenset(("rtgs", "t0", "t1"))
 REASONS = frozenset(("requested", "high_value", "after_cutoff", "non_business_day", "auto"))

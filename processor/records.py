@@ -9,9 +9,9 @@ from typing import Any, NamedTuple
 import msgspec
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
 
-from gateway.kafka.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted, event_time_ms
 from processor.calendar import SettlementCalendar
 from processor.checks import problem
+from settlement.events import EVENT_TYPE, SCHEMA_VERSION, TransactionAccepted, event_time_ms
 
 Partition = tuple[str, int]  # topic, partition
 log = logging.getLogger("processor")

@@ -18,11 +18,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway import ids
 from processor.calendar import SettlementCalendar
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
 from processor.store import LifecycleStep, SettlementStore, Snapshot
+from settlement import ids
 
 log = logging.getLogger("processor.replay")
 
@@ -132,21 +132,21 @@ def _history_gone(consumer: Consumer, partitions: list[Partition]) -> list[str]:
 
 def replay(settings: ProcessorSettings, calendar: SettlementCalendar) -> int:
     """The `replay` command: print the live and the replayed digest; 0 when they are equal."""
-    live = SettlementStore(settings.database_url, settings.schema, calendar)
+    live = SettlementStore(settings.database_url, settings.database_schema, calendar)
     try:
         live.migrate()
         snapshot = live.snapshot()
     finally:
         live.close()
     try:
-        replayed = rebuild(settings, calendar, f"{settings.schema}_replay", snapshot)
+        replayed = rebuild(settings, calendar, f"{settings.database_schema}_replay", snapshot)
     except HistoryGone as exc:
         print(f"replay refused: {exc}", file=sys.stderr)
         return 2
     records = sum(snapshot.offsets.values())
     steps = len(snapshot.steps)
     print(f"live     {snapshot.digest}  ({records} records across {len(snapshot.offsets)} partitions, {steps} steps)")
-    print(f"replayed {replayed}  (schema {settings.schema}_replay)")
+    print(f"replayed {replayed}  (schema {settings.database_schema}_replay)")
     if replayed != snapshot.digest:
         print("the digests differ: the live state is not the fold of the log", file=sys.stderr)
         return 1

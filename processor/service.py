@@ -21,13 +21,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway import ids
-from gateway.errors import ConfigurationError
-from gateway.kafka.events import CE_SOURCE, binary_mode_headers, instant
-from gateway.kafka.producer import create_topics, finite_retention
 from processor.records import Partition, collect
 from processor.settings import ProcessorSettings
 from processor.store import BatchEvent, Fenced, SettlementStore
+from settlement import ids
+from settlement.errors import ConfigurationError
+from settlement.events import CE_SOURCE, binary_mode_headers, instant
+from settlement.topics import create_topics, finite_retention
 
 log = logging.getLogger("processor")
 

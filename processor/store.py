@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from gateway.kafka.events import instant
 from processor.calendar import SettlementCalendar, parse_batch_id
 from processor.records import COPY_COLUMNS, Incoming, Partition, PollBatch, Unreadable
+from settlement.events import instant
 
 log = logging.getLogger("processor.store")
 
@@ -124,7 +124,7 @@ def _offsets(cut: list[list]) -> dict[Partition, int]:
 
 
 def _migrations() -> list[tuple[str, str]]:
-    folder = resources.files("processor").joinpath(MIGRATIONS)
+    folder = resources.files("settlement.ledger").joinpath(MIGRATIONS)
     files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(name.removesuffix(".sql"), f.read_text()) for name, f in files]
 

@@ -3,7 +3,7 @@
     python tools/generate_thresholds.py            rewrite the generated parts of both files
     python tools/generate_thresholds.py --check    exit 1 when either is out of date
 
-Writes the `[thresholds]` table at the end of gateway/intake/settlement_rules.toml and the table
+Writes the `[thresholds]` table at the end of settlement/settlement_rules.toml and the table
 between the markers in docs/settlement-rules.md. Every settleable ISO 4217 currency (fastcore's
 table: minor units defined, not a fund code) gets a `high_value` worth about USD 1,000,000 and a
 `max_amount` worth about USD 1,000,000,000, converted at the reference rates below and rounded to

@@ -26,7 +26,6 @@ from gateway.api.operations_port import OperationsPort
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
-from gateway.errors import ConfigurationError
 from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url
 from gateway.idempotency.redis_pipeline import RedisPipeline
 from gateway.idempotency.sharded import ShardedIdempotencyStore
@@ -34,15 +33,17 @@ from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
 from gateway.intake.ledger import Ledger
-from gateway.intake.routing import compile_policy, compile_rules, default_rules_path, load_rules_file
 from gateway.kafka.producer import SettlementProducer, ensure_topics
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
 from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
-from gateway.telemetry.logs import AccessLog, configure_logging
+from gateway.telemetry.access_log import AccessLog
 from gateway.telemetry.metrics import CONTENT_TYPE, Metrics
 from gateway.telemetry.observability import RequestObservability, RequestRecorder
+from settlement.errors import ConfigurationError
+from settlement.logs import configure_logging
+from settlement.rules import compile_policy, compile_rules, default_rules_path, load_rules_file
 
 log = logging.getLogger("gateway")
 
@@ -264,7 +265,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             components=Components(security_schemes=SECURITY_SCHEMES),
             render_plugins=[swagger_ui()],
         ),
-        logging_config=None,  # gateway.telemetry.logs owns logging: JSON lines
+        logging_config=None,  # settlement.logs owns logging: JSON lines
         debug=False,
     )
     # Well-formed submissions skip Litestar's routing and request machinery (see gateway.api.fast_lane).

@@ -19,7 +19,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
-from gateway.errors import DependencyUnavailable, Refused, Unauthorized
+from gateway.errors import Refused, Unauthorized
 from gateway.idempotency.store import Decision, IdempotencyStore, Quota
 from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, BulkOutcome, Intake, Outcome
 from gateway.intake.schemas import ENCODER, BulkAnswer, BulkItem, TransactionRequest
@@ -28,6 +28,7 @@ from gateway.partners.message import Message, message_of
 from gateway.partners.registry import Partner
 from gateway.partners.signatures import ACCEPT_SIGNATURE
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import DependencyUnavailable
 
 log = logging.getLogger("gateway.api.edge")
 

@@ -6,9 +6,10 @@ from http import HTTPStatus
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from gateway.errors import DependencyUnavailable, Refused
+from gateway.errors import Refused
 from gateway.intake.schemas import ENCODER, FieldError, Problem
 from gateway.telemetry.observability import request_id_of
+from settlement.errors import DependencyUnavailable
 
 PROBLEM_BASE = "https://settlement-gateway.example/problems/"
 MEDIA_TYPE = "application/problem+json"

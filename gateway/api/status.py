@@ -30,7 +30,8 @@ from gateway.api.openapi import (
 from gateway.errors import Refused
 from gateway.intake.ledger import Ledger
 from gateway.intake.schemas import stored_answer
-from gateway.kafka.events import instant
+from settlement.events import instant
+from settlement.ledger.read_model import BatchRow
 
 log = logging.getLogger("gateway.api.status")
 
@@ -113,24 +114,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else instant(value.timestamp())
 
 
-_TRANSACTION = (
-    "SELECT status, settlement_window, value_date, batch_id, amount, source_currency, topic, partition,"
-    " kafka_offset, accepted_at, batched_at, settled_at, late, routed_batch_id, routed_value_date FROM transactions"
-    " WHERE partner = %s AND transaction_id = %s"
-)
-_BATCH = (
-    "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
-    " closed_at, settled_at, net_positions -> %s, cross_currency_legs -> %s FROM batches b WHERE batch_id = %s"
-    " AND (EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
-    " OR EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.routed_batch_id = b.batch_id AND t.late))"
-)
-_PARTNER_PART = (
-    "SELECT source_currency, count(*), sum(amount)::text FROM transactions"
-    " WHERE partner = %s AND batch_id = %s GROUP BY 1 ORDER BY 1"
-)
-_LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND routed_batch_id = %s AND late ORDER BY 1"
-
-
 async def _accepted(request: Request, partner: str, transaction_id: str) -> TransactionStatus | None:
     """A transaction only the gateway knows yet: its completed idempotency key in Redis."""
     stored = await request.app.state.idempotency.answer_of(partner, transaction_id)
@@ -198,23 +181,21 @@ async def transaction_status(
 ) -> TransactionStatus:
     """The status of one of the partner's transactions."""
     store: Ledger = request.app.state.ledger
-    rows = await store.rows(_TRANSACTION, partner, transaction_id)
-    if rows:
-        (status, window, value_date, batch, amount, currency, topic, partition, offset,
-         accepted_at, batched_at, settled_at, late, routed_batch, routed_value_date) = rows[0]  # fmt: skip
+    row = await store.transaction(partner, transaction_id)
+    if row is not None:
         return TransactionStatus(
             transaction_id=transaction_id,
-            status=status,
-            window=window,
-            value_date=value_date.isoformat(),
-            batch=batch,
-            amount=str(amount),
-            currency=currency,
-            kafka=KafkaRecord(topic, partition, offset),
-            steps=Steps(_iso(accepted_at) or "", _iso(batched_at), _iso(settled_at)),
-            late=late,
-            routed_batch=routed_batch,
-            routed_value_date=routed_value_date.isoformat() if routed_value_date else None,
+            status=row.status,  # type: ignore[arg-type]
+            window=row.window,
+            value_date=row.value_date.isoformat(),
+            batch=row.batch_id,
+            amount=str(row.amount),
+            currency=row.currency,
+            kafka=KafkaRecord(row.topic, row.partition, row.offset),
+            steps=Steps(_iso(row.accepted_at) or "", _iso(row.batched_at), _iso(row.settled_at)),
+            late=row.late,
+            routed_batch=row.routed_batch_id,
+            routed_value_date=row.routed_value_date.isoformat() if row.routed_value_date else None,
         )
     accepted = await _accepted(request, partner, transaction_id)
     if accepted is None:
@@ -222,28 +203,26 @@ async def transaction_status(
     return accepted
 
 
-async def _batch_view(store: Ledger, partner: str, row: tuple) -> BatchView:
-    (batch_id, window, value_date, currency, status, closes_at, settles_at, opened_at, closed_at, settled_at,
-     net, legs) = row  # fmt: skip
-    part = await store.rows(_PARTNER_PART, partner, batch_id)
-    late = await store.rows(_LATE, partner, batch_id)
-    frozen = status != "open"  # positions are a close's: the partner's share of what was frozen then
+async def _batch_view(store: Ledger, partner: str, row: BatchRow) -> BatchView:
+    totals = await store.partner_totals(partner, row.batch_id)
+    late = await store.late(partner, row.batch_id)
+    frozen = row.status != "open"  # positions are a close's: the partner's share of what was frozen then
     return BatchView(
-        batch_id=batch_id,
-        window=window,
-        value_date=value_date.isoformat(),
-        currency=currency,
-        status=status,
-        closes_at=_iso(closes_at) or "",
-        settles_at=_iso(settles_at) or "",
-        opened_at=_iso(opened_at) or "",
-        closed_at=_iso(closed_at),
-        settled_at=_iso(settled_at),
-        transaction_count=sum(n for _, n, _ in part),
-        totals={source_currency: amount for source_currency, _, amount in part},
-        net_positions=(net or {}) if frozen else None,
-        cross_currency_legs=msgspec.convert(legs or [], list[CrossCurrencyLeg]) if frozen else None,
-        late_transactions=[r[0] for r in late],
+        batch_id=row.batch_id,
+        window=row.window,
+        value_date=row.value_date.isoformat(),
+        currency=row.currency,
+        status=row.status,  # type: ignore[arg-type]
+        closes_at=_iso(row.closes_at) or "",
+        settles_at=_iso(row.settles_at) or "",
+        opened_at=_iso(row.opened_at) or "",
+        closed_at=_iso(row.closed_at),
+        settled_at=_iso(row.settled_at),
+        transaction_count=sum(total.transactions for total in totals),
+        totals={total.currency: total.amount for total in totals},
+        net_positions=(row.net_positions or {}) if frozen else None,
+        cross_currency_legs=msgspec.convert(row.cross_currency_legs or [], list[CrossCurrencyLeg]) if frozen else None,
+        late_transactions=late,
     )
 
 
@@ -292,10 +271,10 @@ async def batch(
 ) -> BatchView:
     """One batch the partner has transactions in."""
     store: Ledger = request.app.state.ledger
-    rows = await store.rows(_BATCH, partner, partner, batch_id, partner, partner)
-    if not rows:
+    row = await store.batch(partner, batch_id)
+    if row is None:
         raise Refused("not-found", f"no batch {batch_id} with transactions of this partner")
-    return await _batch_view(store, partner, rows[0])
+    return await _batch_view(store, partner, row)
 
 
 def _cursor(value_date: date, batch_id: str) -> str:
@@ -349,17 +328,8 @@ async def batches(
 ) -> BatchPage:
     """One page of the partner's batches."""
     store: Ledger = request.app.state.ledger
-    after_day, after_id = _after(cursor) if cursor else (date.min, "")
-    rows = await store.rows(
-        "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, opened_at,"
-        " closed_at, settled_at, net_positions -> %s, cross_currency_legs -> %s FROM batches b"
-        " WHERE EXISTS (SELECT 1 FROM transactions t WHERE t.partner = %s AND t.batch_id = b.batch_id)"
-        " AND (%s::text IS NULL OR settlement_window = %s) AND (%s::date IS NULL OR value_date = %s)"
-        " AND (%s::text IS NULL OR status = %s) AND (value_date, batch_id) > (%s, %s)"
-        " ORDER BY value_date, batch_id LIMIT %s",
-        partner, partner, partner, window, window, value_date, value_date, status, status, after_day, after_id,
-        limit + 1,
-    )  # fmt: skip
+    after = _after(cursor) if cursor else (date.min, "")
+    rows = await store.batches(partner, window, value_date, status, after, limit + 1)
     page = [await _batch_view(store, partner, row) for row in rows[:limit]]
-    following = _cursor(rows[limit - 1][2], rows[limit - 1][0]) if len(rows) > limit else None
+    following = _cursor(rows[limit - 1].value_date, rows[limit - 1].batch_id) if len(rows) > limit else None
     return BatchPage(page, following)

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.errors import DependencyUnavailable
 from gateway.idempotency.redis_cluster import key_slot
 from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError, Script
 from gateway.idempotency.store import (
@@ -46,6 +45,7 @@ from gateway.idempotency.store import (
     lua_script,
     refusal,
 )
+from settlement.errors import DependencyUnavailable
 
 SPREAD = KeyLayout(64)  # slots per partner for entries, and as many for ids
 CLAIM_ENTRIES, CLAIM_IDS = lua_script("claim_entries", "claim"), lua_script("claim_ids", "claim")

@@ -36,10 +36,10 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, NamedTuple
 
-from gateway.errors import DependencyUnavailable
 from gateway.idempotency.redis_cluster import RedisCluster
 from gateway.idempotency.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import DependencyUnavailable
 
 log = logging.getLogger("gateway.idempotency.store")
 

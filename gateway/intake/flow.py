@@ -20,8 +20,7 @@ from typing import NamedTuple
 import msgspec
 
 import fastcore
-from gateway import ids
-from gateway.errors import DeliveryInDoubt, DependencyUnavailable, Refused, Unauthorized
+from gateway.errors import DeliveryInDoubt, Refused, Unauthorized
 from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation, unlimited
 from gateway.intake.decoding import decode, decode_items, decoded_or_refused
 from gateway.intake.ledger import Ledger
@@ -33,7 +32,12 @@ from gateway.intake.schemas import (
     compact_answer,
     replay_body,
 )
-from gateway.kafka.events import (
+from gateway.kafka.producer import Delivery, SettlementProducer
+from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
+from settlement import ids
+from settlement.errors import DependencyUnavailable
+from settlement.events import (
     EVENT_ENCODER,
     Routing,
     Transaction,
@@ -42,9 +46,6 @@ from gateway.kafka.events import (
     fingerprint,
     instant,
 )
-from gateway.kafka.producer import Delivery, SettlementProducer
-from gateway.settings import Settings
-from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("gateway.intake.flow")
 

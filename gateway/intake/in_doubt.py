@@ -32,12 +32,12 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from gateway.errors import DependencyUnavailable
 from gateway.idempotency.store import IdempotencyStore, PendingRecord, Reservation
 from gateway.intake.schemas import compact_answer
-from gateway.kafka.events import TransactionAccepted
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import DependencyUnavailable
+from settlement.events import TransactionAccepted
 
 log = logging.getLogger("gateway.intake.in_doubt")
 

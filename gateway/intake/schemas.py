@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from fastcore.currencies import CURRENCIES
-from gateway.kafka.events import Routing, instant
+from settlement.events import Routing, instant
 
 _IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
 _CURRENCY = {

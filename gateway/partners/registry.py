@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Self
 
 import rtoml
 
-from gateway.errors import ConfigurationError
+from settlement.errors import ConfigurationError
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -28,10 +28,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.errors import ConfigurationError
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import FileStamp, Registry, file_stamp
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import ConfigurationError
 
 log = logging.getLogger("gateway.partners")
 

@@ -7,9 +7,9 @@ from typing import Any
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import ids
-from gateway.telemetry.logs import AccessLog
+from gateway.telemetry.access_log import AccessLog
 from gateway.telemetry.metrics import Metrics, TallyHistogram
+from settlement import ids
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 

@@ -200,7 +200,7 @@ async def test_sigterm_under_load_loses_nothing_and_exits_in_time(stack, tmp_pat
 
 @pytest.mark.parametrize("value", ["acct_usa_88", "ab"])
 def test_mask_hides_all_but_the_tail(value):
-    from gateway.telemetry.logs import mask
+    from settlement.logs import mask
 
     masked = mask(value)
     assert (len(masked) == len(value) and value not in masked) or len(value) <= 4

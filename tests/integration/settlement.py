@@ -17,8 +17,14 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from gateway import ids
-from gateway.kafka.events import (
+from gateway.kafka.producer import ensure_topics
+from processor.calendar import SettlementCalendar
+from processor.replay import rebuild
+from processor.service import Processor, ProcessorMetrics
+from processor.settings import ProcessorSettings
+from processor.store import SettlementStore
+from settlement import ids
+from settlement.events import (
     EVENT_ENCODER,
     Routing,
     Transaction,
@@ -27,12 +33,6 @@ from gateway.kafka.events import (
     event_time_ms,
     fingerprint,
 )
-from gateway.kafka.producer import ensure_topics
-from processor.calendar import SettlementCalendar
-from processor.replay import rebuild
-from processor.service import Processor, ProcessorMetrics
-from processor.settings import ProcessorSettings
-from processor.store import SettlementStore
 from tests.conftest import ROOT
 
 
@@ -66,7 +66,9 @@ class Setup:
         ensure_topics(self.gateway)
 
     def store(self) -> SettlementStore:
-        store = SettlementStore(self.database, self.settings.schema, SettlementCalendar.from_settings(self.settings))
+        store = SettlementStore(
+            self.database, self.settings.database_schema, SettlementCalendar.from_settings(self.settings)
+        )
         store.migrate()
         return store
 
@@ -84,7 +86,7 @@ class Setup:
 
     def sql(self, query: str, *args) -> list[tuple]:
         with psycopg.connect(self.database, autocommit=True) as conn:
-            conn.execute(f"SET search_path TO {self.settings.schema}")
+            conn.execute(f"SET search_path TO {self.settings.database_schema}")
             return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
 
     def start(self, name: str = "processor", *command: str, **env: str) -> subprocess.Popen:
@@ -139,7 +141,7 @@ class Setup:
         finally:
             store.close()
         calendar = SettlementCalendar.from_settings(self.settings)
-        assert rebuild(self.settings, calendar, f"{self.settings.schema}_replay", live) == live.digest
+        assert rebuild(self.settings, calendar, f"{self.settings.database_schema}_replay", live) == live.digest
 
 
 def produce(setup: Setup, events: list[TransactionAccepted], twice: set[int] = frozenset()) -> None:

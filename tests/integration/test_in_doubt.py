@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from gateway.api.app import create_app
 from gateway.idempotency.redis_pipeline import RedisPipeline
 from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
-from gateway.kafka.events import EVENT_ENCODER, cloudevents_headers
 from gateway.telemetry.metrics import Metrics
+from settlement.events import EVENT_ENCODER, cloudevents_headers
 from tests.conftest import transaction
 from tests.kafka_log import end_offsets, headers_of, read_topic
 

@@ -13,8 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from gateway.api import app as app_module
 from gateway.api.app import create_app
-from gateway.intake.routing import default_rules_path
 from gateway.partners.registry import new_key
+from settlement.rules import default_rules_path
 from tests.conftest import transaction
 from tests.integration.settlement import stop_process
 from tests.kafka_log import headers_of, read_topic

@@ -16,14 +16,14 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from litestar.testing import AsyncTestClient, TestClient
 
-from gateway import ids
 from gateway.api.app import create_app
-from gateway.kafka.events import (
+from processor.records import collect
+from processor.service import Processor, ProcessorMetrics
+from settlement import ids
+from settlement.events import (
     EVENT_ENCODER,
     TransactionAccepted,
 )
-from processor.records import collect
-from processor.service import Processor, ProcessorMetrics
 from tests.conftest import transaction
 from tests.e2e.conftest import free_port
 from tests.integration.settlement import (

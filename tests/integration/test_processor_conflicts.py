@@ -15,11 +15,11 @@ import msgspec
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway import ids
 from processor.calendar import SettlementCalendar
 from processor.records import collect
 from processor.service import ProcessorMetrics
 from processor.store import SettlementStore
+from settlement import ids
 from tests.integration.settlement import Setup, accepted, another_instruction, fold_until, produce_to
 
 BATCH = "t1-20261201-GBP"  # what accepted() routes to by default
@@ -151,7 +151,7 @@ def test_two_instructions_in_one_poll_batch_the_best_copy_is_the_transaction_wha
     produce_to(setup, [(later, 1), (unrelated, 1), (earlier, 2)])
     calendar = SettlementCalendar.from_settings(setup.settings)
     store = setup.store()
-    other = SettlementStore(setup.database, f"{setup.settings.schema}_reversed", calendar)
+    other = SettlementStore(setup.database, f"{setup.settings.database_schema}_reversed", calendar)
     other.migrate(fresh=True)
     reader = Reader(setup, store)
     try:
@@ -174,7 +174,7 @@ def test_two_instructions_in_one_poll_batch_the_best_copy_is_the_transaction_wha
     assert _conflicts(setup) == [
         ("txn-1", later.event_id, later.fingerprint, earlier.fingerprint, "10.00", "USD", BATCH, topic, 1, 0)
     ]
-    assert _conflicts(setup, f"{setup.settings.schema}_reversed") == _conflicts(setup)
+    assert _conflicts(setup, f"{setup.settings.database_schema}_reversed") == _conflicts(setup)
     assert setup.sql("SELECT transaction_count, totals FROM batches WHERE batch_id = %s", BATCH) == [
         (2, {"USD": "106.00"})
     ]
@@ -231,7 +231,7 @@ def test_the_replay_reads_the_poll_batches_that_found_conflicts_as_they_were_rea
     assert _count(setup, "read_steps") == 3
     setup.invariants()
     setup.assert_replay_matches()
-    replayed = f"{setup.settings.schema}_replay"
+    replayed = f"{setup.settings.database_schema}_replay"
     assert _conflicts(setup, replayed) == _conflicts(setup)
     # the digest covers the conflicts: without one, the replayed state's differs from the live one
     store = setup.store()

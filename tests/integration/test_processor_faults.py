@@ -20,9 +20,9 @@ import msgspec
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from gateway.kafka.events import EVENT_ENCODER, event_time_ms
-from gateway.kafka.producer import create_topics, finite_retention
 from processor.service import Processor, ProcessorMetrics
+from settlement.events import EVENT_ENCODER, event_time_ms
+from settlement.topics import create_topics, finite_retention
 from tests.conftest import KAFKA_PIDFILE
 from tests.e2e.conftest import free_port
 from tests.integration.settlement import accepted, fold_until, produce, read_batch_events, stop_process, wait_until

@@ -12,12 +12,12 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway.api.app import create_app
-from gateway.errors import DependencyUnavailable
 from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url, key_slot, seeds_of
 from gateway.idempotency.redis_pipeline import RedisUnavailable, Script
 from gateway.idempotency.sharded import ShardedIdempotencyStore
 from gateway.idempotency.store import Decision, Reservation, unlimited
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import DependencyUnavailable
 from tests.conftest import transaction
 
 ECHO_KEY = Script("return {KEYS[1], redis.call('INCR', KEYS[1])}")

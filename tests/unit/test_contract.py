@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import fastcore
 from gateway.intake.flow import validation_fields
-from gateway.intake.routing import load_policy
 from gateway.intake.schemas import REQUEST_SCHEMA, TransactionRequest
+from settlement.rules import load_policy
 from tests.conftest import transaction
 
 POLICY = load_policy(None)

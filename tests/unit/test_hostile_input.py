@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.api.app import build_policy
-from gateway.errors import ConfigurationError, Refused
+from gateway.errors import Refused
 from gateway.idempotency.store import ONE_NODE
 from gateway.intake.flow import Intake
 from gateway.intake.schemas import TransactionRequest
@@ -45,6 +45,7 @@ from gateway.partners.message import Fields, Message
 from gateway.partners.registry import Registry
 from gateway.partners.signatures import SignatureRejected, sign, verify
 from gateway.settings import Settings
+from settlement.errors import ConfigurationError
 from tests.conftest import transaction
 
 LIMIT = 8192  # bytes: the largest input generated

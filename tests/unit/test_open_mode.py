@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from gateway.api.app import load_partners, warn_if_open
-from gateway.errors import ConfigurationError
 from gateway.settings import Settings
+from settlement.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(("host", "warnings"), [("", 1), ("127.0.0.1", 1), ("::1", 1), ("0.0.0.0", 2), ("10.0.0.5", 2)])

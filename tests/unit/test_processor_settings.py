@@ -2,8 +2,8 @@
 
 import pytest
 
-from gateway.errors import ConfigurationError
 from processor.settings import ProcessorSettings
+from settlement.errors import ConfigurationError
 
 
 def test_reads_the_gateways_variables_and_its_own():
@@ -11,7 +11,7 @@ def test_reads_the_gateways_variables_and_its_own():
         {"GATEWAY_TOPIC_PREFIX": "x.", "GATEWAY_DATABASE_SCHEMA": "ledger", "PROCESSOR_CLOSE_GRACE_SECONDS": "5"}
     )
     assert settings.topics == ["x.rtgs", "x.t0", "x.t1"] and settings.batches_topic == "x.batches"
-    assert settings.schema == "ledger" and settings.close_grace_seconds == 5
+    assert settings.database_schema == "ledger" and settings.close_grace_seconds == 5
 
 
 @pytest.mark.parametrize(

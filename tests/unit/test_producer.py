@@ -8,10 +8,11 @@ from typing import ClassVar
 import pytest
 from confluent_kafka import KafkaError
 
-from gateway.errors import DeliveryInDoubt, DependencyUnavailable
+from gateway.errors import DeliveryInDoubt
 from gateway.kafka.producer import SettlementProducer
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import DependencyUnavailable
 
 
 class FakeMessage:

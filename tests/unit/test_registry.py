@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigurationError
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import Registry, file_stamp, key_digest, new_key
 from gateway.partners.reload import RegistryWatcher
 from gateway.telemetry.metrics import Metrics
+from settlement.errors import ConfigurationError
 
 KEY, DIGEST = new_key()
 

@@ -13,9 +13,9 @@ import pytest
 import fastcore
 from fastcore.currencies import CURRENCIES
 from gateway.api.problems import problem_body
-from gateway.errors import ConfigurationError
 from gateway.intake.flow import INVALID
-from gateway.intake.routing import (
+from settlement.errors import ConfigurationError
+from settlement.rules import (
     EPOCH,
     business_day_test,
     default_rules_path,

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from gateway.errors import ConfigurationError
 from gateway.settings import Settings
+from settlement.errors import ConfigurationError
 from tests.certificates import encrypted_copy, self_signed
 
 

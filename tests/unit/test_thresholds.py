@@ -4,7 +4,7 @@ import importlib.util
 from decimal import Decimal
 from pathlib import Path
 
-from gateway.intake.routing import default_rules_path, load_rules_file, settleable_currencies
+from settlement.rules import default_rules_path, load_rules_file, settleable_currencies
 
 ROOT = Path(__file__).resolve().parents[2]
 

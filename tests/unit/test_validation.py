@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import fastcore
 from fastcore.currencies import CURRENCIES
-from gateway.intake.routing import load_policy
+from settlement.rules import load_policy
 
 IMPLEMENTATIONS = [pytest.param(fastcore, id="compiled"), pytest.param(fastcore.load_twin(), id="twin")]
 FIELDS = (

@@ -22,7 +22,7 @@ import msgspec
 
 import fastcore
 from fastcore.currencies import CURRENCIES
-from gateway.errors import ConfigurationError
+from settlement.errors import ConfigurationError
 
 EPOCH = date(1970, 1, 1)
 # `weekend` names days as date.weekday() numbers them
@@ -66,7 +66,7 @@ _FIELDS = CurrencyRules.__struct_fields__
 
 def default_rules_path() -> Path:
     """The rules file shipped with the gateway."""
-    return Path(str(resources.files("gateway.intake").joinpath("settlement_rules.toml")))
+    return Path(str(resources.files("settlement").joinpath("settlement_rules.toml")))
 
 
 def settleable_currencies() -> dict[str, int]:
