@@ -49,15 +49,13 @@ from processor.calendar import SettlementCalendar
 from processor.service import Processor, ProcessorMetrics
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
-from settlement import ids
 from settlement.events import (
     EVENT_ENCODER,
     Routing,
     Transaction,
-    TransactionAccepted,
     cloudevents_headers,
     event_time_ms,
-    fingerprint,
+    transaction_accepted,
 )
 from tests.e2e.conftest import Server
 
@@ -77,9 +75,7 @@ def _produce_backlog(settings: Settings, events: int) -> None:
             window, None,
         )  # fmt: skip
         routing = Routing(window, window, "2026-12-01", f"{window}-20261201-GBP", "requested")
-        event = TransactionAccepted(
-            ids.uuid7(), "2026-11-30T10:00:00.000Z", "bench", f"k-{n}", fingerprint(txn), txn, routing
-        )
+        event = transaction_accepted("bench", f"k-{n}", txn, routing, "2026-11-30T10:00:00.000Z")
         while True:
             try:
                 producer.produce(

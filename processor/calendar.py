@@ -21,6 +21,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from processor.settings import ProcessorSettings
+from settlement.events import parse_batch_id
 from settlement.rules import (
     RulesFile,
     business_day_test,
@@ -34,12 +35,6 @@ from settlement.rules import (
 class BatchTimes(NamedTuple):
     closes_at: datetime  # the moment it closes (cut-off plus grace)
     settles_at: datetime  # t0/t1: when it settles; rtgs: the opening from which its members settle
-
-
-def parse_batch_id(batch_id: str) -> tuple[str, date, str]:
-    """`t1-20261127-GBP` as ("t1", date(2026, 11, 27), "GBP")."""
-    window, day, currency = batch_id.split("-")
-    return window, date(int(day[:4]), int(day[4:6]), int(day[6:])), currency
 
 
 class SettlementCalendar:

@@ -26,7 +26,7 @@ from processor.settings import ProcessorSettings
 from processor.store import BatchEvent, Fenced, SettlementStore
 from settlement import ids
 from settlement.errors import ConfigurationError
-from settlement.events import CE_SOURCE, binary_mode_headers, instant
+from settlement.events import batch_event_headers
 from settlement.topics import create_topics, finite_retention
 
 log = logging.getLogger("processor")
@@ -95,12 +95,6 @@ class ProcessorMetrics:
         self.batch_events = Counter(
             "settlement_processor_batch_events", "Batch events written to Kafka", ["event_type"], registry=reg
         )
-
-
-def _headers(event_type: str, event_id: str, occurred_at: datetime, batch_id: str) -> list[tuple[str, bytes]]:
-    kind = "closed" if event_type == "BatchClosed" else "settled"
-    ce_type = f"com.settlement.batch.{kind}.v1"
-    return binary_mode_headers(event_id, ce_type, f"{CE_SOURCE}:processor", instant(occurred_at.timestamp()), batch_id)
 
 
 class Processor:
@@ -483,7 +477,7 @@ class Processor:
                     self._settings.batches_topic,
                     json.dumps(event.payload, sort_keys=True).encode(),
                     event.batch_id.encode(),
-                    headers=_headers(event.event_type, event.event_id, event.occurred_at, event.batch_id),  # type: ignore[arg-type]
+                    headers=batch_event_headers(event.event_type, event.event_id, event.occurred_at, event.batch_id),  # type: ignore[arg-type]
                     on_delivery=partial(delivered, event=event),
                 )
             except BufferError:

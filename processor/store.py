@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from processor.calendar import SettlementCalendar, parse_batch_id
+from processor.calendar import SettlementCalendar
 from processor.records import COPY_COLUMNS, Incoming, Partition, PollBatch, Unreadable
-from settlement.events import instant
+from settlement.events import BatchEventType, batch_event, parse_batch_id
 
 log = logging.getLogger("processor.store")
 
@@ -490,19 +490,8 @@ class SettlementStore:
             ],
         }
 
-    def _queue(self, batch_id: str, event_type: str, event_id: str, now: datetime, facts: dict) -> None:
-        window, value_date, currency = parse_batch_id(batch_id)
-        payload = {
-            "event_type": event_type,
-            "schema_version": 1,
-            "event_id": event_id,
-            "occurred_at": instant(now.timestamp()),
-            "batch_id": batch_id,
-            "settlement_window": window,
-            "value_date": value_date.isoformat(),
-            "currency": currency,
-            **facts,
-        }
+    def _queue(self, batch_id: str, event_type: BatchEventType, event_id: str, now: datetime, facts: dict) -> None:
+        payload = batch_event(event_type, event_id, now, batch_id, facts)
         self._conn.execute(
             "INSERT INTO batch_events (batch_id, event_type, event_id, occurred_at, payload)"
             " VALUES (%s, %s, %s, %s, %s)",

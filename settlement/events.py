@@ -1,15 +1,20 @@
-"""The Kafka event of an accepted transaction: versioned JSON value, CloudEvents binary-mode headers.
+"""The event contracts, each with its one factory: TransactionAccepted (the intake writes it to a window's
+topic: versioned JSON value, CloudEvents binary-mode headers) and BatchClosed / BatchSettled (the
+processor writes them to the batches topic).
 
-The event is the source of truth downstream: state is a fold of the log, and consumers de-duplicate
-by idempotency key and transaction id, because Redis is only the fast first check.
+TransactionAccepted is the source of truth downstream: state is a fold of the log, and consumers
+de-duplicate by idempotency key and transaction id, because Redis is only the fast first check.
 """
 
 import functools
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any, Literal
 
 import msgspec
+
+from settlement import ids
 
 EVENT_TYPE = "TransactionAccepted"
 SCHEMA_VERSION = 1
@@ -54,6 +59,27 @@ class TransactionAccepted(msgspec.Struct, frozen=True):
     routing: Routing
     event_type: str = EVENT_TYPE
     schema_version: int = SCHEMA_VERSION
+
+
+def transaction_accepted(
+    partner: str,
+    idempotency_key: str,
+    transaction: Transaction,
+    routing: Routing,
+    occurred_at: str,
+    event_id: str | None = None,
+) -> TransactionAccepted:
+    """The one way to make a TransactionAccepted: its fingerprint is always its transaction's, its id a
+    fresh UUIDv7 unless given."""
+    return TransactionAccepted(
+        event_id=event_id or ids.uuid7(),
+        occurred_at=occurred_at,
+        partner=partner,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint(transaction),
+        transaction=transaction,
+        routing=routing,
+    )
 
 
 @functools.lru_cache(maxsize=256)  # a bulk request's transactions share their instants
@@ -102,3 +128,46 @@ def cloudevents_headers(event: TransactionAccepted, traceparent: str | None) -> 
     if traceparent is not None and _TRACEPARENT.match(traceparent):
         headers.append(("traceparent", traceparent.encode()))
     return headers
+
+
+BatchEventType = Literal["BatchClosed", "BatchSettled"]
+BATCH_SCHEMA_VERSION = 1
+
+
+def parse_batch_id(batch_id: str) -> tuple[str, date, str]:
+    """`t1-20261127-GBP` as ("t1", date(2026, 11, 27), "GBP")."""
+    window, day, currency = batch_id.split("-")
+    return window, date(int(day[:4]), int(day[4:6]), int(day[6:])), currency
+
+
+def batch_event(
+    event_type: BatchEventType, event_id: str, occurred_at: datetime, batch_id: str, facts: dict[str, Any]
+) -> dict[str, Any]:
+    """The one way to make a BatchClosed or BatchSettled value: the batch named in full, then `facts`
+    (a close's frozen positions and totals, a settlement's count and totals)."""
+    window, value_date, currency = parse_batch_id(batch_id)
+    return {
+        "event_type": event_type,
+        "schema_version": BATCH_SCHEMA_VERSION,
+        "event_id": event_id,
+        "occurred_at": instant(occurred_at.timestamp()),
+        "batch_id": batch_id,
+        "settlement_window": window,
+        "value_date": value_date.isoformat(),
+        "currency": currency,
+        **facts,
+    }
+
+
+def batch_event_headers(
+    event_type: str, event_id: str, occurred_at: datetime, batch_id: str
+) -> list[tuple[str, bytes]]:
+    """CloudEvents 1.0 binary-mode headers of a batch event (the batch is its subject)."""
+    kind = "closed" if event_type == "BatchClosed" else "settled"
+    return binary_mode_headers(
+        event_id,
+        f"com.settlement.batch.{kind}.v1",
+        f"{CE_SOURCE}:processor",
+        instant(occurred_at.timestamp()),
+        batch_id,
+    )

@@ -35,7 +35,6 @@ from gateway.intake.schemas import (
 from gateway.kafka.producer import Delivery, SettlementProducer
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
-from settlement import ids
 from settlement.errors import DependencyUnavailable
 from settlement.events import (
     EVENT_ENCODER,
@@ -45,6 +44,7 @@ from settlement.events import (
     cloudevents_headers,
     fingerprint,
     instant,
+    transaction_accepted,
 )
 
 log = logging.getLogger("gateway.intake.flow")
@@ -239,28 +239,22 @@ class Intake:
             reason = forbids(windows, (request.source_currency, request.destination_currency))
             if reason is not None:
                 raise Refused("forbidden", reason)
-        transaction = _transaction(request, instruction)
-        event_id = ids.uuid7()
+        event = transaction_accepted(
+            partner,
+            instruction.idempotency_key,
+            _transaction(request, instruction),
+            Routing(routing.window, routing.requested_window, routing.value_date, routing.batch, routing.reason),
+            instant(now),
+        )
         reservation = Reservation(
             partner,
             instruction.idempotency_key,
             request.transaction_id,
-            fingerprint(transaction),
-            event_id,
+            event.fingerprint,
+            event.event_id,
             self._settings.topic(routing.window),
             admission,
             self._store.layout,
-        )
-        event = TransactionAccepted(
-            event_id=event_id,
-            occurred_at=instant(now),
-            partner=partner,
-            idempotency_key=instruction.idempotency_key,
-            fingerprint=reservation.fingerprint,
-            transaction=transaction,
-            routing=Routing(
-                routing.window, routing.requested_window, routing.value_date, routing.batch, routing.reason
-            ),
         )
         return reservation, event
 

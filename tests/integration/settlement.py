@@ -32,6 +32,7 @@ from settlement.events import (
     cloudevents_headers,
     event_time_ms,
     fingerprint,
+    transaction_accepted,
 )
 from tests.conftest import ROOT
 
@@ -168,7 +169,7 @@ def accepted(
 ):
     txn = Transaction(f"txn-{n}", amount, "USD", "GBP", f"acct-{n % 7}", "acct-dest", f"cp-{n % 3}", window, None)
     routing = Routing(window, window, value_date, f"{window}-{value_date.replace('-', '')}-GBP", "requested")
-    return TransactionAccepted(ids.uuid7(), at, partner, f"key-{n}", fingerprint(txn), txn, routing)
+    return transaction_accepted(partner, f"key-{n}", txn, routing, at)
 
 
 def another_instruction(event: TransactionAccepted, amount: str, at: str | None = None) -> TransactionAccepted:
