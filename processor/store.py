@@ -1,4 +1,7 @@
-"""Settlement state in PostgreSQL: migrations, the fold of one poll batch, the batch lifecycle, the digest.
+"""Settlement state in PostgreSQL: migrations, the fold of one poll batch, the batch lifecycle's
+transaction (its steps are processor/lifecycle.py), the outbox of batch events, the digest. The SQL of
+the fold is processor/statements.py. Over 400 lines because it is one connection's class: every method
+shares the connection, its session and the transaction the fold and the offsets commit in.
 
 Every poll batch is applied in one database transaction together with the next offset of each of its
 partitions, and the offsets are compare-and-set: a processor whose partitions were handed to another
@@ -35,9 +38,10 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+from processor import lifecycle, statements
 from processor.calendar import SettlementCalendar
-from processor.records import COPY_COLUMNS, Incoming, Partition, PollBatch, Unreadable
-from settlement.events import BatchEventType, batch_event, parse_batch_id
+from processor.records import Incoming, Partition, PollBatch, Unreadable
+from settlement.events import parse_batch_id
 
 log = logging.getLogger("processor.store")
 
@@ -152,7 +156,7 @@ class SettlementStore:
 
     def _session(self) -> None:
         self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-        self._conn.execute(_INCOMING)
+        self._conn.execute(statements.INCOMING)
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -254,7 +258,7 @@ class SettlementStore:
 
     def _copy_rank(self, record: Incoming, closed_through: datetime) -> tuple[bool, int, str, int, int]:
         """Where a record stands among the copies of its transaction: (late, record timestamp, topic,
-        partition, offset), the order of _FOLD."""
+        partition, offset), the order of statements.FOLD."""
         late = self.calendar.batch_times(record.batch_id).closes_at <= closed_through
         return (late, record.accepted_ms, *_record_key(record))
 
@@ -329,13 +333,13 @@ class SettlementStore:
         with self._conn.cursor() as cursor:
             if one_by_one:
                 cursor.execute("DELETE FROM incoming")  # the previous record's line
-            with cursor.copy(_COPY) as copy:
+            with cursor.copy(statements.COPY) as copy:
                 copy.write("".join(lines))
-            new, late = cursor.execute(_FOLD, {"now": now}).fetchone() or (0, 0)
+            new, late = cursor.execute(statements.FOLD, {"now": now}).fetchone() or (0, 0)
             if new < len(lines):  # some records are of transactions already folded: the slow path
-                duplicates = cursor.execute(_BETTER_COPIES).rowcount  # each replaced one is a duplicate now
-                duplicates += cursor.execute(_DUPLICATES).rowcount
-                conflicts = [Conflict(*row) for row in cursor.execute(_CONFLICTS, {"now": now}).fetchall()]
+                duplicates = cursor.execute(statements.BETTER_COPIES).rowcount  # each replaced one is a duplicate now
+                duplicates += cursor.execute(statements.DUPLICATES).rowcount
+                conflicts = [Conflict(*row) for row in cursor.execute(statements.CONFLICTS, {"now": now}).fetchall()]
         return int(new or 0), int(late or 0), duplicates, conflicts
 
     def _open_batches(self, batch_ids: set[str], now: datetime) -> set[str]:
@@ -374,129 +378,23 @@ class SettlementStore:
     def advance(
         self, now: datetime, event_id: Any, partitions: Iterable[Partition] = (), watermark: datetime | None = None
     ) -> dict[str, int]:
-        """Close the batches the watermark has passed the close of (freezing count, totals and net
-        positions), settle the rtgs transactions due and the batches whose settlement time has come by
-        `now`, and queue a BatchClosed or BatchSettled event for each, all in one transaction, recorded
-        as a lifecycle step when it did anything. The watermark is the oldest event time of
-        `partitions` (every window partition; none closes anything while one has no progress yet), or
-        `watermark` as given (a replay retaking a step). `event_id()` makes the events' ids. Returns
-        how many of each it did."""
+        """Take a lifecycle step (processor/lifecycle.py) in one transaction: close the batches the
+        watermark has passed the close of, settle what is due by `now`, queue their events, record the
+        step. The watermark is the oldest event time of `partitions` (every window partition; none closes
+        anything while one has no progress yet), or `watermark` as given (a replay retaking a step).
+        `event_id()` makes the events' ids. Returns how many of each it did."""
         conn = self._conn
-        done = {"closed": 0, "settled": 0, "rtgs_settled": 0}
         with conn.transaction():
             # A consistent cut: a poll batch moves `consumed` first, so it either committed before this
             # lock or waits for the step to commit; steps of several instances take turns.
             conn.execute("LOCK TABLE consumed IN SHARE ROW EXCLUSIVE MODE")
             if watermark is None:
-                watermark = self._watermark(list(partitions))
-            (closed_through,) = conn.execute("SELECT closed_through FROM lifecycle FOR UPDATE").fetchone() or (None,)
-            through = max(closed_through, watermark) if watermark is not None else closed_through
-            due = conn.execute(
-                "SELECT batch_id FROM batches WHERE status = 'open' AND closes_at <= %s ORDER BY closes_at, batch_id "
-                "FOR UPDATE",
-                (through,),
-            ).fetchall()
-            for (batch_id,) in due:
-                frozen = self._freeze(batch_id, now)
-                self._queue(batch_id, "BatchClosed", event_id(), now, frozen)
-                done["closed"] += 1
-            if due:
-                conn.execute("UPDATE lifecycle SET closed_through = %s", (through,))
-            done["rtgs_settled"] = conn.execute(
-                "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' "
-                "AND settlement_window = 'rtgs' AND settles_at <= %s",
-                (now, now),
-            ).rowcount
-            settling = conn.execute(
-                """SELECT batch_id FROM batches b WHERE status = 'closed' AND (
-                       (settlement_window <> 'rtgs' AND settles_at <= %(now)s)
-                    OR (settlement_window = 'rtgs' AND NOT EXISTS (
-                           SELECT 1 FROM transactions t WHERE t.batch_id = b.batch_id AND t.status = 'batched')))
-                   ORDER BY batch_id FOR UPDATE""",
-                {"now": now},
-            ).fetchall()
-            for (batch_id,) in settling:
-                conn.execute(
-                    "UPDATE transactions SET status = 'settled', settled_at = %s WHERE batch_id = %s "
-                    "AND status = 'batched'",
-                    (now, batch_id),
-                )
-                row = conn.execute(
-                    "UPDATE batches SET status = 'settled', settled_at = %s WHERE batch_id = %s "
-                    "RETURNING transaction_count, totals, net_positions, cross_currency_legs, late_count",
-                    (now, batch_id),
-                ).fetchone()
-                assert row is not None
-                payload = dict(zip(_SETTLED_FIELDS, row, strict=True))
-                self._queue(batch_id, "BatchSettled", event_id(), now, payload)
-                done["settled"] += 1
-            if any(done.values()):
-                conn.execute(
-                    "INSERT INTO lifecycle_steps (taken_at, watermark, offsets, closed, settled, rtgs_settled)"
-                    " SELECT %s, %s, coalesce(jsonb_agg(jsonb_build_array(topic, partition, next_offset)), '[]'),"
-                    " %s, %s, %s FROM consumed",
-                    (now, through, done["closed"], done["settled"], done["rtgs_settled"]),
-                )
-        return done
-
-    def _watermark(self, partitions: list[Partition]) -> datetime | None:
-        """The oldest event time of `partitions`; None while one of them has none."""
-        if not partitions:
-            return None
-        count, oldest = self._conn.execute(
-            "SELECT count(event_time), min(event_time) FROM consumed WHERE (topic, partition) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::int[]))",
-            ([t for t, _ in partitions], [p for _, p in partitions]),
-        ).fetchone() or (0, None)
-        return oldest if count == len(set(partitions)) else None
+                watermark = lifecycle.oldest_event_time(conn, list(partitions))
+            return lifecycle.step(conn, now, watermark, event_id)
 
     def watermark(self, partitions: Iterable[Partition]) -> datetime | None:
         """The event-time watermark of `partitions` now (operators' gauge)."""
-        return self._watermark(list(partitions))
-
-    def _freeze(self, batch_id: str, now: datetime) -> dict:
-        """Close a batch: freeze its count, its totals per source currency and its positions."""
-        conn = self._conn
-        count, totals = 0, {}
-        for currency, n, amount in conn.execute(_TOTALS, (batch_id,)):
-            count += n
-            totals[currency] = amount
-        net: dict[str, dict[str, dict[str, str]]] = {}
-        for partner, currency, account, amount in conn.execute(_NET_POSITIONS, {"batch": batch_id}):
-            net.setdefault(partner, {}).setdefault(currency, {})[account] = amount
-        legs: dict[str, list[dict]] = {}
-        for partner, *leg in conn.execute(_CROSS_CURRENCY_LEGS, (batch_id,)):
-            legs.setdefault(partner, []).append(dict(zip(_LEG_FIELDS, leg, strict=True)))
-        late = conn.execute(
-            "UPDATE batches SET status = 'closed', closed_at = %s, transaction_count = %s, totals = %s, "
-            "net_positions = %s, cross_currency_legs = %s WHERE batch_id = %s RETURNING late_count",
-            (now, count, json.dumps(totals), json.dumps(net), json.dumps(legs), batch_id),
-        ).fetchone()
-        # members that joined on the late path (read after the batch of their 202 had closed)
-        arrivals = conn.execute(
-            "SELECT partner, transaction_id, routed_batch_id FROM transactions WHERE batch_id = %s AND late"
-            " ORDER BY 1, 2",
-            (batch_id,),
-        ).fetchall()
-        return {
-            "transaction_count": count,
-            "totals": totals,
-            "net_positions": net,
-            "cross_currency_legs": legs,
-            "late_count": late[0] if late else 0,
-            "late_arrivals": [
-                {"partner": partner, "transaction_id": txn, "routed_batch_id": routed}
-                for partner, txn, routed in arrivals
-            ],
-        }
-
-    def _queue(self, batch_id: str, event_type: BatchEventType, event_id: str, now: datetime, facts: dict) -> None:
-        payload = batch_event(event_type, event_id, now, batch_id, facts)
-        self._conn.execute(
-            "INSERT INTO batch_events (batch_id, event_type, event_id, occurred_at, payload)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (batch_id, event_type, event_id, now, json.dumps(payload)),
-        )
+        return lifecycle.oldest_event_time(self._conn, list(partitions))
 
     def unpublished(self, limit: int = 1000) -> list[BatchEvent]:
         """Batch events not yet confirmed by the broker, oldest first."""
@@ -554,175 +452,8 @@ class SettlementStore:
             ]
             steps = [step for _, step in sorted(numbered, key=lambda numbered_step: numbered_step[0])]
             hasher = hashlib.sha256()
-            for query in _DIGEST:
+            for query in statements.DIGEST:
                 for row in self._conn.execute(query):
                     hasher.update(("|".join("" if v is None else str(v) for v in row) + "\n").encode())
                 hasher.update(b"--\n")
         return Snapshot(hasher.hexdigest(), offsets, steps)
-
-
-# A batch's frozen figures (every amount an exact decimal string of the currency it is in):
-# totals per source currency; net positions per partner, currency and account (participant) of its
-# same-currency transactions, which sum to exactly zero per partner and currency; and its cross-currency
-# transactions apart, summed per leg in the source currency (the gateway has no FX rate to net them by).
-_TOTALS = (
-    "SELECT source_currency, count(*), sum(amount)::text FROM transactions WHERE batch_id = %s GROUP BY 1 ORDER BY 1"
-)
-_NET_POSITIONS = """
-SELECT partner, currency, account, sum(delta)::text FROM (
-    SELECT partner, source_currency AS currency, source_account AS account, -amount AS delta FROM transactions
-    WHERE batch_id = %(batch)s AND source_currency = destination_currency
-    UNION ALL
-    SELECT partner, source_currency, destination_account, amount FROM transactions
-    WHERE batch_id = %(batch)s AND source_currency = destination_currency
-) moves GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-"""
-_CROSS_CURRENCY_LEGS = (
-    "SELECT partner, source_account, source_currency, destination_account, destination_currency, count(*),"
-    " sum(amount)::text FROM transactions WHERE batch_id = %s AND source_currency <> destination_currency"
-    " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
-)
-_LEG_FIELDS = ("source_account", "source_currency", "destination_account", "destination_currency", "count", "amount")
-_SETTLED_FIELDS = ("transaction_count", "totals", "net_positions", "cross_currency_legs", "late_count")
-
-# One poll batch's records, as COPY writes them (emptied at every commit).
-_INCOMING = """
-CREATE TEMP TABLE IF NOT EXISTS incoming (
-    topic text, partition integer, kafka_offset bigint, partner text, transaction_id text, idempotency_key text,
-    event_id text, fingerprint text, amount numeric, source_currency text, destination_currency text,
-    source_account text, destination_account text, counterparty_id text, settlement_window text,
-    requested_window text, reason text, occurred_at timestamptz, batch_id text, value_date date,
-    routed_batch_id text, routed_value_date date, late boolean, accepted_ms bigint
-) ON COMMIT DELETE ROWS
-"""
-_COPY = sql.SQL("COPY incoming ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
-
-# Which record of a transaction is *the* transaction must not depend on the order the partitions were
-# read in (a replay reads them in another), only on the log and on the lifecycle steps taken between
-# reads: it is the best copy by (late, record timestamp, topic, partition, offset), so a copy on time
-# beats a late one, and then the earliest wins. A copy read later that is better takes the place of the
-# one folded unless that one is frozen: in a batch that has closed (in its totals), or settled (rtgs).
-# The one it replaces becomes a duplicate.
-#
-# That holds for copies of one instruction (the same fingerprint). A record with another fingerprint
-# never takes the place of the transaction, better placed or not: the partner may have seen its amount
-# batched in the status API, and a frozen total may hold it. It is a conflict. So the instruction that
-# stands is the one of the first poll batch that held the transaction (its best copy there, whatever the
-# order the batch's records came in). What a poll batch held and what was folded before it depend on
-# the read order: each poll batch that found a conflict is recorded as a read step (migration 0005),
-# and the replay folds the records before it, then exactly its records together.
-
-# New transactions: the best record of each (partner, transaction id) not folded yet. One that took the
-# late path counts in the late_count of the batch it was routed to (and in the totals of the one it joins).
-_FOLD = """
-WITH inserted AS (
-    INSERT INTO transactions (
-        partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,
-        destination_currency, source_account, destination_account, counterparty_id, settlement_window,
-        requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at,
-        accepted_at, batched_at, settles_at, late, routed_batch_id, routed_value_date, status)
-    SELECT i.partner, i.transaction_id, i.idempotency_key, i.event_id, i.fingerprint, i.amount, i.source_currency,
-        i.destination_currency, i.source_account, i.destination_account, i.counterparty_id, i.settlement_window,
-        i.requested_window, i.value_date, i.batch_id, i.reason, i.topic, i.partition, i.kafka_offset, i.occurred_at,
-        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', %(now)s,
-        CASE WHEN i.settlement_window = 'rtgs' THEN greatest(i.occurred_at, b.settles_at) END,
-        i.late, i.routed_batch_id, i.routed_value_date, 'batched'
-    FROM incoming i JOIN batches b ON b.batch_id = i.batch_id
-    ORDER BY i.late, i.accepted_ms, i.topic, i.partition, i.kafka_offset  -- the best copy is inserted
-    ON CONFLICT (partner, transaction_id) DO NOTHING
-    RETURNING routed_batch_id, late
-), counted AS (
-    UPDATE batches b SET late_count = b.late_count + x.n
-    FROM (SELECT routed_batch_id, count(*) AS n FROM inserted WHERE late GROUP BY 1) x
-    WHERE b.batch_id = x.routed_batch_id
-    RETURNING x.n
-)
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM inserted WHERE late)
-"""
-
-# Transactions already folded, not frozen, of which this poll batch holds a better copy of the same
-# instruction: replaced by it.
-_BETTER_COPIES = """
-WITH better AS (
-    SELECT DISTINCT ON (i.partner, i.transaction_id) i.*,
-        'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond' AS accepted_at,
-        wanted.settles_at AS batch_settles_at, t.routed_batch_id AS held_routed, t.late AS held_late
-    FROM incoming i
-    JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
-    JOIN batches held ON held.batch_id = t.batch_id
-    JOIN batches wanted ON wanted.batch_id = i.batch_id
-    WHERE held.status = 'open' AND t.status = 'batched' AND i.fingerprint = t.fingerprint
-      AND (i.late, 'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', i.topic, i.partition,
-           i.kafka_offset)
-        < (t.late, t.accepted_at, t.topic, t.partition, t.kafka_offset)
-    ORDER BY i.partner, i.transaction_id, i.late, i.accepted_ms, i.topic, i.partition, i.kafka_offset
-), replaced AS (
-    INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
-    SELECT t.topic, t.partition, t.kafka_offset, t.partner, t.transaction_id, t.event_id, t.event_id = e.event_id,
-        t.batch_id
-    FROM transactions t JOIN better e ON e.partner = t.partner AND e.transaction_id = t.transaction_id
-    ON CONFLICT DO NOTHING
-), counted AS (  -- a late copy replaced leaves its routed batch's late count, a late one taking its place joins one
-    UPDATE batches b SET late_count = b.late_count + moved.n
-    FROM (
-        SELECT batch_id, sum(n) AS n FROM (
-            SELECT held_routed AS batch_id, -1 AS n FROM better WHERE held_late
-            UNION ALL SELECT routed_batch_id, 1 FROM better WHERE late
-        ) moves GROUP BY batch_id HAVING sum(n) <> 0
-    ) moved
-    WHERE b.batch_id = moved.batch_id
-)
-UPDATE transactions t SET
-    idempotency_key = e.idempotency_key, event_id = e.event_id, fingerprint = e.fingerprint, amount = e.amount,
-    source_currency = e.source_currency, destination_currency = e.destination_currency,
-    source_account = e.source_account, destination_account = e.destination_account,
-    counterparty_id = e.counterparty_id, settlement_window = e.settlement_window,
-    requested_window = e.requested_window, value_date = e.value_date, batch_id = e.batch_id, reason = e.reason,
-    topic = e.topic, partition = e.partition, kafka_offset = e.kafka_offset, occurred_at = e.occurred_at,
-    accepted_at = e.accepted_at, late = e.late, routed_batch_id = e.routed_batch_id,
-    routed_value_date = e.routed_value_date,
-    settles_at = CASE WHEN e.settlement_window = 'rtgs' THEN greatest(e.occurred_at, e.batch_settles_at) END
-FROM better e
-WHERE t.partner = e.partner AND t.transaction_id = e.transaction_id
-"""
-
-# Every other record of the instruction of a transaction already folded: recorded, never silently dropped.
-_DUPLICATES = """
-INSERT INTO duplicates (topic, partition, kafka_offset, partner, transaction_id, event_id, same_event, batch_id)
-SELECT i.topic, i.partition, i.kafka_offset, i.partner, i.transaction_id, i.event_id, i.event_id = t.event_id,
-    i.batch_id
-FROM incoming i JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
-WHERE (t.topic, t.partition, t.kafka_offset) IS DISTINCT FROM (i.topic, i.partition, i.kafka_offset)
-  AND i.fingerprint = t.fingerprint
-ON CONFLICT DO NOTHING
-"""
-
-# Every record of another instruction for a transaction already folded: a conflict, recorded apart (never
-# folded, in no total), returned to be counted and logged.
-_CONFLICTS = """
-INSERT INTO conflicts (topic, partition, kafka_offset, partner, transaction_id, event_id, fingerprint,
-    folded_fingerprint, amount, currency, batch_id, accepted_at, recorded_at)
-SELECT i.topic, i.partition, i.kafka_offset, i.partner, i.transaction_id, i.event_id, i.fingerprint,
-    t.fingerprint, i.amount, i.source_currency, i.batch_id,
-    'epoch'::timestamptz + i.accepted_ms * interval '1 millisecond', %(now)s
-FROM incoming i JOIN transactions t ON t.partner = i.partner AND t.transaction_id = i.transaction_id
-WHERE i.fingerprint <> t.fingerprint
-ON CONFLICT DO NOTHING
-RETURNING partner, transaction_id, fingerprint, folded_fingerprint, topic, partition, kafka_offset
-"""
-
-_DIGEST = (
-    "SELECT partner, transaction_id, idempotency_key, event_id, fingerprint, amount, source_currency,"
-    " destination_currency, source_account, destination_account, counterparty_id, settlement_window,"
-    " requested_window, value_date, batch_id, reason, topic, partition, kafka_offset, occurred_at, accepted_at,"
-    " settles_at, late, routed_batch_id, routed_value_date, status, settled_at FROM transactions"
-    " ORDER BY partner, transaction_id",
-    "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, batch_id"
-    " FROM duplicates ORDER BY topic, partition, kafka_offset",
-    "SELECT topic, partition, kafka_offset, partner, transaction_id, event_id, fingerprint, folded_fingerprint,"
-    " amount, currency, batch_id, accepted_at FROM conflicts ORDER BY topic, partition, kafka_offset",
-    "SELECT topic, partition, kafka_offset, reason FROM unreadable ORDER BY topic, partition, kafka_offset",
-    "SELECT batch_id, source_currency, count(*), sum(amount) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2",
-    "SELECT batch_id, settlement_window, value_date, currency, status, closes_at, settles_at, closed_at, settled_at,"
-    " transaction_count, totals, net_positions, cross_currency_legs, late_count FROM batches ORDER BY batch_id",
-)
