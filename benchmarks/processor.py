@@ -46,7 +46,8 @@ from benchmarks.run import verdict
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 from processor.calendar import SettlementCalendar
-from processor.service import Processor, ProcessorMetrics
+from processor.metrics import ProcessorMetrics
+from processor.service import Processor
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from settlement.events import (

@@ -22,8 +22,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processor.calendar import SettlementCalendar
+from processor.metrics import ProcessorMetrics
 from processor.replay import replay
-from processor.service import Processor, ProcessorMetrics
+from processor.service import Processor
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from processor.supervisor import supervise

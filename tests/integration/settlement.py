@@ -19,8 +19,9 @@ from confluent_kafka.admin import AdminClient
 
 from gateway.kafka.producer import ensure_topics
 from processor.calendar import SettlementCalendar
+from processor.metrics import ProcessorMetrics
 from processor.replay import rebuild
-from processor.service import Processor, ProcessorMetrics
+from processor.service import Processor
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from settlement import ids

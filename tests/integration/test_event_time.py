@@ -16,7 +16,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.api.app import create_app
-from processor.service import Processor, ProcessorMetrics
+from processor.metrics import ProcessorMetrics
+from processor.service import Processor
 from tests.conftest import transaction
 from tests.integration.settlement import accepted, fold_until, produce, stop_process, wait_until
 

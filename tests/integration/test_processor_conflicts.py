@@ -16,8 +16,8 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from processor.calendar import SettlementCalendar
+from processor.metrics import ProcessorMetrics
 from processor.records import collect
-from processor.service import ProcessorMetrics
 from processor.store import SettlementStore
 from settlement import ids
 from tests.integration.settlement import Setup, accepted, another_instruction, fold_until, produce_to

@@ -278,7 +278,7 @@ def _dashboard_metrics() -> set[str]:
 
 def test_dashboard_queries_only_metrics_the_gateway_and_the_processor_export():
     from gateway.telemetry.metrics import Metrics
-    from processor.service import ProcessorMetrics
+    from processor.metrics import ProcessorMetrics
 
     gateway = _exported(Metrics().registry)
     processor = _exported(ProcessorMetrics().registry)
