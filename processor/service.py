@@ -4,6 +4,10 @@ publish batch events from the outbox.
 
 On every assignment it seeks to the offsets stored in the database (never Kafka's committed ones), so
 what it applies is decided by the database alone; offsets are never committed to Kafka.
+
+Over 400 lines because it is one class: the consumer, its assignment callbacks, the waiting out of
+PostgreSQL and Kafka and the outbox publisher share the instance's consumer, producer and store, and
+split apart they would pass all three around.
 """
 
 import contextlib
