@@ -115,6 +115,17 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = None if self.directory is not None else self.registry
 
+        self._declare_intake(reg)
+        self._declare_delivery(reg)
+        self._declare_librdkafka(reg)
+        self._declare_redis(reg)
+        self._declare_registry(reg)
+
+        self._tallies: dict[Hashable, Tally | TallyHistogram] = {}
+        self._publisher: asyncio.TimerHandle | None = None
+
+    def _declare_intake(self, reg: CollectorRegistry | None) -> None:
+        """Requests, submissions, validation and routing."""
         self.http_duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests (OpenTelemetry semantic conventions)",
@@ -140,6 +151,9 @@ class Metrics:
             ["window", "reason"],
             registry=reg,
         )
+
+    def _declare_delivery(self, reg: CollectorRegistry | None) -> None:
+        """The hand-off to Kafka: delivery reports, the producer's queue and errors, in-doubt records."""
         self.kafka_delivery = Histogram(
             "settlement_kafka_delivery_duration_seconds",
             "Time from produce to the broker's delivery report",
@@ -179,6 +193,9 @@ class Metrics:
             "Completions that failed once and were sent again after Redis came back",
             registry=reg,
         )
+
+    def _declare_librdkafka(self, reg: CollectorRegistry | None) -> None:
+        """librdkafka's statistics, per broker and topic."""
         self.kafka_broker_rtt = Gauge(
             "settlement_kafka_broker_rtt_seconds",
             "Average broker round-trip time over the last statistics interval (librdkafka)",
@@ -200,6 +217,9 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=reg,
         )
+
+    def _declare_redis(self, reg: CollectorRegistry | None) -> None:
+        """The idempotency scripts and Redis's memory."""
         self.redis_duration = Histogram(
             "settlement_redis_script_duration_seconds",
             "Duration of idempotency Lua scripts, one round trip each",
@@ -219,7 +239,9 @@ class Metrics:
             ["script"],
             registry=reg,
         )
-        # The partner registry's reloads (gateway.partners.reload): rare, so updated directly, no tally.
+
+    def _declare_registry(self, reg: CollectorRegistry | None) -> None:
+        """The partner registry's reloads (gateway.partners.reload): rare, so updated directly, no tally."""
         self.registry_reloads = Counter(
             "settlement_partner_registry_reloads",
             "Reloads of a changed partner registry file by outcome: loaded (now served) or failed (the previous stays)",
@@ -244,9 +266,6 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
-
-        self._tallies: dict[Hashable, Tally | TallyHistogram] = {}
-        self._publisher: asyncio.TimerHandle | None = None
 
     def tally(self, metric: Counter, *labels: str) -> Tally:
         """This process's tally of one labelled counter (made once, then reused)."""
