@@ -7,8 +7,8 @@
 Either topology may be left out. Contenders, each used as a gateway worker would use it (one client
 object in the process, shared by every task), with its fastest documented settings:
 
-  pipeline      gateway.idempotency.redis_pipeline.RedisPipeline (single node) and
-                gateway.idempotency.redis_cluster.RedisCluster (cluster; skipped, with a note, while
+  pipeline      gateway.redis.pipeline.RedisPipeline (single node) and
+                gateway.redis.cluster.RedisCluster (cluster; skipped, with a note, while
                 that module is not importable): EVALSHA, EVAL on NOSCRIPT
   redis-py      redis.asyncio.Redis (its connection pool, sized to the concurrency) and
                 redis.asyncio.cluster.RedisCluster; hiredis parser; `register_script`
@@ -16,8 +16,8 @@ object in the process, shared by every task), with its fastest documented settin
                 `register_script`
   valkey-glide  GlideClient and GlideClusterClient (Rust core); `glide.Script` with `invoke_script`
 
-The work is the gateway's: one call is `RESERVE` (gateway.idempotency.store) with the keys and
-arguments `IdempotencyStore.reserve` sends for the bench's authenticated partner (its GCRA limit
+The work is the gateway's: one call is `RESERVE` (gateway.idempotency.single_node) with the keys and
+arguments `SingleNodeStore.reserve` sends for the bench's authenticated partner (its GCRA limit
 checked, never reached; the request not signed), fresh ids every call, so every reply is `new`
 (checked). The partner cycles over PARTNERS hash tags, `idem:{p.<n>}:…`, `txn:{p.<n>}:…`,
 `nonce:{p.<n>}:…`, `rate:{p.<n>}`, so one call touches one slot and the calls spread over every
@@ -58,9 +58,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.idempotency.redis_cluster import RedisCluster
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import RESERVE, Reservation, nonce_key, rate_key
+from gateway.idempotency.reservation import Reservation
+from gateway.idempotency.single_node import RESERVE
+from gateway.partners.admission import nonce_key, rate_key
+from gateway.redis.cluster import RedisCluster
+from gateway.redis.pipeline import RedisPipeline
 from settlement.ids import uuid7
 
 CLIENTS = ("pipeline", "redis-py", "coredis", "valkey-glide")
@@ -114,7 +116,7 @@ def parse_target(topology: str, url: str) -> Target:
 # -- the workload ---------------------------------------------------------------------------------
 
 
-# the one-node layout of gateway.idempotency.store, every key of a call in its partner's slot: the
+# the one-node layout of gateway.idempotency.reservation, every key of a call in its partner's slot: the
 # nonce key of an unsigned request (the digest of no nonce) and the partner's GCRA key
 PARTNER_IDS = [f"p.{n}" for n in range(PARTNERS)]
 NONCE_KEYS = [nonce_key(partner, "") for partner in PARTNER_IDS]
@@ -122,7 +124,7 @@ RATE_KEYS = [rate_key(partner) for partner in PARTNER_IDS]
 
 
 class Workload:
-    """RESERVE's keys and arguments as `IdempotencyStore.reserve` builds them, fresh ids every call.
+    """RESERVE's keys and arguments as `SingleNodeStore.reserve` builds them, fresh ids every call.
 
     A random tag (the same length for every measurement) makes the ids unique to one measurement;
     apart from it every measurement sends the same sequence of keys."""

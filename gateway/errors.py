@@ -12,7 +12,7 @@ class DeliveryInDoubt(DependencyUnavailable):
 class Refused(SettlementError):
     """The request cannot be taken as sent. `cause` names it (the problem type); `errors` lists fields;
     `quota` is what the partner's admission found when Redis was asked before the refusal
-    (gateway.idempotency.store.Quota: remaining, reset µs, retry-after µs).
+    (gateway.idempotency.reservation.Quota: remaining, reset µs, retry-after µs).
 
     Made by the thousand for a bulk request's refused items: slots and a direct call of Exception's
     __init__ make one in 0.33 µs instead of 0.59."""

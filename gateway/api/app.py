@@ -26,10 +26,7 @@ from gateway.api.operations_port import OperationsPort
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
-from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.sharded import ShardedIdempotencyStore
-from gateway.idempotency.store import IdempotencyStore
+from gateway.idempotency.factory import open_store
 from gateway.intake.flow import Intake
 from gateway.intake.in_doubt import DoubtResolver, LogReader
 from gateway.intake.ledger import Ledger
@@ -135,24 +132,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def redis_client(app: Litestar) -> AsyncIterator[None]:
-        timeout = settings.redis_timeout_ms / 1000
-        cluster = is_cluster_url(settings.redis_url)  # several seed addresses: a Redis Cluster
-        client = RedisCluster(settings.redis_url, timeout) if cluster else RedisPipeline(settings.redis_url, timeout)
-        app.state.redis = client
-        store = app.state.idempotency = (ShardedIdempotencyStore if cluster else IdempotencyStore)(
-            client,
-            metrics,
-            pending_ttl_ms=settings.pending_ttl_seconds * 1000,
-            done_ttl_ms=settings.idempotency_ttl_seconds * 1000,
-            guard_ttl_ms=settings.transaction_id_ttl_seconds * 1000,
-            stale_after_ms=settings.in_doubt_after_ms,
-        )
+        store = app.state.idempotency = open_store(settings, metrics)  # one node or a cluster
         try:
             yield
         finally:
             # completions still on their way (Redis was down or slow) go out before the connection closes
             await store.drain(settings.redis_timeout_ms / 1000 + 2)
-            client.close()
+            store.close()
 
     @asynccontextmanager
     async def kafka_producer(app: Litestar) -> AsyncIterator[None]:

@@ -20,7 +20,8 @@ from litestar.exceptions import HTTPException
 
 from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavailable_detail
 from gateway.errors import Refused, Unauthorized
-from gateway.idempotency.store import Decision, IdempotencyStore, Quota
+from gateway.idempotency.reservation import Quota
+from gateway.idempotency.store import Decision, IdempotencyStore
 from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, BulkOutcome, Intake, Outcome
 from gateway.intake.schemas import ENCODER, BulkAnswer, BulkItem, TransactionRequest
 from gateway.partners.authentication import Authenticator, Caller

@@ -13,11 +13,11 @@ from litestar.openapi.spec import Example
 from gateway import SERVICE_NAME, __version__
 from gateway.api.openapi import DocumentedOperation, documented
 from gateway.api.problems import CAUSES, MEDIA_TYPE, PROBLEM_BASE
-from gateway.idempotency.redis_pipeline import Memory, RedisUnavailable, ReplyError
 from gateway.intake.schemas import ENCODER
 from gateway.kafka.producer import SettlementProducer
 from gateway.partners.reload import RegistryWatcher
 from gateway.settings import Settings
+from settlement.errors import DependencyUnavailable
 
 CheckResult = Literal["ok", "down"]
 
@@ -89,26 +89,13 @@ async def health() -> Response[bytes]:
 async def _check_redis(request: Request, timeout: float) -> tuple[list[str], str | None]:
     """What is wrong with Redis (it is down), and what to warn of (it fills up, or may evict)."""
     try:
-        memory = await asyncio.wait_for(request.app.state.redis.memory(), timeout)
-    except (RedisUnavailable, ReplyError, TimeoutError) as exc:
-        return [f"redis: {exc or type(exc).__name__}"], None
+        memory = await asyncio.wait_for(request.app.state.idempotency.memory(), timeout)
+    except DependencyUnavailable as exc:
+        return [f"redis: {exc.detail}"], None
+    except TimeoutError:
+        return ["redis: TimeoutError"], None
     request.app.state.metrics.redis_memory.set(memory.used_ratio)
-    return [], memory_warning(memory, request.app.state.settings.redis_memory_warning)
-
-
-def memory_warning(memory: Memory, share: float) -> str | None:
-    """Why Redis's memory needs an operator before it refuses submissions, or None.
-
-    Redis holds every idempotency key and transaction id the gateway answers from: full, with the
-    noeviction policy, it refuses writes and submissions fail closed (503); with an eviction policy it
-    would drop them silently, and a payment could be accepted twice."""
-    if memory.limit == 0:
-        return "Redis has no maxmemory: it grows until the host kills it; set maxmemory and noeviction"
-    if memory.policy != "noeviction":
-        return f"Redis evicts keys (maxmemory-policy {memory.policy}): it may drop idempotency state; set noeviction"
-    if memory.used_ratio >= share:
-        return f"Redis memory at {memory.used_ratio:.0%} of maxmemory: when full, submissions are refused (503)"
-    return None
+    return [], memory.warning(request.app.state.settings.redis_memory_warning)
 
 
 async def _check_kafka(producer: SettlementProducer, timeout: float) -> list[str]:

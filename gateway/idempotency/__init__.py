@@ -1,1 +1,1 @@
-"""Idempotency in Redis: the store, its Lua scripts, the pipelined client."""
+"""Idempotency in Redis: the store's protocol and its two forms (one node, cluster), and their Lua."""

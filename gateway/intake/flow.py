@@ -21,7 +21,8 @@ import msgspec
 
 import fastcore
 from gateway.errors import DeliveryInDoubt, Refused, Unauthorized
-from gateway.idempotency.store import Admission, Decision, IdempotencyStore, Quota, Reservation, unlimited
+from gateway.idempotency.reservation import AdmissionCheck, Quota, Reservation
+from gateway.idempotency.store import Decision, IdempotencyStore
 from gateway.intake.decoding import decode, decode_items, decoded_or_refused
 from gateway.intake.ledger import Ledger
 from gateway.intake.schemas import (
@@ -198,7 +199,7 @@ class Intake:
         partner: str,
         body: bytes,
         idempotency_header: str | None,
-        admission: Admission | None = None,
+        admission: AdmissionCheck | None = None,
         forbids: Forbids | None = None,
     ) -> "Prepared":
         """Decode, validate, route and fingerprint one raw body of `partner`; no I/O. Raises Refused."""
@@ -218,7 +219,7 @@ class Intake:
         request: TransactionRequest,
         instruction: fastcore.Instruction,
         now: float,
-        admission: Admission | None,
+        admission: AdmissionCheck | None,
         forbids: Forbids | None,
     ) -> tuple[Reservation, TransactionAccepted]:
         """Route a valid transaction and make its reservation and event. Raises Refused (forbidden)."""
@@ -264,7 +265,7 @@ class Intake:
         body: bytes,
         idempotency_header: str | None,
         traceparent: str | None,
-        admission: Admission | None = None,
+        admission: AdmissionCheck | None = None,
         forbids: Forbids | None = None,
     ) -> Outcome:
         """Take one raw request body of `partner`; return the response body or raise Refused or
@@ -305,7 +306,7 @@ class Intake:
         partner: str,
         request: TransactionRequest,
         idempotency_header: str | None,
-        admission: Admission | None,
+        admission: AdmissionCheck | None,
     ) -> Outcome | None:
         """The original answer of an accepted transaction that today's rules refuse (a narrowed grant,
         a lowered limit, a calendar past its horizon), or None when it was never accepted: the refusal
@@ -453,7 +454,7 @@ class Intake:
         body: bytes,
         traceparent: str | None,
         max_items: int,
-        admission: Admission | None = None,
+        admission: AdmissionCheck,
         forbids: Forbids | None = None,
     ) -> BulkOutcome:
         """A bulk request: a JSON array of up to `max_items` transactions, each decided exactly as
@@ -498,7 +499,7 @@ class Intake:
                 refused.append((index, request))
         validated = perf_counter()
         refusal, quota, decisions = await self._store.reserve_all(
-            [reservation for _, reservation, _ in prepared], admission or unlimited(partner), len(raws)
+            [reservation for _, reservation, _ in prepared], admission, len(raws)
         )
         if refusal is Decision.NONCE_REPLAYED:
             raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)

@@ -32,7 +32,8 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from gateway.idempotency.store import IdempotencyStore, PendingRecord, Reservation
+from gateway.idempotency.reservation import PendingRecord, Reservation
+from gateway.idempotency.store import IdempotencyStore
 from gateway.intake.schemas import compact_answer
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics

@@ -1,1 +1,1 @@
-"""Partners: the registry, authentication, rate limits."""
+"""Partners: the registry, authentication, signatures, admission (rate limits, nonces)."""

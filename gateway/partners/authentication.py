@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from gateway.errors import Unauthorized
-from gateway.idempotency.store import Admission, nonce_key, unlimited
+from gateway.partners.admission import Admission, nonce_key, unlimited
 from gateway.partners.message import Message
 from gateway.partners.registry import Partner, Registry
 from gateway.partners.signatures import SignatureRejected, verify

@@ -24,7 +24,7 @@ Two layers:
   `idempotency-key` that the request carries (`content-digest` is required with a body, and it must
   name the body); `created` is within WINDOW_SECONDS of the gateway's clock either way (clocks drift),
   and the nonce (8-128 characters) has not been seen in that window (Redis remembers it:
-  gateway.idempotency's admission), so a captured request cannot be replayed.
+  gateway.partners.admission), so a captured request cannot be replayed.
 """
 
 import base64

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from gateway.api.app import build_policy
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import IdempotencyStore
+from gateway.idempotency.single_node import SingleNodeStore
 from gateway.intake.flow import Intake
+from gateway.redis.pipeline import RedisPipeline
 from gateway.settings import Settings
 from gateway.telemetry.metrics import CONTENT_TYPE, PUBLISH_INTERVAL, Metrics
 from tests.conftest import transaction
@@ -99,7 +99,7 @@ async def test_counters_equal_what_was_sent_across_two_workers(server, stack, un
     policy, rules = build_policy(settings)
     body = json.dumps(transaction(f"{unique}pending")).encode()
     redis = RedisPipeline(stack.redis_url, 2.0)
-    store = IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    store = SingleNodeStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     intake = Intake(settings, policy, rules, store, None, None, time.time, None)  # type: ignore[arg-type]
     prepared = intake.prepare(server.partner, body, None)
     try:

@@ -15,9 +15,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.api.app import create_app
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import Decision, IdempotencyStore
+from gateway.idempotency.single_node import SingleNodeStore
+from gateway.idempotency.store import Decision
 from gateway.intake.schemas import ENCODER
+from gateway.redis.pipeline import RedisPipeline
 from gateway.telemetry.metrics import Metrics
 from tests.conftest import transaction
 from tests.integration.test_intake import assert_problem
@@ -83,7 +84,7 @@ async def test_a_thousand_mixed_transactions_are_answered_as_the_single_endpoint
     pending = [transaction(f"{unique}f{i}") for i in range(20)]
     redis = RedisPipeline(app.state.settings.redis_url, 2.0)
     try:
-        store = IdempotencyStore(redis, Metrics(), pending_ttl_ms=60_000, done_ttl_ms=60_000)
+        store = SingleNodeStore(redis, Metrics(), pending_ttl_ms=60_000, done_ttl_ms=60_000)
         for body in pending:
             prepared = app.state.intake.prepare(app.state.settings.partner, text(body).encode(), None)
             assert (await store.reserve(prepared.reservation))[0] is Decision.NEW

@@ -1,5 +1,5 @@
 """The reserve, complete and release Lua scripts against the real Redis: one node, and a Redis Cluster
-(where the same decisions are taken in steps by the sharded store)."""
+(where the same decisions are taken in steps by the cluster store)."""
 
 import hashlib
 import time
@@ -8,11 +8,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as ClusterObserver
 
-from gateway.idempotency.redis_cluster import RedisCluster, key_slot
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.sharded import ShardedIdempotencyStore
-from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.idempotency.cluster import ClusterStore
+from gateway.idempotency.reservation import Reservation
+from gateway.idempotency.single_node import SingleNodeStore
+from gateway.idempotency.store import Decision
 from gateway.intake.schemas import compact_answer
+from gateway.redis.cluster import RedisCluster, key_slot
+from gateway.redis.pipeline import RedisPipeline
 from gateway.telemetry.metrics import Metrics
 
 GUARD_MS = 604_800_000  # a week
@@ -26,11 +28,11 @@ async def store(request, stack):
     ttls = {"pending_ttl_ms": 30_000, "done_ttl_ms": 86_400_000, "guard_ttl_ms": GUARD_MS}
     if request.param == "one node":
         client, observer = RedisPipeline(stack.redis_url, 2.0), Redis.from_url(stack.redis_url)
-        ids = IdempotencyStore(client, Metrics(), **ttls)
+        ids = SingleNodeStore(client, Metrics(), **ttls)
     else:
         cluster = request.getfixturevalue("redis_cluster")
         client, observer = RedisCluster(cluster.url, 2.0), ClusterObserver.from_url(cluster.url.split(",")[0])
-        ids = ShardedIdempotencyStore(client, Metrics(), **ttls)
+        ids = ClusterStore(client, Metrics(), **ttls)
     yield ids, observer
     client.close()
     await observer.aclose()

@@ -16,8 +16,10 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway.api.app import create_app
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import Decision, IdempotencyStore, Reservation
+from gateway.idempotency.reservation import Reservation
+from gateway.idempotency.single_node import SingleNodeStore
+from gateway.idempotency.store import Decision
+from gateway.redis.pipeline import RedisPipeline
 from gateway.telemetry.metrics import Metrics
 from settlement.events import EVENT_ENCODER, cloudevents_headers
 from tests.conftest import transaction
@@ -94,7 +96,7 @@ async def _orphan(stack, client, body: dict, *, produced: bool) -> tuple[Reserva
     pipeline = RedisPipeline(stack.redis_url, 2.0)
     redis = Redis.from_url(stack.redis_url)
     try:
-        store = IdempotencyStore(pipeline, Metrics(), pending_ttl_ms=600_000, done_ttl_ms=600_000)
+        store = SingleNodeStore(pipeline, Metrics(), pending_ttl_ms=600_000, done_ttl_ms=600_000)
         assert (await store.reserve(reservation))[0] is Decision.NEW
         await _age(redis, reservation, 60_000)
     finally:
@@ -143,7 +145,7 @@ async def test_worker_died_before_producing_the_retry_is_accepted_once(stack, cl
 @pytest.fixture
 async def store(stack):
     pipeline, observer = RedisPipeline(stack.redis_url, 2.0), Redis.from_url(stack.redis_url)
-    yield IdempotencyStore(pipeline, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000), pipeline, observer
+    yield SingleNodeStore(pipeline, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000), pipeline, observer
     pipeline.close()
     await observer.aclose()
 

@@ -11,8 +11,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.api.app import create_app
-from gateway.idempotency.redis_pipeline import RedisPipeline
-from gateway.idempotency.store import Decision, IdempotencyStore
+from gateway.idempotency.single_node import SingleNodeStore
+from gateway.idempotency.store import Decision
+from gateway.redis.pipeline import RedisPipeline
 from gateway.telemetry.metrics import Metrics
 from tests.conftest import transaction
 from tests.kafka_log import headers_of
@@ -174,7 +175,7 @@ async def test_409_in_flight_with_retry_after(client, stack, log, unique):
     prepared = client.app.state.intake.prepare(client.app.state.settings.partner, body, None)
     redis = RedisPipeline(stack.redis_url, 2.0)
     try:
-        decision, _ = await IdempotencyStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
+        decision, _ = await SingleNodeStore(redis, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000).reserve(
             prepared.reservation
         )
     finally:

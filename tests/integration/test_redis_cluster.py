@@ -1,4 +1,4 @@
-"""The gateway's Redis Cluster client and sharded store against a real Redis Cluster (3 masters, 3
+"""The gateway's Redis Cluster client and cluster store against a real Redis Cluster (3 masters, 3
 replicas): slot routing, MOVED and ASK redirects, a master killed and replaced, the partner spread."""
 
 import asyncio
@@ -12,10 +12,13 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway.api.app import create_app
-from gateway.idempotency.redis_cluster import RedisCluster, is_cluster_url, key_slot, seeds_of
-from gateway.idempotency.redis_pipeline import RedisUnavailable, Script
-from gateway.idempotency.sharded import ShardedIdempotencyStore
-from gateway.idempotency.store import Decision, Reservation, unlimited
+from gateway.idempotency.cluster import ClusterStore
+from gateway.idempotency.reservation import Reservation
+from gateway.idempotency.store import Decision
+from gateway.partners.admission import unlimited
+from gateway.redis.cluster import RedisCluster, is_cluster_url, key_slot, seeds_of
+from gateway.redis.errors import RedisUnavailable
+from gateway.redis.pipeline import Script
 from gateway.telemetry.metrics import Metrics
 from settlement.errors import DependencyUnavailable
 from tests.conftest import transaction
@@ -115,7 +118,7 @@ async def _settled(redis_cluster, timeout: float = 30.0) -> None:
 
 
 async def test_bulk_claims_spread_one_partner_over_every_master(cluster, unique):
-    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    store = ClusterStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     partner = f"p-{unique}"
 
     def reservation(key: str, txn: str, payload: str = "fp") -> Reservation:
@@ -146,7 +149,7 @@ async def test_a_master_failing_the_id_step_rolls_back_what_the_others_took(clus
     in time (paused): the request fails as a whole (503), what the two took is dropped again, and the
     ones whose master may still take them late go to the in-doubt resolver, which releases them once
     the log confirms their records were never written."""
-    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    store = ClusterStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     handed: list[Reservation] = []
     store.on_doubt = lambda r, pending: handed.append(r)
     fp, partner = hashlib.sha256(b"fp").hexdigest(), f"p-{unique}"
@@ -176,7 +179,7 @@ async def test_a_killed_master_fails_its_share_then_its_replica_takes_over(clust
     """SIGKILL a master: requests for its slots get 503 (never a wrong answer) until the cluster
     promotes its replica; the same client then routes there by itself, and what the master had
     replicated (a completed entry) still answers as a replay."""
-    store = ShardedIdempotencyStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
+    store = ClusterStore(cluster, Metrics(), pending_ttl_ms=30_000, done_ttl_ms=60_000)
     victim = cluster.masters[0][1]
     fp = hashlib.sha256(b"fp").hexdigest()
     candidates = [Reservation(f"p-{unique}", f"k{n}", f"t{n}", fp, layout=store.layout) for n in range(400)]

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 from redis.asyncio import Redis
 
-from gateway.idempotency.redis_pipeline import RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.redis.errors import RedisUnavailable, ReplyError
+from gateway.redis.pipeline import RedisPipeline, Script
 
 
 @pytest.fixture

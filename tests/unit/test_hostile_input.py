@@ -38,9 +38,10 @@ from hypothesis import strategies as st
 
 from gateway.api.app import build_policy
 from gateway.errors import Refused
-from gateway.idempotency.store import ONE_NODE
+from gateway.idempotency.reservation import ONE_NODE
 from gateway.intake.flow import Intake
 from gateway.intake.schemas import TransactionRequest
+from gateway.partners.admission import unlimited
 from gateway.partners.message import Fields, Message
 from gateway.partners.registry import Registry
 from gateway.partners.signatures import SignatureRejected, sign, verify
@@ -348,6 +349,7 @@ class OfflineStore:
 
 
 SETTINGS = Settings.from_env({})
+UNLIMITED = unlimited("hostile")
 INTAKE = Intake(SETTINGS, *build_policy(SETTINGS), OfflineStore(), None, None, lambda: 1_800_000_000.0, None)  # type: ignore[arg-type]
 
 
@@ -359,7 +361,7 @@ def decide_single(body: bytes) -> None:
 
 def decide_bulk(body: bytes) -> None:
     """A bulk submission's body as the intake decides it up to the store: accepted, or Refused."""
-    steps = INTAKE.submit_all("hostile", body, None, SETTINGS.bulk_max_items)
+    steps = INTAKE.submit_all("hostile", body, None, SETTINGS.bulk_max_items, UNLIMITED)
     try:
         steps.send(None)  # nothing is awaited before the store, so the first step runs up to it
     except (Refused, Unreached):
@@ -373,7 +375,9 @@ def test_the_offline_intake_accepts_a_valid_body():
     """The campaign's intake is a real one: a valid body goes all the way to the store."""
     prepared = INTAKE.prepare("hostile", transaction_body(1), None)
     assert prepared.reservation.transaction_id == "txn_hostile1"
-    steps = INTAKE.submit_all("hostile", b"[" + transaction_body(1) + b"," + transaction_body(2) + b"]", None, 10)
+    steps = INTAKE.submit_all(
+        "hostile", b"[" + transaction_body(1) + b"," + transaction_body(2) + b"]", None, 10, UNLIMITED
+    )
     with pytest.raises(Unreached):
         steps.send(None)
 

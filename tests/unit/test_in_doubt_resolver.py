@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from gateway.idempotency.store import PendingRecord, Reservation
+from gateway.idempotency.reservation import PendingRecord, Reservation
 from gateway.intake.in_doubt import DoubtResolver
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics

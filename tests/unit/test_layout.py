@@ -1,7 +1,7 @@
 """The layout of DESIGN section 12: one folder per layer, imports point down only, no circles.
 
-    gateway/ (api > partners, intake > idempotency, kafka > telemetry > base)     processor/
-                 \\______________________________________________________________/
+    gateway/ (api > partners, intake > idempotency > redis, kafka > telemetry > base)     processor/
+                 \\_______________________________________________________________________/
                                  settlement/ (the shared core)
                                  fastcore/ (the compiled floor)
 
@@ -28,7 +28,8 @@ MAY_IMPORT = {
     "api": {"partners", "intake", "idempotency", "kafka", "telemetry", "base"},
     "partners": {"idempotency", "telemetry", "base"},
     "intake": {"idempotency", "kafka", "telemetry", "base"},
-    "idempotency": {"telemetry", "base"},
+    "idempotency": {"redis", "telemetry", "base"},
+    "redis": set(),  # the transport imports nothing of the gateway
     "kafka": {"telemetry", "base"},
     "telemetry": {"base"},
     "base": set(),

@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.idempotency.redis_pipeline import Arg, Memory, RedisPipeline, RedisUnavailable, ReplyError, Script
+from gateway.redis.errors import RedisUnavailable, ReplyError
+from gateway.redis.memory import Memory
+from gateway.redis.pipeline import Arg, RedisPipeline, Script
 
 SLOTS = 16384
 MAX_REDIRECTS = 5
@@ -252,3 +254,6 @@ def _slot_map(reply: list[Any], answered_by: Address) -> list[Address] | None:
     if any(owner is None for owner in owners):
         return None
     return owners  # type: ignore[return-value]
+
+
+Client = RedisPipeline | RedisCluster  # what a store runs on: one node's connection, or a cluster's

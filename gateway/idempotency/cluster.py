@@ -32,19 +32,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.idempotency.redis_cluster import key_slot
-from gateway.idempotency.redis_pipeline import RedisUnavailable, ReplyError, Script
-from gateway.idempotency.store import (
-    LIMIT,
-    Admission,
-    Decision,
-    IdempotencyStore,
-    KeyLayout,
-    Quota,
-    Reservation,
-    lua_script,
-    refusal,
-)
+from gateway.idempotency.base import LIMIT, StoreBase, lua_script, refusal
+from gateway.idempotency.reservation import AdmissionCheck, KeyLayout, Quota, Reservation
+from gateway.idempotency.store import Decision
+from gateway.redis.cluster import key_slot
+from gateway.redis.errors import RedisError, RedisUnavailable, unavailable
+from gateway.redis.pipeline import Script
 from settlement.errors import DependencyUnavailable
 
 SPREAD = KeyLayout(64)  # slots per partner for entries, and as many for ids
@@ -101,13 +94,13 @@ def _failed(reservations: list[Reservation], positions: list[list[int]], replies
 def _raise_first(replies: list[Any]) -> None:
     """DependencyUnavailable for the first error among `replies`, if any."""
     for reply in replies:
-        if isinstance(reply, (RedisUnavailable, ReplyError)):
-            raise DependencyUnavailable("redis", str(reply)) from None
+        if isinstance(reply, RedisError):
+            raise unavailable(reply) from None
         if isinstance(reply, BaseException):
             raise reply
 
 
-class ShardedIdempotencyStore(IdempotencyStore):
+class ClusterStore(StoreBase):
     """`IdempotencyStore` on a Redis Cluster (`RedisCluster`), with each partner spread over `SPREAD`."""
 
     layout = SPREAD
@@ -137,18 +130,18 @@ class ShardedIdempotencyStore(IdempotencyStore):
         return (refused, None) if refused is not None else decisions[0]
 
     async def reserve_all(
-        self, reservations: list[Reservation], admission: Admission, cost: int
+        self, reservations: list[Reservation], admission: AdmissionCheck, cost: int
     ) -> tuple[Decision | None, Quota, list[tuple[Decision, bytes | None]]]:
         return await self._reserve("reserve_all", reservations, admission, cost)
 
     async def _reserve(
-        self, name: str, reservations: list[Reservation], a: Admission, cost: int
+        self, name: str, reservations: list[Reservation], a: AdmissionCheck | None, cost: int
     ) -> tuple[Decision | None, Quota, list[tuple[Decision, bytes | None]]]:
         started = time.perf_counter()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         quota = Quota(-1, 0)
-        if a.nonce_ttl_ms or a.interval_us:
+        if a is not None and (a.nonce_ttl_ms or a.interval_us):
             (reply,) = await self._calls(name, [(LIMIT, [a.nonce_key, a.rate_key], [*a.args, cost])])
             if (refused := refusal(reply)) is not None:
                 return refused[0], refused[1], []

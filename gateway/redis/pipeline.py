@@ -21,20 +21,15 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
+from gateway.redis.errors import RedisUnavailable, ReplyError
+from gateway.redis.memory import Memory
+
 Arg = bytes | str | int
-
-
-class RedisUnavailable(Exception):
-    """The connection is down, could not be made, or a reply did not come in time."""
-
-
-class ReplyError(Exception):
-    """Redis answered a command with an error (`-ERR ...`)."""
 
 
 class Script:
@@ -251,25 +246,7 @@ class RedisPipeline:
         self.send("EVALSHA", script.sha, len(keys), *keys, *args).add_done_callback(lambda f: settle(f, True))
         return result
 
-    async def memory(self) -> "Memory":
+    async def memory(self) -> Memory:
         """How full Redis is (INFO memory), the readiness probe; RedisUnavailable or ReplyError when Redis
         cannot answer."""
         return Memory.parse(await self.execute("INFO", "memory"))
-
-
-class Memory(NamedTuple):
-    """Redis's memory as INFO reports it: bytes used, the maxmemory limit (0: none) and its policy."""
-
-    used: int
-    limit: int
-    policy: str
-
-    @classmethod
-    def parse(cls, info: bytes) -> "Memory":
-        fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
-        return cls(int(fields["used_memory"]), int(fields["maxmemory"]), fields["maxmemory_policy"])
-
-    @property
-    def used_ratio(self) -> float:
-        """Used over maxmemory; 0 when there is no limit."""
-        return self.used / self.limit if self.limit else 0.0
