@@ -1,10 +1,10 @@
 """The transport's failures, and the one place they become the gateway's error.
 
-Inside the store the two kinds differ: a command that met RedisUnavailable may have run (the
-connection dropped after it was sent, or its reply was late), so what it reserved may be held; a
-ReplyError is Redis's own answer, so the command ran and said no. The store acts on that difference
-(completions sent again, reservations handed to the in-doubt resolver) and then raises `unavailable()`
-to its callers, which never see the transport's classes."""
+RedisUnavailable means a command may have run (the connection dropped after it was sent, or its reply
+was late), so the transport retries nothing and its caller decides; a ReplyError is Redis's own answer.
+The store settles what a failure leaves behind while it still holds the transport's error (a
+completion sent again, a reservation handed to the in-doubt resolver), then raises `unavailable()`:
+its callers never see these classes."""
 
 from settlement.errors import DependencyUnavailable
 
