@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.run import LAUNCHER_ENV, OPS_PORT_OFFSET, ROOT, Server, gateway_command
+from benchmarks.servers import OPS_PORT_OFFSET, Contender, gateway_command
+from tests.servers import ROOT, launcher_env
 
 PORT = 8391
 
@@ -36,8 +37,8 @@ def stack_env(stack: str) -> dict[str, str]:
 def measure(extra: dict[str, str], requests: int, log_dir: Path) -> tuple[float, dict[str, float]]:
     """Median round trip (ms) and median of each Server-Timing stage (ms) of a gateway with `extra`."""
     command = gateway_command(PORT, 1)
-    env = {**LAUNCHER_ENV, "GATEWAY_ACCESS_LOG": "false", "GATEWAY_OPS_PORT": str(PORT + OPS_PORT_OFFSET), **extra}
-    server = Server("gateway-stages", command, PORT, "/ready", env)
+    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_OPS_PORT": str(PORT + OPS_PORT_OFFSET), **extra}
+    server = Contender("gateway-stages", command, PORT, "/ready", launcher_env(env))
     server.start(log_dir)
     try:
         totals: list[float] = []

@@ -32,7 +32,9 @@ from typing import Any
 import msgspec
 
 from benchmarks.cpu import StackMeter, per_answer_us
-from benchmarks.run import Server, servers, verdict, wrk
+from benchmarks.load import wrk
+from benchmarks.run import verdict
+from benchmarks.servers import Contender, servers
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 
@@ -44,21 +46,20 @@ BULK_CONNECTIONS = 8
 REPLAYED = 2000  # distinct transactions each wrk thread replays
 
 
-def _phases(server: Server) -> tuple[str, ...]:
+def _phases(server: Contender) -> tuple[str, ...]:
     if not server.stateful:
         return ("single",)  # the ceiling answers a fixed 202: nothing to replay, no bulk
     return PHASES if server.name.startswith("gateway") else ("single", "replay")
 
 
-def measure(server: Server, phase: str, seconds: int, meter: StackMeter, replay_prefix: str) -> dict[str, Any]:
+def measure(server: Contender, phase: str, seconds: int, meter: StackMeter, replay_prefix: str) -> dict[str, Any]:
     """One phase against one running server: throughput, errors and CPU per accepted transaction."""
     items = BULK_ITEMS if phase == "bulk" else 0
     connections = BULK_CONNECTIONS if phase == "bulk" else CONNECTIONS
     script = {"BENCH_REPLAY": str(REPLAYED), "BENCH_REPLAY_PREFIX": replay_prefix} if phase == "replay" else {}
     if phase == "replay":  # submit them first: every request measured after this is a replay
         wrk(server.url, connections, 2, server.authorization, script_env=script)
-    assert server.process is not None
-    with meter.with_part("server", server.process.pid).measure() as used:
+    with meter.with_part("server", server.pid).measure() as used:
         run = wrk(server.url, connections, seconds, server.authorization, items, script)
     answered = (run["requests"] - run["errors"]) * max(items, 1)
     return {
@@ -77,7 +78,7 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return round(statistics.median(rounds), 3) if isinstance(first, int | float) else first
 
 
-def run(contenders: dict[str, Server], rounds: int, seconds: int, meter: StackMeter, log: Any) -> dict[str, Any]:
+def run(contenders: dict[str, Contender], rounds: int, seconds: int, meter: StackMeter, log: Any) -> dict[str, Any]:
     """Interleaved rounds over already started servers; every round's figures and their medians."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in contenders}
     names = list(contenders)
@@ -151,7 +152,7 @@ def gates(result: dict[str, Any] | None, targets: dict[str, Any]) -> list[dict[s
     return [verdict(*check) for check in checks]
 
 
-def phase(contenders: dict[str, Server], rounds: int, seconds: int, settings: Settings, log: Any) -> dict[str, Any]:
+def phase(contenders: dict[str, Contender], rounds: int, seconds: int, settings: Settings, log: Any) -> dict[str, Any]:
     """benchmarks/run.py's cost phase: start the servers, measure, stop them."""
     meter = StackMeter.of_stack(settings.redis_url, settings.kafka_bootstrap)
     with tempfile.TemporaryDirectory() as scratch:

@@ -21,7 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.run import BIN, servers, wrk
+from benchmarks.load import wrk
+from benchmarks.servers import servers
+from tests.servers import BIN
 
 
 def context_switches(pids: list[int]) -> collections.Counter:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.e2e.conftest import ROOT, free_port
+from tests.servers import ROOT, free_port
 
 
 def test_bench_harness_smoke(stack, tmp_path):

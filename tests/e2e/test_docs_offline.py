@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.servers import ROOT
 
 # only the gateway on 127.0.0.1 is reachable: names do not resolve, addresses go to a closed port
 OFFLINE = [

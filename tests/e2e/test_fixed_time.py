@@ -7,8 +7,9 @@ import httpx
 import pytest
 
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
 from tests.kafka_log import end_offsets, read_topic
+from tests.servers import Server
 
 JUNETEENTH = "2026-06-19T14:00:00Z"
 GBP_EUR = {

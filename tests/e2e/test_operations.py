@@ -18,9 +18,10 @@ from gateway.redis.pipeline import RedisPipeline
 from gateway.settings import Settings
 from gateway.telemetry.metrics import CONTENT_TYPE, PUBLISH_INTERVAL, Metrics
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, listening_sockets, server_env
+from tests.e2e.conftest import server_env
 from tests.kafka_log import end_offsets, read_topic
 from tests.partners import write_registry
+from tests.servers import Server, listening_sockets
 
 URL = "/api/v1/transactions/"
 

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, accepted_per_worker, server_env
+from tests.e2e.conftest import accepted_per_worker, server_env
 from tests.partners import write_registry
+from tests.servers import Server
 
 URL = "/api/v1/transactions/"
 RATE, BURST = 10, 10

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Server, server_env
+from tests.e2e.conftest import server_env
 from tests.partners import write_registry
+from tests.servers import ROOT, Server
 
 COLLECTION = ROOT / "postman" / "settlement-gateway.postman_collection.json"
 ENVIRONMENT = ROOT / "postman" / "local.postman_environment.json"

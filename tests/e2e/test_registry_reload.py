@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.partners.registry import new_key
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
+from tests.servers import Server
 
 INTERVAL = 1.0  # GATEWAY_PARTNERS_RELOAD_SECONDS of this server
 SLACK = 0.5  # a worker's look, read and parse on a loaded two-core machine

@@ -11,8 +11,9 @@ from collections import Counter
 import httpx
 
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, accepted_per_worker, server_env
+from tests.e2e.conftest import accepted_per_worker, server_env
 from tests.kafka_log import end_offsets, read_topic
+from tests.servers import Server
 
 URL = "/api/v1/transactions/"
 CLIENTS = 8  # concurrent connections

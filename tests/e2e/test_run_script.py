@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, free_port
+from tests.servers import ROOT, free_port
 
 
 def run_script(tmp_path: Path, port: int, **extra: str) -> tuple[subprocess.CompletedProcess, float, dict]:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
 from tests.partners import write_registry
+from tests.servers import Server
 
 SEED = 20261129
 MAX_EXAMPLES = 1000  # fuzzed cases per operation in each mode; only the POST has that many to give

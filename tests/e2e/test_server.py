@@ -8,8 +8,8 @@ import subprocess
 import httpx
 
 from tests.conftest import transaction
-from tests.e2e.conftest import ROOT
 from tests.kafka_log import end_offsets, headers_of, read_topic
+from tests.servers import ROOT
 
 URL = "/api/v1/transactions/"
 BULK = "/api/v1/transactions/bulk"

@@ -27,8 +27,9 @@ import pytest
 
 from gateway.partners.signatures import sign
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
 from tests.partners import SECRET, write_registry
+from tests.servers import Server
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}

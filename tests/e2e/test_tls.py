@@ -6,7 +6,8 @@ import pytest
 
 from tests.certificates import self_signed
 from tests.conftest import transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
+from tests.servers import Server
 
 URL = "/api/v1/transactions/"
 

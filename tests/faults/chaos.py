@@ -568,7 +568,7 @@ class Options:
 async def run(options: Options, log_path: Path) -> dict:
     """Start a gateway (through Toxiproxy on the single stack) and a settlement processor beside it, run
     every fault under load, audit Kafka and the processor's state; return the report."""
-    from tests.e2e.conftest import Server
+    from tests.servers import Server
 
     cluster = options.stack == "cluster"
     toxiproxy = None if cluster else Toxiproxy()

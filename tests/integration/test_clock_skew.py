@@ -17,7 +17,8 @@ from datetime import datetime
 import pytest
 
 from tests.conftest import KAFKA_PIDFILE, transaction
-from tests.e2e.conftest import Server, server_env
+from tests.e2e.conftest import server_env
+from tests.servers import Server
 
 URL = "/api/v1/transactions/"
 SKEW_S = 8

@@ -17,15 +17,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from litestar.testing import AsyncTestClient, TestClient
 
 from gateway.api.app import create_app
+from processor.metrics import ProcessorMetrics
 from processor.records import collect
-from processor.service import Processor, ProcessorMetrics
+from processor.service import Processor
 from settlement import ids
 from settlement.events import (
     EVENT_ENCODER,
     TransactionAccepted,
 )
 from tests.conftest import transaction
-from tests.e2e.conftest import free_port
 from tests.integration.settlement import (
     Setup,
     accepted,
@@ -35,6 +35,7 @@ from tests.integration.settlement import (
     stop_process,
     wait_until,
 )
+from tests.servers import free_port
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}

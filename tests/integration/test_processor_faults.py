@@ -20,13 +20,14 @@ import msgspec
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from processor.service import Processor, ProcessorMetrics
+from processor.metrics import ProcessorMetrics
+from processor.service import Processor
 from settlement.events import EVENT_ENCODER, event_time_ms
 from settlement.topics import create_topics, finite_retention
 from tests.conftest import KAFKA_PIDFILE
-from tests.e2e.conftest import free_port
 from tests.integration.settlement import accepted, fold_until, produce, read_batch_events, stop_process, wait_until
 from tests.processes import stop
+from tests.servers import free_port
 
 
 def _poison(partner: str) -> list[tuple[str, bytes]]:

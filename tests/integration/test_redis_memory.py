@@ -15,7 +15,7 @@ from redis.exceptions import OutOfMemoryError
 
 from gateway.api.app import create_app
 from tests.conftest import transaction
-from tests.e2e.conftest import free_port
+from tests.servers import free_port
 
 URL = "/api/v1/transactions/"
 JSON = {"content-type": "application/json"}

@@ -7,21 +7,20 @@ import json
 import msgspec
 import pytest
 
-from benchmarks import redis_cost
-from benchmarks.redis_cost import (
+from benchmarks.redis_cost import gates
+from benchmarks.redis_cost_load import bulk_bodies, outcomes, seed_bodies
+from benchmarks.redis_cost_stats import (
+    METRICS,
     command_cost,
-    gates,
     key_family,
     markdown,
     median_of,
-    outcomes,
     parse_commandstats,
     parse_info,
     per,
     rows,
     scaled_sample,
     scripted_commands,
-    seed_bodies,
     verdict,
 )
 
@@ -131,7 +130,7 @@ def test_rows_judge_after_against_the_targets_where_they_apply():
     }
     targets = {"max_commands_bulk": 3, "max_cpu_us_bulk": 10, "max_bytes": 300}
     table = {(r["key"], r["mode"]): r for r in rows(medians(before, after), targets)}
-    assert len(table) == len(redis_cost.METRICS) * 2
+    assert len(table) == len(METRICS) * 2
     single = table["commands_per_txn", "single"]
     assert single["limit"] is None and single["passed"] is None and single["ratio"] == 0.545  # no target one by one
     bulk = table["commands_per_txn", "bulk"]
@@ -197,6 +196,6 @@ def test_seed_bodies_are_the_seed_transaction_made_unique():
 
 @pytest.mark.parametrize(("count", "requests", "last"), [(1000, 2, 500), (1001, 3, 1), (3, 1, 3)])
 def test_bulk_requests_of_500(count, requests, last):
-    chunks = redis_cost.bulk_bodies(seed_bodies("cd34", count))
+    chunks = bulk_bodies(seed_bodies("cd34", count))
     assert len(chunks) == requests
     assert len(msgspec.json.decode(chunks[-1])) == last
