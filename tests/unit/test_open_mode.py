@@ -5,7 +5,8 @@ import logging
 import msgspec
 import pytest
 
-from gateway.api.app import load_partners, warn_if_open
+from gateway.api.app import load_partners
+from gateway.api.lifespans import warn_if_open
 from gateway.settings import Settings
 from settlement.errors import ConfigurationError
 
