@@ -24,7 +24,7 @@ from datetime import date
 import fastcore
 from benchmarks.peers.pydantic_model import TransactionModel
 from gateway.api.transactions import SEED_EXAMPLE
-from gateway.intake.flow import validation_fields
+from gateway.intake.canonical import validation_fields
 from gateway.intake.schemas import REQUEST_DECODER
 from settlement.rules import load_policy, load_rules
 

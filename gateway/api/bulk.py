@@ -21,7 +21,7 @@ from gateway.api.openapi import (
     problem_responses,
 )
 from gateway.api.transactions import ACCEPTED_EXAMPLE, DEDUPED_EXAMPLE, RESPONSES, SEED_EXAMPLE, SERVER_TIMING
-from gateway.intake.flow import INVALID
+from gateway.intake.outcomes import INVALID
 from gateway.intake.schemas import REQUEST_SCHEMA
 
 PATH = "/api/v1/transactions/bulk"

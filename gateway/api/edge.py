@@ -22,7 +22,8 @@ from gateway.api.problems import MEDIA_TYPE, RETRY_LATER, problem_body, unavaila
 from gateway.errors import Refused, Unauthorized
 from gateway.idempotency.reservation import Quota
 from gateway.idempotency.store import Decision, IdempotencyStore
-from gateway.intake.flow import REFUSALS, REPLAYED_NONCE, BulkOutcome, Intake, Outcome
+from gateway.intake.flow import Intake
+from gateway.intake.outcomes import REFUSALS, REPLAYED_NONCE, BulkOutcome, Outcome
 from gateway.intake.schemas import ENCODER, BulkAnswer, BulkItem, TransactionRequest
 from gateway.partners.authentication import Authenticator, Caller
 from gateway.partners.message import Message, message_of

@@ -1,14 +1,16 @@
-"""Intake of one transaction: decode, validate and route, reserve, produce, complete.
+"""Intake of one transaction, and of a bulk request's: decode, validate and route, reserve, produce, complete.
 
 Replays first: an accepted transaction's exact resubmission gets its original answer whatever changed
-since (the partner's grant, the amount limits, the calendar's horizon). A submission those refuse is
-looked up before the refusal stands (`recall`), and one whose key Redis has forgotten, or the same
-payment under another key, is answered from the ledger when it holds the transaction.
+since, and a key Redis has forgotten is answered from the ledger (gateway.intake.recall decides both).
 
 Nothing is acknowledged before Kafka has the record. A produce that certainly never reached the
 broker (queue full, refused at once) releases the reservation, so the partner's retry is new again;
 one whose outcome is in doubt (a delivery timeout or error) keeps it locked until the log says
 whether the record is there (gateway.intake.in_doubt). Redis down means nothing is produced (fail closed).
+
+Over 400 lines because the single path and the bulk path are one class, side by side: each step of
+one has its twin in the other (prepare and its items, settle and settle_all), and a change to one is
+to be seen against the other.
 """
 
 import asyncio
@@ -21,10 +23,13 @@ import msgspec
 
 import fastcore
 from gateway.errors import DeliveryInDoubt, Refused, Unauthorized
-from gateway.idempotency.reservation import AdmissionCheck, Quota, Reservation
+from gateway.idempotency.reservation import AdmissionCheck, Reservation
 from gateway.idempotency.store import Decision, IdempotencyStore
+from gateway.intake.canonical import canonical_transaction, lenient, validation_fields
 from gateway.intake.decoding import decode, decode_items, decoded_or_refused
 from gateway.intake.ledger import Ledger
+from gateway.intake.outcomes import INVALID, REFUSALS, REPLAYED_NONCE, BulkOutcome, ItemOutcome, Outcome, Timing
+from gateway.intake.recall import LEDGER_DECIDES, Recall, release
 from gateway.intake.schemas import (
     ENCODER,
     Accepted,
@@ -40,10 +45,8 @@ from settlement.errors import DependencyUnavailable
 from settlement.events import (
     EVENT_ENCODER,
     Routing,
-    Transaction,
     TransactionAccepted,
     cloudevents_headers,
-    fingerprint,
     instant,
     transaction_accepted,
 )
@@ -60,75 +63,10 @@ class Prepared(NamedTuple):
     validate_seconds: float  # validation, routing, fingerprint and the event
 
 
-class Timing(NamedTuple):
-    """Seconds spent in each stage of one submission, for the `Server-Timing` header."""
-
-    decode: float
-    validate: float
-    redis: float
-    kafka: float
-
-    def header(self) -> str:
-        """`decode;dur=0.012, validate;dur=0.008, redis;dur=0.101, kafka;dur=0.611` (milliseconds)."""
-        return (
-            f"decode;dur={self.decode * 1000:.3f}, validate;dur={self.validate * 1000:.3f}, "
-            f"redis;dur={self.redis * 1000:.3f}, kafka;dur={self.kafka * 1000:.3f}"
-        )
-
-
-class Outcome(msgspec.Struct, frozen=True):
-    """What the partner gets: `replayed` is False for a new acceptance, True for an exact resubmission;
-    `quota` is what the partner's admission found in the same round trip (a bulk request's items
-    carry neither timing nor quota: the request does)."""
-
-    transaction_id: str
-    replayed: bool
-    body: bytes
-    timing: Timing | None = None
-    quota: Quota | None = None
-
-
-# one transaction of a bulk request: accepted or replayed, refused, or not taken for now (503)
-ItemOutcome = Outcome | Refused | DependencyUnavailable
-
-
-class BulkOutcome(NamedTuple):
-    """A bulk request's outcome: one per transaction, in the request's order."""
-
-    items: list[ItemOutcome]
-    timing: Timing
-    quota: Quota | None
-
-
 # why a partner may not send a transaction through these windows in these currencies, or None
 Forbids = Callable[[tuple[str, ...], tuple[str, str]], str | None]
-REPLAYED_NONCE = "the signature's nonce was already used: sign every request afresh"
-
-# what Redis leaves to the ledger: a key it forgot, the same payment under another key
-LEDGER_DECIDES = (Decision.RECALL, Decision.ELSEWHERE)
-# what the partner is told when `reserve` does not claim the key: the problem's cause and detail
-REFUSALS = {
-    Decision.IN_FLIGHT: ("request-in-flight", "a request with this idempotency key is still being processed"),
-    Decision.MISMATCH: ("idempotency-key-reused", "this idempotency key was already used for a different transaction"),
-    Decision.TXN_TAKEN: (
-        "transaction-id-conflict",
-        "this transaction_id was already submitted under another idempotency key",
-    ),
-    Decision.LIMITED: ("rate-limited", "the partner's rate limit is exhausted; retry after the time given"),
-}
-
-
-INVALID = "the transaction breaks one or more rules"
 # refusals an accepted transaction's replay may meet when the rules changed since: looked up first
 CHANGED_RULES = frozenset({"validation-failed", "forbidden"})
-# an amount limit far above any real one (whole units; times 10^4 minor units it fits a 64-bit integer)
-_NO_LIMIT = 10**12
-
-
-def lenient(policy: fastcore.Policy) -> fastcore.Policy:
-    """`policy` without its amount limits and blocked pairs: what an accepted transaction's replay is
-    checked against (its shape, and the canonical form its fingerprint is taken of)."""
-    return fastcore.Policy(dict.fromkeys(policy.max_amounts, _NO_LIMIT), ())
 
 
 def changed_rules(exc: Refused | DependencyUnavailable) -> bool:
@@ -138,36 +76,12 @@ def changed_rules(exc: Refused | DependencyUnavailable) -> bool:
     return exc.cause in CHANGED_RULES and not isinstance(exc, Unauthorized)
 
 
-def validation_fields(request: TransactionRequest, idempotency_header: str | None) -> tuple:
-    """The arguments of `fastcore.validate` after the policy, in its order."""
-    return (
-        request.transaction_id,
-        bytes(request.amount),
-        request.source_currency,
-        request.destination_currency,
-        request.source_account,
-        request.destination_account,
-        request.counterparty_id,
-        request.idempotency_key,
-        idempotency_header,
-        request.settlement_window,
-        request.metadata,
-    )
-
-
-def _transaction(request: TransactionRequest, instruction: fastcore.Instruction) -> Transaction:
-    """The canonical transaction of a valid request (what its fingerprint is taken of)."""
-    return Transaction(
-        transaction_id=request.transaction_id,
-        amount=instruction.amount,
-        source_currency=request.source_currency,
-        destination_currency=request.destination_currency,
-        source_account=request.source_account,
-        destination_account=request.destination_account,
-        counterparty_id=request.counterparty_id,
-        settlement_window=instruction.requested_window,
-        metadata=request.metadata,
-    )
+def _decided(transaction_id: str, decision: Decision, stored: bytes | None) -> ItemOutcome:
+    """A bulk item Redis or the ledger decided without a produce: its replay, or its refusal."""
+    if decision is Decision.REPLAY:
+        assert stored is not None
+        return Outcome(transaction_id, replayed=True, body=replay_body(transaction_id, stored))
+    return Refused(*REFUSALS[decision])
 
 
 class Intake:
@@ -186,8 +100,7 @@ class Intake:
     ) -> None:
         self._settings = settings
         self._policy = policy
-        self._lenient = lenient(policy)
-        self._ledger = ledger
+        self._recall = Recall(lenient(policy), store, ledger)
         self._rules = rules
         self._store = store
         self._producer = producer
@@ -243,7 +156,7 @@ class Intake:
         event = transaction_accepted(
             partner,
             instruction.idempotency_key,
-            _transaction(request, instruction),
+            canonical_transaction(request, instruction),
             Routing(routing.window, routing.requested_window, routing.value_date, routing.batch, routing.reason),
             instant(now),
         )
@@ -284,7 +197,7 @@ class Intake:
         started = perf_counter()
         decision, stored = await self._store.reserve(reservation)
         if decision in LEDGER_DECIDES:
-            ((decision, stored),) = await self._ask_ledger([(reservation, decision)], held=True)
+            ((decision, stored),) = await self._recall.ask_ledger([(reservation, decision)], held=True)
         timing = Timing(decode_seconds, validate_seconds, perf_counter() - started, 0.0)
         transaction_id = event.transaction.transaction_id
         if decision is Decision.REPLAY:
@@ -311,7 +224,7 @@ class Intake:
         """The original answer of an accepted transaction that today's rules refuse (a narrowed grant,
         a lowered limit, a calendar past its horizon), or None when it was never accepted: the refusal
         stands. The partner's admission is checked first, as for any submission."""
-        r = self._replay_of(partner, request, idempotency_header)
+        r = self._recall.replay_of(partner, request, idempotency_header)
         if r is None:
             return None
         quota = None
@@ -323,7 +236,7 @@ class Intake:
                 raise Refused(*REFUSALS[admitted], quota=quota)
             if isinstance(refusal, Refused):
                 refusal.quota = quota  # the refusal, if it stands, was admitted here
-        ((decision, stored),) = await self._recalled([r])
+        ((decision, stored),) = await self._recall.recalled([r])
         if decision is Decision.REPLAY:
             assert stored is not None
             timing = Timing(0.0, 0.0, 0.0, 0.0)
@@ -331,60 +244,6 @@ class Intake:
         if decision is Decision.IN_FLIGHT:
             raise Refused(*REFUSALS[decision], quota=quota)
         return None
-
-    def _replay_of(
-        self, partner: str, request: TransactionRequest, idempotency_header: str | None
-    ) -> Reservation | None:
-        """The keys a refused submission would have had, were it an accepted transaction's replay
-        (checked without today's limits); None when it is no valid transaction at all."""
-        try:
-            instruction = fastcore.validate(self._lenient, *validation_fields(request, idempotency_header))
-        except fastcore.ValidationFailed:
-            return None
-        transaction = _transaction(request, instruction)
-        key = instruction.idempotency_key
-        return Reservation(partner, key, request.transaction_id, fingerprint(transaction), layout=self._store.layout)
-
-    async def _recalled(self, reservations: list[Reservation]) -> list[tuple[Decision | None, bytes | None]]:
-        """What Redis, then the ledger, know of submissions refused before their reservation."""
-        recalled = list(await asyncio.gather(*(self._store.recall(r) for r in reservations)))
-        asked = [(i, reservations[i], d) for i, (d, _) in enumerate(recalled) if d in LEDGER_DECIDES]
-        if asked:
-            answers = await self._ask_ledger([(r, d) for _, r, d in asked], held=False)
-            for (i, _, _), (decision, stored) in zip(asked, answers, strict=True):
-                recalled[i] = (decision if decision is Decision.REPLAY else None, stored)
-        return recalled
-
-    async def _ask_ledger(
-        self, asked: list[tuple[Reservation, Decision]], held: bool
-    ) -> list[tuple[Decision, bytes | None]]:
-        """Decide from the ledger the submissions Redis could not (RECALL, ELSEWHERE): REPLAY with the
-        original answer when it holds the transaction with the same payload; otherwise a forgotten
-        key's submission is NEW (its key is held: `held`), the same payment under another key TXN_TAKEN.
-        A recalled key the ledger answers for is completed again, so its next replay is Redis's."""
-        partner = asked[0][0].partner
-        try:
-            known = await self._ledger.known(partner, [r.transaction_id for r, _ in asked])
-        except DependencyUnavailable:
-            if held:
-                for r, decision in asked:
-                    if decision is Decision.RECALL:
-                        await self._release(r)
-            raise
-        decided: list[tuple[Decision, bytes | None]] = []
-        for r, decision in asked:
-            found = known.get(r.transaction_id)
-            if found is not None and found.fingerprint == r.fingerprint:
-                if held and decision is Decision.RECALL:
-                    self._store.complete(r, found.answer)
-                decided.append((Decision.REPLAY, found.answer))
-            elif found is None and decision is Decision.RECALL:
-                decided.append((Decision.NEW, None))
-            else:
-                if held and decision is Decision.RECALL:
-                    await self._release(r)
-                decided.append((Decision.TXN_TAKEN, None))
-        return decided
 
     async def _settle(
         self, reservation: Reservation, event: TransactionAccepted, traceparent: str | None, timing: Timing
@@ -402,7 +261,7 @@ class Intake:
             self._store.hold_in_doubt(reservation)
             raise
         except DependencyUnavailable:
-            await self._release(reservation)
+            await release(self._store, reservation)
             raise
         accepted, replay = self._answers(event, delivery)
         self._store.complete(reservation, replay)  # sent with this tick's Redis write
@@ -413,15 +272,6 @@ class Intake:
             timing=timing._replace(kafka=perf_counter() - started),
             quota=reservation.quota,
         )
-
-    async def _release(self, reservation: Reservation) -> None:
-        """Release a reservation whose record certainly never left; when Redis cannot take it, the
-        in-doubt resolver keeps the doubt and releases it once the log confirms the record is absent."""
-        try:
-            await self._store.release(reservation)
-        except DependencyUnavailable:
-            log.error("could not release %s; the in-doubt resolver settles it", reservation.idem_key)
-            self._store.hold_in_doubt(reservation)
 
     def _answers(self, event: TransactionAccepted, delivery: Delivery) -> tuple[bytes, bytes]:
         """The 202 body of a transaction Kafka has, and the answer its replays will get."""
@@ -466,6 +316,42 @@ class Intake:
         started = perf_counter()
         raws, duplicates = decode_items(body, max_items)
         items: list[ItemOutcome | None] = [None] * len(raws)
+        requests = self._decoded_items(raws, duplicates, items)
+        decoded = perf_counter()
+        prepared, refused = self._routed_items(partner, requests, items, admission, forbids)
+        validated = perf_counter()
+        refusal, quota, decisions = await self._store.reserve_all(
+            [reservation for _, reservation, _ in prepared], admission, len(raws)
+        )
+        if refusal is Decision.NONCE_REPLAYED:
+            raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
+        if refusal is not None:
+            raise Refused(*REFUSALS[refusal], quota=quota)
+        ledger_decided = await self._recall.ledger_decides(prepared, decisions)
+        if refused:
+            await self._recall.replays_despite(partner, refused, items)
+        reserved = perf_counter()
+        new: list[tuple[int, Reservation, TransactionAccepted]] = []
+        for (index, reservation, event), decided in zip(prepared, ledger_decided, strict=True):
+            if isinstance(decided, DependencyUnavailable):
+                items[index] = decided
+            elif decided[0] is Decision.NEW:
+                new.append((index, reservation, event))
+            else:
+                items[index] = _decided(event.transaction.transaction_id, *decided)
+        if new:
+            # shielded as in `submit`: once records may reach Kafka, their outcomes must reach Redis
+            settled = await asyncio.shield(self._settle_all([(r, e) for _, r, e in new], traceparent))
+            for (index, _, _), outcome in zip(new, settled, strict=True):
+                items[index] = outcome
+        timing = Timing(decoded - started, validated - decoded, reserved - validated, perf_counter() - reserved)
+        return BulkOutcome(items, timing, quota)  # type: ignore[arg-type]  # every item is decided
+
+    @staticmethod
+    def _decoded_items(
+        raws: list[msgspec.Raw], duplicates: list[tuple], items: list[ItemOutcome | None]
+    ) -> list[tuple[int, TransactionRequest]]:
+        """The items of a bulk request that decode, by index; the others' refusals go into `items`."""
         requests: list[tuple[int, TransactionRequest]] = []
         refused_as: dict[bytes, Refused] = {}  # an item refused once is refused alike when repeated
         for index, raw in enumerate(raws):
@@ -479,11 +365,23 @@ class Intake:
                 items[index] = refused_as[bytes(raw)] = decoded
             else:
                 requests.append((index, decoded))
-        decoded = perf_counter()
+        return requests
+
+    def _routed_items(
+        self,
+        partner: str,
+        requests: list[tuple[int, TransactionRequest]],
+        items: list[ItemOutcome | None],
+        admission: AdmissionCheck,
+        forbids: Forbids | None,
+    ) -> tuple[list[tuple[int, Reservation, TransactionAccepted]], list[tuple[int, TransactionRequest]]]:
+        """Validate the decoded items at once (fastcore) and route the valid ones: their reservations and
+        events by index, and the refused that an accepted replay may predate (their refusals go into
+        `items` meanwhile)."""
         checked = fastcore.validate_all(self._policy, [validation_fields(request, None) for _, request in requests])
         now = self._clock()
         prepared: list[tuple[int, Reservation, TransactionAccepted]] = []
-        refused: list[tuple[int, TransactionRequest]] = []  # by rules an accepted replay may predate
+        refused: list[tuple[int, TransactionRequest]] = []
         for (index, request), result in zip(requests, checked, strict=True):
             exc: Refused | DependencyUnavailable
             if type(result) is list:  # made, not raised: a thousand refused items cost their refusals alone
@@ -497,79 +395,7 @@ class Intake:
             items[index] = exc
             if changed_rules(exc):
                 refused.append((index, request))
-        validated = perf_counter()
-        refusal, quota, decisions = await self._store.reserve_all(
-            [reservation for _, reservation, _ in prepared], admission, len(raws)
-        )
-        if refusal is Decision.NONCE_REPLAYED:
-            raise Unauthorized(REPLAYED_NONCE, signature=True, quota=quota)
-        if refusal is not None:
-            raise Refused(*REFUSALS[refusal], quota=quota)
-        ledger_decided = await self._ledger_decides(prepared, decisions)
-        if refused:
-            await self._replays_despite(partner, refused, items)
-        reserved = perf_counter()
-        new: list[tuple[int, Reservation, TransactionAccepted]] = []
-        for (index, reservation, event), decided in zip(prepared, ledger_decided, strict=True):
-            if isinstance(decided, DependencyUnavailable):
-                items[index] = decided
-                continue
-            decision, stored = decided
-            if decision is Decision.NEW:
-                new.append((index, reservation, event))
-            elif decision is Decision.REPLAY:
-                assert stored is not None
-                transaction_id = event.transaction.transaction_id
-                items[index] = Outcome(transaction_id, replayed=True, body=replay_body(transaction_id, stored))
-            else:
-                items[index] = Refused(*REFUSALS[decision])
-        if new:
-            # shielded as in `submit`: once records may reach Kafka, their outcomes must reach Redis
-            settled = await asyncio.shield(self._settle_all([(r, e) for _, r, e in new], traceparent))
-            for (index, _, _), outcome in zip(new, settled, strict=True):
-                items[index] = outcome
-        timing = Timing(decoded - started, validated - decoded, reserved - validated, perf_counter() - reserved)
-        return BulkOutcome(items, timing, quota)  # type: ignore[arg-type]  # every item is decided
-
-    async def _ledger_decides(
-        self,
-        prepared: list[tuple[int, Reservation, TransactionAccepted]],
-        decisions: list[tuple[Decision, bytes | None]],
-    ) -> list[tuple[Decision, bytes | None] | DependencyUnavailable]:
-        """`decisions`, with those Redis left to the ledger (RECALL, ELSEWHERE) decided by it in one query;
-        the ledger unreachable makes them DependencyUnavailable (their keys released)."""
-        decided: list[tuple[Decision, bytes | None] | DependencyUnavailable] = list(decisions)
-        asked = [i for i, (decision, _) in enumerate(decisions) if decision in LEDGER_DECIDES]
-        if not asked:
-            return decided
-        try:
-            answers = await self._ask_ledger([(prepared[i][1], decisions[i][0]) for i in asked], held=True)
-        except DependencyUnavailable as exc:
-            for i in asked:
-                decided[i] = exc
-            return decided
-        for i, answer in zip(asked, answers, strict=True):
-            decided[i] = answer
-        return decided
-
-    async def _replays_despite(
-        self, partner: str, refused: list[tuple[int, TransactionRequest]], items: list[ItemOutcome | None]
-    ) -> None:
-        """The items of a bulk request today's rules refused that are replays of accepted transactions:
-        their original answers instead (the request's admission already counted them)."""
-        looked = [(index, r) for index, request in refused if (r := self._replay_of(partner, request, None))]
-        if not looked:
-            return
-        try:
-            recalled = await self._recalled([r for _, r in looked])
-        except DependencyUnavailable:
-            return  # the refusals stand: nothing says these were accepted
-        for (index, r), (decision, stored) in zip(looked, recalled, strict=True):
-            if decision is Decision.REPLAY:
-                assert stored is not None
-                items[index] = Outcome(r.transaction_id, replayed=True, body=replay_body(r.transaction_id, stored))
-            elif decision is Decision.IN_FLIGHT:
-                items[index] = Refused(*REFUSALS[decision])
+        return prepared, refused
 
     async def _settle_all(
         self, new: list[tuple[Reservation, TransactionAccepted]], traceparent: str | None
@@ -613,4 +439,4 @@ class Intake:
 
     async def _release_all(self, reservations: list[Reservation]) -> None:
         """Drop the reservations of records that certainly never left (their retries are new again)."""
-        await asyncio.gather(*(self._release(r) for r in reservations))
+        await asyncio.gather(*(release(self._store, r) for r in reservations))

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcore
-from gateway.intake.flow import validation_fields
+from gateway.intake.canonical import validation_fields
 from gateway.intake.schemas import REQUEST_SCHEMA, TransactionRequest
 from settlement.rules import load_policy
 from tests.conftest import transaction

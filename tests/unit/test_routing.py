@@ -13,7 +13,7 @@ import pytest
 import fastcore
 from fastcore.currencies import CURRENCIES
 from gateway.api.problems import problem_body
-from gateway.intake.flow import INVALID
+from gateway.intake.outcomes import INVALID
 from settlement.errors import ConfigurationError
 from settlement.rules import (
     EPOCH,
