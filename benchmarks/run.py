@@ -73,11 +73,13 @@ from benchmarks.phases import (
     soak,
 )
 from benchmarks.report import machine, plot, print_summary
-from benchmarks.servers import cluster_env, servers
+from benchmarks.servers import Contender, cluster_env, servers
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
 
 HERE = Path(__file__).resolve().parent
+
+Verdicts = list[dict[str, Any]]
 
 
 def verdict(name: str, measured: Any, limit: float, higher_is_better: bool, unit: str) -> dict[str, Any]:
@@ -87,61 +89,19 @@ def verdict(name: str, measured: Any, limit: float, higher_is_better: bool, unit
     return {"target": name, "measured": measured, "limit": limit, "unit": unit, "passed": passed}
 
 
-def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
+def gates(report: dict[str, Any], targets: dict[str, Any]) -> Verdicts:
     """Every target of targets.toml against what was measured."""
     found = report["servers"]
-    verdicts: list[dict[str, Any]] = []
-
-    def gate(name: str, measured: float | None, target: float, higher_is_better: bool, unit: str) -> None:
-        verdicts.append(verdict(name, measured, target, higher_is_better, unit))
-
-    gateway = found.get("gateway", {})
-    ratios = report.get("ratios", {})
-    t = targets["throughput"]
-    gate("throughput vs peer", ratios.get("gateway_over_peer"), t["min_ratio_to_peer"], True, "x")
-    gate("throughput vs ceiling", ratios.get("gateway_over_ceiling"), t["min_fraction_of_ceiling"], True, "fraction")
-    t = targets["added_latency"]
-    ceiling = found.get("ceiling", {})
-
-    def added(phase: str, scenario: str, percentile: str, base: str = "one_connection_new") -> float | None:
-        """Gateway minus ceiling, Locust both, this run (µs); the ceiling answers every POST alike."""
-        ours = gateway.get(phase, {}).get("latency_us", {}).get(scenario, {}).get(percentile)
-        theirs = ceiling.get(base, {}).get("latency_us", {}).get("new", {}).get(percentile)
-        return None if ours is None or theirs is None else ours - theirs
-
-    gate("one connection, new, p50 added", _ms(added("one_connection_new", "new", "p50")), t["new_p50_ms"], False, "ms")
-    gate("one connection, replay, p50 added", _ms(added("one_connection_replay", "replay", "p50")), t["replay_p50_ms"],
-         False, "ms")  # fmt: skip
-    t = targets["steady"]
-    steady = gateway.get("steady", {})
-    gate(f"steady {t['rate']}/s, p99 added", _ms(added("steady", "new", "p99", "steady")),
-         targets["added_latency"]["steady_p99_ms"], False, "ms")  # fmt: skip
-    gate(f"steady {t['rate']}/s, errors", steady.get("errors"), t["max_errors"], False, "requests")
-    ratio = _ratio(steady_p999(gateway), steady_p999(ceiling))
-    gate(f"steady {t['rate']}/s, p99.9 / ceiling's", ratio, t["max_p999_over_ceiling"], False, "x")
-    achieved = steady.get("rps")
-    gate(f"steady {t['rate']}/s, rate held", achieved, t["rate"] * 0.95, True, "requests/s")
-    t = targets["micro"]
-    micro = report.get("micro", {}).get("valid", {})
-    gate("fastcore validate + route", micro.get("fastcore", {}).get("best_us"), t["max_us"], False, "µs")
-    gate("fastcore vs Pydantic", micro.get("ratios", {}).get("pydantic_over_fastcore"), t["min_ratio_to_pydantic"],
-         True, "x")  # fmt: skip
-    t = targets["partners"]
-    cost = report.get("partners", {})
-    gate("throughput, authenticated / open", cost.get("throughput_ratio"), 1 - t["max_overhead"], True, "x")
-    gate("one connection p50, authenticated / open", cost.get("p50_ratio"), 1 + t["max_overhead"], False, "x")
-    t = targets["bulk"]
-    bulk = report.get("bulk", {})
-    best = max((size["transactions_per_second"] for size in bulk.get("sizes", {}).values()), default=None)
-    gate("bulk, transactions/s (best size)", best, t["min_transactions_per_second"], True, "transactions/s")
-    half = bulk.get("half_rate", {})
-    p99 = half.get("latency_us", {}).get("bulk", {}).get("p99") if half.get("items") == 500 else None
-    gate("bulk of 500 at half that rate, p99", _ms(p99), t["max_p99_ms_500"], False, "ms")
-    gate("bulk of 500 at half that rate, errors", half.get("errors"), 0, False, "requests")
-    t = targets["memory"]
-    growth = report.get("soak", {}).get("growth")
-    gate("worker memory growth over the soak", max(growth.values()) if growth else None, t["max_growth"], False,
-         "fraction")  # fmt: skip
+    gateway, ceiling = found.get("gateway", {}), found.get("ceiling", {})
+    verdicts = [
+        *throughput_gates(report.get("ratios", {}), targets["throughput"]),
+        *added_latency_gates(gateway, ceiling, targets["added_latency"]),
+        *steady_gates(gateway, ceiling, targets["steady"], targets["added_latency"]),
+        *micro_gates(report.get("micro", {}).get("valid", {}), targets["micro"]),
+        *partners_gates(report.get("partners", {}), targets["partners"]),
+        *bulk_gates(report.get("bulk", {}), targets["bulk"]),
+        *memory_gates(report.get("soak", {}), targets["memory"]),
+    ]
     if "cost" in report:
         from benchmarks.cost import gates as cost_gates
 
@@ -151,6 +111,91 @@ def gates(report: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any
 
         verdicts += redis_cost_gates(report["redis_cost"])
     return verdicts
+
+
+def throughput_gates(ratios: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """The gateway's best throughput against the peer's and the ceiling's."""
+    return [
+        verdict("throughput vs peer", ratios.get("gateway_over_peer"), t["min_ratio_to_peer"], True, "x"),
+        verdict("throughput vs ceiling", ratios.get("gateway_over_ceiling"), t["min_fraction_of_ceiling"], True,
+                "fraction"),
+    ]  # fmt: skip
+
+
+def added_latency_us(
+    gateway: dict[str, Any],
+    ceiling: dict[str, Any],
+    phase: str,
+    scenario: str,
+    percentile: str,
+    base: str = "one_connection_new",
+) -> float | None:
+    """Gateway minus ceiling, Locust both, this run (µs); the ceiling answers every POST alike."""
+    ours = gateway.get(phase, {}).get("latency_us", {}).get(scenario, {}).get(percentile)
+    theirs = ceiling.get(base, {}).get("latency_us", {}).get("new", {}).get(percentile)
+    return None if ours is None or theirs is None else ours - theirs
+
+
+def added_latency_gates(gateway: dict[str, Any], ceiling: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """What the gateway adds to the ceiling's latency on one connection, new and replayed."""
+    new = added_latency_us(gateway, ceiling, "one_connection_new", "new", "p50")
+    replay = added_latency_us(gateway, ceiling, "one_connection_replay", "replay", "p50")
+    return [
+        verdict("one connection, new, p50 added", _ms(new), t["new_p50_ms"], False, "ms"),
+        verdict("one connection, replay, p50 added", _ms(replay), t["replay_p50_ms"], False, "ms"),
+    ]
+
+
+def steady_gates(
+    gateway: dict[str, Any], ceiling: dict[str, Any], t: dict[str, Any], added: dict[str, Any]
+) -> Verdicts:
+    """The steady rate: its added p99, its errors, its p99.9 against the ceiling's, and the rate held."""
+    steady = gateway.get("steady", {})
+    p99 = added_latency_us(gateway, ceiling, "steady", "new", "p99", "steady")
+    ratio = _ratio(steady_p999(gateway), steady_p999(ceiling))
+    return [
+        verdict(f"steady {t['rate']}/s, p99 added", _ms(p99), added["steady_p99_ms"], False, "ms"),
+        verdict(f"steady {t['rate']}/s, errors", steady.get("errors"), t["max_errors"], False, "requests"),
+        verdict(f"steady {t['rate']}/s, p99.9 / ceiling's", ratio, t["max_p999_over_ceiling"], False, "x"),
+        verdict(f"steady {t['rate']}/s, rate held", steady.get("rps"), t["rate"] * 0.95, True, "requests/s"),
+    ]
+
+
+def micro_gates(micro: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """fastcore's validation and routing: its best time, and against Pydantic."""
+    return [
+        verdict("fastcore validate + route", micro.get("fastcore", {}).get("best_us"), t["max_us"], False, "µs"),
+        verdict("fastcore vs Pydantic", micro.get("ratios", {}).get("pydantic_over_fastcore"),
+                t["min_ratio_to_pydantic"], True, "x"),
+    ]  # fmt: skip
+
+
+def partners_gates(cost: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """What partners cost: the authenticated gateway against the open one."""
+    return [
+        verdict("throughput, authenticated / open", cost.get("throughput_ratio"), 1 - t["max_overhead"], True, "x"),
+        verdict("one connection p50, authenticated / open", cost.get("p50_ratio"), 1 + t["max_overhead"], False,
+                "x"),
+    ]  # fmt: skip
+
+
+def bulk_gates(bulk: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """Bulk submissions: the best size's rate, and a bulk of 500 at half that rate."""
+    best = max((size["transactions_per_second"] for size in bulk.get("sizes", {}).values()), default=None)
+    half = bulk.get("half_rate", {})
+    p99 = half.get("latency_us", {}).get("bulk", {}).get("p99") if half.get("items") == 500 else None
+    return [
+        verdict("bulk, transactions/s (best size)", best, t["min_transactions_per_second"], True, "transactions/s"),
+        verdict("bulk of 500 at half that rate, p99", _ms(p99), t["max_p99_ms_500"], False, "ms"),
+        verdict("bulk of 500 at half that rate, errors", half.get("errors"), 0, False, "requests"),
+    ]
+
+
+def memory_gates(soak: dict[str, Any], t: dict[str, Any]) -> Verdicts:
+    """The workers' resident memory over the soak."""
+    growth = soak.get("growth")
+    worst = max(growth.values()) if growth else None
+    return [verdict("worker memory growth over the soak", worst, t["max_growth"], False, "fraction")]
 
 
 def steady_p999(server: dict[str, Any]) -> float | None:
@@ -165,7 +210,13 @@ def _ms(us: float | None) -> float | None:
     return None if us is None else round(us / 1000, 3)
 
 
-def main() -> int:
+def log(message: str) -> None:
+    """Progress, on stdout, as it happens."""
+    print(message, flush=True)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="10 seconds, gateway only, no gating")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -189,7 +240,11 @@ def main() -> int:
         default=os.environ.get("BENCH_REDIS_CLUSTER_URL"),
         help="a Redis Cluster for the Redis clients A/B too (default: BENCH_REDIS_CLUSTER_URL)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def prepare(args: argparse.Namespace) -> tuple[Plan, list[str], dict[str, Any]]:
+    """The plan as the options amend it, the servers to measure, and the targets; wrk must be there."""
     plan = SMOKE if args.smoke else Plan()
     if args.soak_seconds is not None:
         plan.soak_seconds = args.soak_seconds
@@ -205,10 +260,95 @@ def main() -> int:
     plan.steady_rate = targets["steady"]["rate"] if not args.smoke else plan.steady_rate
     if (plan.wrk_seconds or plan.cost_rounds) and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (deploy/bench.sh installs it from apt)")
+    return plan, names, targets
 
-    def log(message: str) -> None:
-        print(message, flush=True)
 
+def side_by_side(
+    args: argparse.Namespace,
+    plan: Plan,
+    names: list[str],
+    contenders: dict[str, Contender],
+    settings: Settings,
+    scratch: str,
+    report: dict[str, Any],
+) -> None:
+    """The phases that alternate servers: the cost headline, the partners A/B, one node against cluster."""
+    if plan.cost_rounds and not args.ab_only:
+        from benchmarks import cost
+
+        log(f"cost: CPU per accepted transaction, {plan.cost_rounds} interleaved rounds")
+        headline = {name: contenders[name] for name in names if name in cost.SERVERS}
+        report["cost"] = cost.phase(headline, plan.cost_rounds, plan.cost_seconds, settings, log)
+    if args.ab_rounds and not args.smoke and {"gateway", "gateway-open"} <= set(names):
+        log(f"partners A/B: authenticated and open gateway, alternating, {args.ab_rounds} rounds")
+        report["partners_ab"] = partners_ab(contenders["gateway"], contenders["gateway-open"], args.ab_rounds, scratch)
+    if args.cluster_rounds and not args.smoke and cluster_env() and not args.ab_only:
+        log(f"cluster: the open gateway on one node and on the cluster, alternating, {args.cluster_rounds} rounds")
+        report["cluster"] = alternating(
+            contenders["gateway-cluster"], contenders["gateway-open"], args.cluster_rounds, scratch
+        )
+
+
+def one_at_a_time(
+    plan: Plan, names: list[str], contenders: dict[str, Contender], scratch: str, report: dict[str, Any]
+) -> None:
+    """Each server alone through the phases; the gateway's bulk phase and soak after its own."""
+    for name in names:
+        server = contenders[name]
+        log(f"{name}: starting")
+        server.start(Path(scratch))
+        try:
+            report["servers"][name] = measure_server(server, plan, log)
+            if name == "gateway" and plan.bulk_sizes:
+                single = report["servers"]["gateway"]["max_sustained_rps"]
+                report["bulk"] = bulk_phase(server, plan, single, log)
+            if name == "gateway" and plan.soak_seconds:
+                rate = report["servers"]["gateway"]["max_sustained_rps"] / 2
+                log(f"  gateway: soak at {rate:.0f}/s for {plan.soak_seconds} s")
+                report["soak"] = soak(server, rate, plan.soak_seconds)
+        finally:
+            server.stop()
+
+
+def without_servers(
+    args: argparse.Namespace, plan: Plan, settings: Settings, stamp: str, report: dict[str, Any]
+) -> None:
+    """With no server running: fastcore's micro-benchmark, the Redis clients A/B and issue 23's Redis cost."""
+    log("micro-benchmark")
+    from benchmarks.micro_fastcore import measure
+
+    report["micro"] = measure(plan.micro_number)
+    if plan.redis_clients_rounds:
+        single, cluster = redis_targets(settings.redis_url, args.redis_cluster_url)
+        report["redis_clients"] = redis_clients_phase(plan, single, cluster, log)
+    if plan.redis_cost_rounds:
+        from benchmarks import redis_cost
+
+        path = args.out / f"redis-cost-{stamp}.json"
+        rounds, transactions = plan.redis_cost_rounds, plan.redis_cost_transactions
+        report["redis_cost"] = redis_cost.phase(rounds, transactions, path, args.targets, log)
+
+
+def conclude(args: argparse.Namespace, targets: dict[str, Any], report: dict[str, Any]) -> None:
+    """The ratios between servers, what partners cost, the gates and the verdict."""
+    best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
+    if "gateway" in best:
+        report["ratios"] = {
+            f"gateway_over_{other}": round(best["gateway"] / best[other], 3)
+            for other in ("peer", "ceiling", "gateway-open")
+            if best.get(other)
+        }
+    report["partners"] = report.get("partners_ab", {}).get("summary", {})
+    report["gates"] = [] if args.smoke else gates(report, targets)
+    if args.ab_only:
+        report["gates"] = [g for g in report["gates"] if "authenticated / open" in g["target"]]
+    report["verdict"] = "smoke" if args.smoke else ("pass" if all(g["passed"] for g in report["gates"]) else "fail")
+
+
+def main() -> int:
+    """The whole bench; the report, its plot and summary; 0 when every gate passed (or a smoke run)."""
+    args = argument_parser().parse_args()
+    plan, names, targets = prepare(args)
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -223,65 +363,11 @@ def main() -> int:
     ensure_topics(msgspec.structs.replace(settings, topic_prefix="peer."))  # the peer writes to its own topics
     with tempfile.TemporaryDirectory() as scratch:
         contenders = servers(os.cpu_count() or 1, args.port_base, Path(scratch))
-        if plan.cost_rounds and not args.ab_only:
-            from benchmarks import cost
-
-            log(f"cost: CPU per accepted transaction, {plan.cost_rounds} interleaved rounds")
-            headline = {name: contenders[name] for name in names if name in cost.SERVERS}
-            report["cost"] = cost.phase(headline, plan.cost_rounds, plan.cost_seconds, settings, log)
-        if args.ab_rounds and not args.smoke and {"gateway", "gateway-open"} <= set(names):
-            log(f"partners A/B: authenticated and open gateway, alternating, {args.ab_rounds} rounds")
-            report["partners_ab"] = partners_ab(
-                contenders["gateway"], contenders["gateway-open"], args.ab_rounds, scratch
-            )
-        if args.cluster_rounds and not args.smoke and cluster_env() and not args.ab_only:
-            log(f"cluster: the open gateway on one node and on the cluster, alternating, {args.cluster_rounds} rounds")
-            report["cluster"] = alternating(
-                contenders["gateway-cluster"], contenders["gateway-open"], args.cluster_rounds, scratch
-            )
-        if args.ab_only:
-            names = []
-        for name in names:
-            server = contenders[name]
-            log(f"{name}: starting")
-            server.start(Path(scratch))
-            try:
-                report["servers"][name] = measure_server(server, plan, log)
-                if name == "gateway" and plan.bulk_sizes:
-                    single = report["servers"]["gateway"]["max_sustained_rps"]
-                    report["bulk"] = bulk_phase(server, plan, single, log)
-                if name == "gateway" and plan.soak_seconds:
-                    rate = report["servers"]["gateway"]["max_sustained_rps"] / 2
-                    log(f"  gateway: soak at {rate:.0f}/s for {plan.soak_seconds} s")
-                    report["soak"] = soak(server, rate, plan.soak_seconds)
-            finally:
-                server.stop()
+        side_by_side(args, plan, names, contenders, settings, scratch, report)
+        one_at_a_time(plan, [] if args.ab_only else names, contenders, scratch, report)
     if not args.ab_only:
-        log("micro-benchmark")
-        from benchmarks.micro_fastcore import measure
-
-        report["micro"] = measure(plan.micro_number)
-        if plan.redis_clients_rounds:
-            single, cluster = redis_targets(settings.redis_url, args.redis_cluster_url)
-            report["redis_clients"] = redis_clients_phase(plan, single, cluster, log)
-        if plan.redis_cost_rounds:
-            from benchmarks import redis_cost
-
-            path = args.out / f"redis-cost-{stamp}.json"
-            rounds, transactions = plan.redis_cost_rounds, plan.redis_cost_transactions
-            report["redis_cost"] = redis_cost.phase(rounds, transactions, path, args.targets, log)
-    best = {n: r["max_sustained_rps"] for n, r in report["servers"].items()}
-    if "gateway" in best:
-        report["ratios"] = {
-            f"gateway_over_{other}": round(best["gateway"] / best[other], 3)
-            for other in ("peer", "ceiling", "gateway-open")
-            if best.get(other)
-        }
-    report["partners"] = report.get("partners_ab", {}).get("summary", {})
-    report["gates"] = [] if args.smoke else gates(report, targets)
-    if args.ab_only:
-        report["gates"] = [g for g in report["gates"] if "authenticated / open" in g["target"]]
-    report["verdict"] = "smoke" if args.smoke else ("pass" if all(g["passed"] for g in report["gates"]) else "fail")
+        without_servers(args, plan, settings, stamp, report)
+    conclude(args, targets, report)
     json_path = args.out / f"{stamp}.json"
     json_path.write_text(json.dumps(report, indent=1))
     if not args.ab_only:
