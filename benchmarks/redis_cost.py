@@ -45,141 +45,35 @@ Exit status 0 when every target is met, 1 otherwise. Needs the local stack's Kaf
 
 The pieces: redis_cost_stats.py (the arithmetic and the table), redis_cost_load.py (the transactions and
 how they are sent), redis_cost_server.py (the Redis of our own and what it did), redis_cost_checkouts.py
-(the checkouts and their gateways).
+(the checkouts and their gateways), redis_cost_round.py (one round of one checkout: its loads and what
+they cost).
 """
 
 import argparse
 import contextlib
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
 import tempfile
 import tomllib
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from benchmarks.redis_cost_checkouts import after_state, before_checkout, loaded_from, prepare_fastcore, start_gateway
-from benchmarks.redis_cost_load import BULK_SIZE, post_all, seed_bodies
-from benchmarks.redis_cost_server import RedisServer, Window, measured, memory_sample, memory_split
-from benchmarks.redis_cost_stats import (
-    MODES,
-    breakdown,
-    command_cost,
-    markdown,
-    median_of,
-    per,
-    rows,
-    scaled_sample,
-    scripted_commands,
-)
+from benchmarks.redis_cost_checkouts import after_state, before_checkout, prepare_fastcore
+from benchmarks.redis_cost_load import BULK_SIZE
+from benchmarks.redis_cost_round import BULK_CONCURRENCY, measure_checkout
+from benchmarks.redis_cost_stats import MODES, breakdown, markdown, median_of, rows
 from tests.servers import ROOT
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BEFORE = "0304ead"  # issue 23's starting point
 CONCURRENCY = 64  # keep-alive connections of the single load
-BULK_CONCURRENCY = 4  # bulk requests in flight at once
-WARMUP = 200  # transactions, through each endpoint, before the first FLUSHALL
-
-
-# -- one checkout, one round ----------------------------------------------------------------------
-
-
-def mode_result(
-    window: Window, counts: Counter[str], families: dict[str, tuple[int, list[int]]], scripted: set[str]
-) -> dict[str, Any]:
-    """Everything about one load, per accepted transaction."""
-    accepted = counts.get("202", 0)
-    cost = command_cost(window.stats, scripted)
-    keys = sum(count for count, _ in families.values())
-    sampled = [size for _, sizes in families.values() for size in sizes]
-    by_key = {
-        family: {"keys_per_txn": per(count, accepted), "bytes_per_txn": scaled_sample(sizes, count, accepted)}
-        for family, (count, sizes) in sorted(families.items())
-    }
-    return {
-        "accepted": accepted,
-        "outcomes": dict(counts),
-        "seconds": round(window.seconds, 2),
-        "transactions_per_second": round(accepted / window.seconds) if window.seconds else None,
-        "commands_per_txn": per(cost["commands"], accepted),
-        "scripts_per_txn": per(cost["scripts"], accepted),
-        "sent_per_txn": per(cost["sent"], accepted),
-        "commandstats_us_per_txn": per(cost["usec"], accepted, 2),
-        "cpu_us_per_txn": per(window.cpu_seconds * 1e6, accepted, 2),
-        "gateway_cpu_us_per_txn": per(window.gateway_cpu_seconds * 1e6, accepted, 1),
-        "schedstat_cpu_us_per_txn": per(window.schedstat_seconds * 1e6, accepted, 2),
-        "used_memory_bytes_per_txn": per(window.used_memory, accepted, 1),
-        "memory_usage_bytes_per_txn": scaled_sample(sampled, keys, accepted),
-        "keys_per_txn": per(keys, accepted),
-        "keys_sampled": len(sampled),
-        "calls_per_txn": {name: per(n, accepted) for name, n in sorted(cost["by_command"].items())},
-        "by_key": by_key,
-    }
-
-
-def replay_result(window: Window, counts: Counter[str], scripted: set[str]) -> dict[str, Any]:
-    replayed = counts.get("200", 0)
-    cost = command_cost(window.stats, scripted)
-    return {
-        "replay_outcomes": dict(counts),
-        "replay_commands_per_replay": per(cost["commands"], replayed),
-        "replay_commandstats_us_per_replay": per(cost["usec"], replayed, 2),
-        "replay_cpu_us_per_replay": per(window.cpu_seconds * 1e6, replayed, 2),
-        "replay_gateway_cpu_us_per_replay": per(window.gateway_cpu_seconds * 1e6, replayed, 1),
-        "replay_schedstat_cpu_us_per_replay": per(window.schedstat_seconds * 1e6, replayed, 2),
-        "replay_calls_per_replay": {name: per(n, replayed) for name, n in sorted(cost["by_command"].items())},
-    }
-
-
-def measure_checkout(
-    label: str, checkout: Path, plan: argparse.Namespace, env: dict[str, str], scratch: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """One round of one checkout: its own Redis and gateway; single, then bulk, each with its replays."""
-    scripted = scripted_commands([p.read_text() for p in sorted((checkout / "gateway").rglob("*.lua"))])
-    rng = random.Random(plan.seed)
-    server = RedisServer(scratch)
-    result: dict[str, Any] = {}
-    try:
-        gateway = start_gateway(label, checkout, server.url, env, scratch)
-        try:
-            result["fastcore_loaded_from"] = loaded_from(gateway, checkout)
-            warm = seed_bodies(secrets.token_hex(2), 2 * WARMUP)
-            # over 16 connections, so that every worker (each connection is one's) has run every script
-            measured(server, partial(post_all, gateway.port, "single", warm[:WARMUP], 16))
-            measured(server, partial(post_all, gateway.port, "bulk", warm[WARMUP:], 16, bulk=10))
-            for mode, count in (("single", plan.single_transactions), ("bulk", plan.transactions)):
-                server.client.flushall()
-                bodies = seed_bodies(secrets.token_hex(2), count)
-                connections = plan.connections if mode == "single" else BULK_CONCURRENCY
-                load = partial(post_all, gateway.port, mode, connections=connections)
-                processes = [gateway.pid, *gateway.workers()]
-                window, counts = measured(server, partial(load, bodies), processes)
-                result[mode] = mode_result(window, counts, memory_sample(server, plan.sample, rng), scripted)
-                result[mode]["memory_stats_per_txn"] = memory_split(server.client.memory_stats(), counts["202"])
-                again = bodies[: plan.replays] if mode == "single" else bodies  # bulk replays are cheap
-                window, counts = measured(server, partial(load, again), processes)
-                result[mode] |= replay_result(window, counts, scripted)
-                r = result[mode]
-                log(
-                    f"  {label}, {mode}: {r['accepted']} accepted in {r['seconds']} s; per transaction "
-                    f"{r['commands_per_txn']} commands, {r['cpu_us_per_txn']} µs CPU, "
-                    f"{r['used_memory_bytes_per_txn']} / {r['memory_usage_bytes_per_txn']} bytes; per replay "
-                    f"{r['replay_commands_per_replay']} commands, {r['replay_cpu_us_per_replay']} µs"
-                )
-        finally:
-            gateway.stop()
-    finally:
-        server.stop()
-    return result
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -202,6 +96,7 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 def run(plan: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """The alternating rounds on the run's own topics (removed at the end), then warnings and medians."""
     from gateway.kafka.producer import ensure_topics
     from gateway.settings import Settings
 
@@ -209,8 +104,19 @@ def run(plan: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     prefix = f"rcost-{tag}."
     settings = msgspec.structs.replace(Settings.from_env(), topic_prefix=prefix)
     ensure_topics(settings)
-    after = Path(plan.after).resolve()
-    report: dict[str, Any] = {
+    report = new_report(plan, prefix)
+    try:
+        measure_rounds(plan, tag, prefix, report, log)
+    finally:
+        delete_topics(settings.kafka_bootstrap, prefix)
+    report["warnings"] += changed_tree(report["rounds"]) + unexpected_answers(report["rounds"])
+    report["medians"] = medians(report["rounds"])
+    return report
+
+
+def new_report(plan: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The report before any round: when, the command, the plan."""
+    return {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.redis_cost", *plan.argv]),
         "plan": {
@@ -222,50 +128,68 @@ def run(plan: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "rounds": [],
         "warnings": [],
     }  # fmt: skip
-    try:
-        with before_checkout(plan.before) as (before, before_info), tempfile.TemporaryDirectory() as scratch_dir:
-            fastcore_env, fastcore = prepare_fastcore(before, before_info)
-            report["fastcore"] = fastcore
-            report["checkouts"] = {"before": before_info, "after": after_state(after)}
-            redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-            report["redis_server"] = redis_version.strip()
-            log(f"redis cost: before {before_info.get('commit', before)[:12]}, after {after}; fastcore {fastcore}")
-            checkouts = {"before": before, "after": after}
-            env = {**os.environ, **fastcore_env, "GATEWAY_TOPIC_PREFIX": prefix}
-            for round_ in range(plan.rounds):
-                for label in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
-                    log(f"redis cost, round {round_ + 1} of {plan.rounds}: {label}")
-                    scratch = Path(scratch_dir) / f"{label}-{round_}"
-                    scratch.mkdir()
-                    partner = {"GATEWAY_PARTNER": f"rcost-{tag}-{label}-{round_}"}
-                    result = measure_checkout(label, checkouts[label], plan, {**env, **partner}, scratch, log)
-                    if label == "after":  # what it was at the end of the round (the tree may be edited)
-                        state = after_state(after)
-                        result["after_state"] = f"{state.get('head', '')[:12]}+{state.get('change_sha256', '')}"
-                    report["rounds"].append({"round": round_, "checkout": label, **result})
-    finally:
-        delete_topics(settings.kafka_bootstrap, prefix)
-    states = [r["after_state"] for r in report["rounds"] if r["checkout"] == "after"]
-    if len(set(states)) > 1:
-        report["warnings"].append(
-            "the working tree changed during the run: the after rounds measured different code (HEAD+digest of "
-            f"the change, each after round's end: {', '.join(states)})"
-        )
-    for r in report["rounds"]:
+
+
+def measure_rounds(
+    plan: argparse.Namespace, tag: str, prefix: str, report: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    """The two checkouts, each round in the other order; every round's result goes into the report."""
+    after = Path(plan.after).resolve()
+    with before_checkout(plan.before) as (before, before_info), tempfile.TemporaryDirectory() as scratch_dir:
+        fastcore_env, fastcore = prepare_fastcore(before, before_info)
+        report["fastcore"] = fastcore
+        report["checkouts"] = {"before": before_info, "after": after_state(after)}
+        redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+        report["redis_server"] = redis_version.strip()
+        log(f"redis cost: before {before_info.get('commit', before)[:12]}, after {after}; fastcore {fastcore}")
+        checkouts = {"before": before, "after": after}
+        env = {**os.environ, **fastcore_env, "GATEWAY_TOPIC_PREFIX": prefix}
+        for round_ in range(plan.rounds):
+            for label in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+                log(f"redis cost, round {round_ + 1} of {plan.rounds}: {label}")
+                scratch = Path(scratch_dir) / f"{label}-{round_}"
+                scratch.mkdir()
+                partner = {"GATEWAY_PARTNER": f"rcost-{tag}-{label}-{round_}"}
+                result = measure_checkout(label, checkouts[label], plan, {**env, **partner}, scratch, log)
+                if label == "after":  # what it was at the end of the round (the tree may be edited)
+                    state = after_state(after)
+                    result["after_state"] = f"{state.get('head', '')[:12]}+{state.get('change_sha256', '')}"
+                report["rounds"].append({"round": round_, "checkout": label, **result})
+
+
+def changed_tree(rounds: list[dict[str, Any]]) -> list[str]:
+    """A warning when the working tree changed between the after rounds."""
+    states = [r["after_state"] for r in rounds if r["checkout"] == "after"]
+    if len(set(states)) <= 1:
+        return []
+    return [
+        "the working tree changed during the run: the after rounds measured different code (HEAD+digest of "
+        f"the change, each after round's end: {', '.join(states)})"
+    ]
+
+
+def unexpected_answers(rounds: list[dict[str, Any]]) -> list[str]:
+    """A warning per round and mode answered other than 202 (new) or 200 (replays)."""
+    warnings = []
+    for r in rounds:
         for mode in MODES:
             for name, found in (("", r[mode]["outcomes"]), ("replays ", r[mode]["replay_outcomes"])):
                 wanted = "200" if name else "202"
                 other = {status: n for status, n in found.items() if status != wanted}
                 if other:
-                    report["warnings"].append(
+                    warnings.append(
                         f"round {r['round'] + 1}, {r['checkout']}, {mode} {name}answered other than {wanted}: {other}"
                     )
-    medians: dict[str, dict[str, dict[str, Any]]] = {}
+    return warnings
+
+
+def medians(rounds: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each checkout's medians over its rounds, per mode."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
     for label in ("before", "after"):
-        mine = [r for r in report["rounds"] if r["checkout"] == label]
-        medians[label] = {mode: median_of([r[mode] for r in mine]) for mode in MODES}
-    report["medians"] = medians
-    return report
+        mine = [r for r in rounds if r["checkout"] == label]
+        found[label] = {mode: median_of([r[mode] for r in mine]) for mode in MODES}
+    return found
 
 
 def finish(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
