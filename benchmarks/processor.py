@@ -225,26 +225,35 @@ async def lag_under_intake(env: dict[str, str], seconds: float, tmp: Path) -> di
     }
 
 
-async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
-    settings = ProcessorSettings.from_env(env)
+def _status_ids(settings: ProcessorSettings) -> list[str]:
+    """Up to 20,000 ids of the bench partner's folded transactions: what the status GETs ask for."""
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         query = (
             f"SELECT transaction_id FROM {settings.database_schema}.transactions WHERE partner = 'bench' LIMIT 20000"
         )
-        ids_known = [row[0] for row in conn.execute(query)]  # type: ignore[call-overload]
-    status_env = {"GATEWAY_PARTNER": "bench", "E2E_LOG": str(tmp / "gateway-status.log"), "GATEWAY_ACCESS_LOG": "false"}
-    server = Server({**env, **status_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics-status")})
-    meter = _stack(Settings.from_env(env), ("postgres", "redis"), gateway=server.process.pid)
-    latencies: list[float] = []
-    errors = 0
-    connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(16)]
-    free: asyncio.Queue = asyncio.Queue()
-    for pair in connections:
-        free.put_nowait(pair)
+        return [row[0] for row in conn.execute(query)]  # type: ignore[call-overload]
 
-    async def one(path: str) -> None:
-        nonlocal errors
-        reader, writer = await free.get()
+
+class OpenLoop:
+    """GETs to one server over keep-alive connections, each sent on its schedule: their latencies, the
+    answers not 200, and the CPU the measured parts of the stack spent per answer."""
+
+    def __init__(self, connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], meter: StackMeter):
+        self.connections = connections
+        self.meter = meter
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.free: asyncio.Queue = asyncio.Queue()
+        for pair in connections:
+            self.free.put_nowait(pair)
+
+    @classmethod
+    async def connect(cls, port: int, meter: StackMeter, count: int = 16) -> "OpenLoop":
+        return cls([await asyncio.open_connection("127.0.0.1", port) for _ in range(count)], meter)
+
+    async def one(self, path: str) -> None:
+        """One GET on a free connection, timed to the end of its body."""
+        reader, writer = await self.free.get()
         started = time.perf_counter()
         writer.write(f"GET {path} HTTP/1.1\r\nhost: b\r\n\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
@@ -252,28 +261,28 @@ async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
             next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
         )
         await reader.readexactly(length)
-        latencies.append(time.perf_counter() - started)
+        self.latencies.append(time.perf_counter() - started)
         if not head.startswith(b"HTTP/1.1 200"):
-            errors += 1
-        free.put_nowait((reader, writer))
+            self.errors += 1
+        self.free.put_nowait((reader, writer))
 
-    async def steady(paths: Callable[[], str]) -> dict:
+    async def steady(self, paths: Callable[[], str], rate: int) -> dict:
         """`rate` requests a second for 10 s, each sent on its schedule (open loop); percentiles in ms, and
         the CPU per answer of the parts of the stack."""
         for _ in range(200):  # warm the connections and the caches
-            await one(paths())
-        latencies.clear()
+            await self.one(paths())
+        self.latencies.clear()
         tasks = []
         busy = _machine_seconds()
-        with _cpu(meter) as used:
+        with _cpu(self.meter) as used:
             start = time.perf_counter()
             for n in range(rate * 10):
                 await asyncio.sleep(max(start + n / rate - time.perf_counter(), 0))
-                tasks.append(asyncio.create_task(one(paths())))
+                tasks.append(asyncio.create_task(self.one(paths())))
             await asyncio.gather(*tasks)
         cores_busy = (_machine_seconds() - busy) / (time.perf_counter() - start)
         others = cores_busy - sum(used.values()) / (time.perf_counter() - start)
-        ordered = sorted(latencies)
+        ordered = sorted(self.latencies)
 
         def pct(q: float) -> float:
             return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000, 3)
@@ -283,15 +292,26 @@ async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
                 # the machine's cores busy on average, and the part of them none of the measured took
                 "cores_busy": round(cores_busy, 2), "cores_busy_others": round(others, 2)}  # fmt: skip
 
+    def close(self) -> None:
+        for _, writer in self.connections:
+            writer.close()
+
+
+async def status_latency(env: dict[str, str], rate: int, tmp: Path) -> dict:
+    """The status GET at `rate` a second, and /health at the same rate beside it: the HTTP path alone."""
+    ids_known = _status_ids(ProcessorSettings.from_env(env))
+    status_env = {"GATEWAY_PARTNER": "bench", "E2E_LOG": str(tmp / "gateway-status.log"), "GATEWAY_ACCESS_LOG": "false"}
+    server = Server({**env, **status_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics-status")})
+    meter = _stack(Settings.from_env(env), ("postgres", "redis"), gateway=server.process.pid)
+    client = await OpenLoop.connect(server.port, meter)
     try:
         # the ceiling: the same client and server answering /health (no database) at the same rate
-        ceiling = await steady(lambda: "/health")
-        status = await steady(lambda: f"/api/v1/transactions/{random.choice(ids_known)}")
+        ceiling = await client.steady(lambda: "/health", rate)
+        status = await client.steady(lambda: f"/api/v1/transactions/{random.choice(ids_known)}", rate)
     finally:
-        for _, writer in connections:
-            writer.close()
+        client.close()
         server.stop()
-    return {"rate": rate, "errors": errors, **status, "ceiling_health": ceiling}
+    return {"rate": rate, "errors": client.errors, **status, "ceiling_health": ceiling}
 
 
 def gates(result: dict, targets: dict) -> list[dict]:
