@@ -58,7 +58,7 @@ from settlement.events import (
     event_time_ms,
     transaction_accepted,
 )
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = ("t0", "t1", "rtgs")
