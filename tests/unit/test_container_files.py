@@ -4,6 +4,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -152,6 +153,17 @@ def test_dockerfile_is_multi_stage_and_compiles_in_the_build_stage():
     assert any(op == "RUN" and "gcc" in args for op, args in build_part)
     runtime = instructions[runtime_start:]
     assert not any(op == "RUN" and "gcc" in args for op, args in runtime), "no compiler in the runtime image"
+
+
+def test_dockerfile_build_stage_copies_every_package_the_wheel_holds():
+    """The wheel is built from what the build stage copies: every package pyproject.toml includes
+    (the settlement core, the gateway, the processor the compose file runs from the same image, fastcore)
+    must be there, or the image starts without it."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages == {"settlement", "gateway", "processor", "fastcore"}
+    copied = {args.split()[0] for op, args in _dockerfile() if op == "COPY" and not args.startswith("--from")}
+    assert packages <= copied, f"the build stage does not copy {sorted(packages - copied)}"
 
 
 def _entrypoint_and_command() -> tuple[list[str], list[str]]:
