@@ -2,7 +2,8 @@
 shares (make run, the image, the tests, the benchmarks). `python -m gateway check`: validate the
 configuration (settings, rules, partner registry) and say what is wrong before serving. `python -m
 gateway new-key`: a fresh partner API key and the SHA-256 line the registry stores (the key itself is
-shown once and stored nowhere)."""
+shown once and stored nowhere). `python -m gateway new-webhook-secret`: a fresh Standard Webhooks
+signing secret for a partner's `[partners.<id>.webhook]` table."""
 
 import argparse
 import os
@@ -55,11 +56,16 @@ def main(argv: list[str]) -> int:
         print(f"key (give it to the partner, store it nowhere): {key}")
         print(f'registry entry: {{ id = "<key id>", sha256 = "{digest}" }}')
         return 0
+    if argv == ["new-webhook-secret"]:
+        from settlement.webhooks import new_secret
+
+        print(f"webhook secret (give it to the partner; keep it in the registry or secret_env): {new_secret()}")
+        return 0
     if argv[:1] == ["serve"]:
         serve(argv[1:])
     if argv != ["check"]:
-        print("usage: python -m gateway serve [--host H] [--port P] [--workers N] [granian options] | check | new-key",
-              file=sys.stderr)  # fmt: skip
+        commands = "serve [--host H] [--port P] [--workers N] [granian options] | check | new-key | new-webhook-secret"
+        print(f"usage: python -m gateway {commands}", file=sys.stderr)
         return 2
     from gateway.api.app import build_policy, load_partners
     from gateway.settings import Settings

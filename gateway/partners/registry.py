@@ -8,6 +8,9 @@ A TOML file (GATEWAY_PARTNERS_FILE) with one table per partner:
     windows = ["t0", "t1"]           # optional: the settlement windows it may use
     currencies = ["USD", "GBP"]      # optional: the currencies it may send or receive
     signing_secret_env = "ACME_HMAC" # optional: requests must carry an RFC 9421 HMAC signature
+    webhook = { url = "https://hooks.acme.example/settlement", secret_env = "ACME_WEBHOOK" }
+                                     # optional: where it hears what became of its payments
+                                     # (settlement.webhooks: https, no private addresses)
     keys = [
       { id = "2026-11", sha256 = "9f86d0…" },                # active
       { id = "2026-05", sha256 = "60303a…", revoked = true }, # rotated out
@@ -35,6 +38,7 @@ from typing import Any, NamedTuple, Self
 import rtoml
 
 from settlement.errors import ConfigurationError
+from settlement.webhooks import InvalidSubscription, Subscription, parse_subscription
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -51,6 +55,7 @@ class Partner(NamedTuple):
     windows: frozenset[str] | None  # None = every window
     currencies: frozenset[str] | None  # None = every currency
     signing_secret: bytes | None
+    webhook: Subscription | None = None
 
     def forbids(self, windows: tuple[str, ...], currencies: tuple[str, str]) -> str | None:
         """Why this partner may not send a transaction routed through `windows` in `currencies`, or None."""
@@ -248,7 +253,7 @@ class _Parser:
         return partners, keys
 
     def partner(self, partner_id: str, table: dict[str, Any], header: str) -> Partner:
-        allowed = {"rate", "burst", "windows", "currencies", "signing_secret", "signing_secret_env", "keys"}
+        allowed = {"rate", "burst", "windows", "currencies", "signing_secret", "signing_secret_env", "keys", "webhook"}
         for name in table:
             if name not in allowed:
                 raise self.fail(f"unknown setting {name!r} of partner {partner_id}", header, name)
@@ -278,7 +283,14 @@ class _Parser:
             secret = table["signing_secret"]
         if secret is not None and (not isinstance(secret, str) or len(secret.encode()) < 32):
             raise self.fail(f"the signing secret of {partner_id} must be at least 32 bytes", header, "signing_secret")
-        return Partner(partner_id, float(rate), burst, windows, currencies, secret.encode() if secret else None)
+        webhook = None
+        if "webhook" in table:
+            try:
+                webhook = parse_subscription(partner_id, table["webhook"], self.environ)
+            except InvalidSubscription as exc:
+                raise self.fail(f"webhook of {partner_id}: {exc}", header, "webhook", exc.setting) from None
+        signing = secret.encode() if secret else None
+        return Partner(partner_id, float(rate), burst, windows, currencies, signing, webhook)
 
     def names(self, table: dict[str, Any], field: str, header: str, partner_id: str) -> frozenset[str] | None:
         value = table.get(field)
