@@ -1,4 +1,4 @@
-"""The status API's read path against the real PostgreSQL: its maintained pool (gateway/intake/ledger.py)
+"""The status API's read path against the real PostgreSQL: its maintained pool (settlement/ledger/read_model.py)
 answers from the processor's tables, replaces connections PostgreSQL broke, and makes an unreachable
 database a 503 with Retry-After, never a 500 or a false 404."""
 
