@@ -74,11 +74,13 @@ class ServerProcess:
         *,
         cwd: Path | None = None,
         own_session: bool = True,
+        append: bool = False,
     ) -> None:
+        """`append`: add to the log (a process that takes over from an earlier one) instead of starting it."""
         self.name = name
         self.log_path = log_path
         self._group = own_session
-        self._log = log_path.open("wb")
+        self._log = log_path.open("ab" if append else "wb")
         self.process = subprocess.Popen(
             list(command),
             env=dict(env),

@@ -687,7 +687,9 @@ async def run(options: Options, log_path: Path) -> dict:
             if len(restarts) > before:
                 restarted.add(fault.name)
             catching_up.append((fault.name, asyncio.create_task(caught_up(fault.name))))
-            recovery[fault.name], ready_in = await asyncio.gather(wait_ready(server.url, 60), processor.wait_ready(60))
+            recovery[fault.name], ready_in = await asyncio.gather(
+                wait_ready(server.url, 60), processor.seconds_to_ready(60)
+            )
             watched[fault.name] = {
                 "processor_alive": processor.alive(),
                 "processor_seconds_to_ready": ready_in,

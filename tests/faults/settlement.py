@@ -11,7 +11,6 @@ what the run is there to find.
 import asyncio
 import contextlib
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,19 +26,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.servers import ServerProcess, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TARGET = 10.0  # seconds from a dependency's return to the processor's /ready 200 (issue 22)
 
 Partition = tuple[str, int]
 Coordinates = tuple[str, int, int]  # topic, partition, offset
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -53,11 +46,12 @@ def _get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-class SettlementProcessor:
-    """One `python -m processor run` of the run: its pid, its operations port, what its /ready said."""
+class SettlementProcessor(ServerProcess):
+    """One `python -m processor run` of the run: its pid, its operations port, what its /ready said. A
+    processor that takes over from another (the closer) writes on in the same log."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, fixed_time: str = "") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **env,
@@ -66,16 +60,8 @@ class SettlementProcessor:
             "GATEWAY_FIXED_TIME": fixed_time,
             "PYTHONUNBUFFERED": "1",
         }
-        self.log_path = log_path
-        with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "processor", "run"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.pid = self.process.pid
+        command = [sys.executable, "-m", "processor", "run"]
+        super().__init__("the processor", command, self.env, log_path, cwd=ROOT, own_session=False, append=True)
         self.samples: list[tuple[float, int]] = []  # (time.monotonic(), /ready status; 0: no answer)
 
     def alive(self) -> bool:
@@ -89,17 +75,11 @@ class SettlementProcessor:
         return _get(self.url + "/ready")[0] == 200
 
     def started(self, limit: float = 60) -> None:
-        """Wait until /ready answers 200; RuntimeError when the processor exits or is not ready in time."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the processor exited ({self.exit_status}): {self.log_tail()}")
-            if self.ready():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"the processor was not ready in {limit:g} s: {self.log_tail()}")
+        """Wait until /ready answers 200; StartFailed (a RuntimeError) when the processor exits or is not
+        ready in time."""
+        self.wait_ready(self.url + "/ready", seconds=limit)
 
-    async def wait_ready(self, limit: float) -> float | None:
+    async def seconds_to_ready(self, limit: float) -> float | None:
         """Seconds until /ready answers 200; None when it did not within `limit` or the process ended."""
         started = time.monotonic()
         while time.monotonic() - started < limit and self.alive():
@@ -132,18 +112,7 @@ class SettlementProcessor:
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM (the processor commits what it applied and leaves its group) and its exit status;
         SIGKILL when it has not ended within `timeout`, shown as -9."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return super().stop(grace=timeout)
 
 
 # -- where the fold stands ------------------------------------------------------------------------
