@@ -1,5 +1,7 @@
 """The processor's settings: shared GATEWAY_* variables and its own PROCESSOR_*, a bad one named."""
 
+from pathlib import Path
+
 import pytest
 
 from processor.settings import ProcessorSettings
@@ -32,3 +34,17 @@ def test_bad_values_name_the_variable(environ, named):
 def test_a_fixed_time_pins_the_clock():
     clock = ProcessorSettings.from_env({"GATEWAY_FIXED_TIME": "2026-12-01T00:01:01Z"}).clock()
     assert clock() == clock() == 1796083261.0
+
+
+def test_the_shared_settings_are_the_same_fields_for_both_sides_and_each_is_documented():
+    """What the gateway and the processor share comes from one base: the same field, default and variable
+    on both sides, and docs/processor.md names every one of them."""
+    from gateway.settings import Settings
+    from settlement.settings import SharedSettings, shared_variables
+
+    gateway, processor = Settings(), ProcessorSettings()
+    for field, variable in shared_variables().items():
+        assert getattr(gateway, field) == getattr(processor, field) == getattr(SharedSettings(), field)
+        assert variable == "GATEWAY_" + field.upper()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "processor.md").read_text()
+    assert [v for v in shared_variables().values() if f"`{v}`" not in text] == []
