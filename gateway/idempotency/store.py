@@ -7,7 +7,7 @@ Two strings per transaction, nothing kept that a later answer does not need (lua
 - the transaction id's guard, `txn:{partner}:<transaction_id>` (GATEWAY_TRANSACTION_ID_TTL_SECONDS, days):
   the fingerprint and key id that own the id, written once when claimed.
 A retry whose key Redis has forgotten but whose id it still guards, or the same payment under another
-key, is answered from the ledger (PostgreSQL) when it knows the transaction (gateway.intake.flow).
+key, is answered from the ledger (PostgreSQL) when it knows the transaction (gateway.intake.recall).
 
 The store has two forms behind the one protocol here, chosen by gateway.idempotency.factory from
 GATEWAY_REDIS_URL: on one node (gateway.idempotency.single_node) keys carry the partner in a hash tag
