@@ -165,7 +165,9 @@ class RegistryWatcher:
                         stamp = moved
                         continue
                 try:
-                    self.check(stamp)
+                    # in a thread: a load resolves every webhook host (settlement.webhooks), and a slow
+                    # DNS answer must not hold up the requests this worker's loop is serving
+                    await asyncio.to_thread(self.check, stamp)
                 except Exception:  # the watch must outlive any surprise; the previous registry stays
                     log.exception("partner registry reload failed unexpectedly")
                 break

@@ -344,6 +344,37 @@ async def test_a_file_written_in_place_in_two_steps_is_served_whole_within_the_i
     assert max(delays) < interval + 0.2, delays
 
 
+async def test_a_slow_load_never_holds_up_the_workers_loop(tmp_path, monkeypatch):
+    """A reload resolves every webhook host: a slow DNS answer (a load taking 0.6 s here) is waited for
+    off the event loop, which keeps serving meanwhile, and the new registry is served once loaded."""
+    import gateway.partners.reload as reload
+
+    real_load = Registry.load
+
+    def slow_load(path, *args, **kwargs):
+        time.sleep(0.6)
+        return real_load(path, *args, **kwargs)
+
+    path = tmp_path / "partners.toml"
+    path.write_text(_registry_text({"acme": [("k1", DIGEST, False)]}))
+    authenticator, watcher, _ = _watched(path, interval=0.05)
+    monkeypatch.setattr(reload.Registry, "load", slow_load)
+    beta_key, beta_digest = new_key()
+    watcher.start()
+    late: list[float] = []
+    try:
+        path.write_text(_registry_text({"acme": [("k1", DIGEST, False)], "beta": [("k1", beta_digest, False)]}))
+        deadline = time.monotonic() + 5
+        while _partner_of(authenticator, beta_key) is None and time.monotonic() < deadline:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            late.append(time.monotonic() - before - 0.01)
+    finally:
+        await watcher.close()
+    assert _partner_of(authenticator, beta_key) == "beta"
+    assert max(late) < 0.3, max(late)  # on the loop, the 0.6 s load would show here
+
+
 def test_gateway_check_passes_a_locked_out_partner_but_says_so(tmp_path, monkeypatch, capsys):
     from gateway.__main__ import main
 
