@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from settlement.errors import ConfigurationError
+from settlement.settings import SHARED_PREFIX as PREFIX
 from settlement.settings import SharedSettings, read_environment
 
-PREFIX = "GATEWAY_"
 # Variables no longer read, and where their job went: start-up refuses them rather than ignore a limit.
 REMOVED = {
     "GATEWAY_MAX_AMOUNT": (

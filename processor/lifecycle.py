@@ -59,16 +59,15 @@ def step(
     settled and rtgs transactions it settled."""
     (closed_through,) = conn.execute("SELECT closed_through FROM lifecycle FOR UPDATE").fetchone() or (None,)
     through = max(closed_through, watermark) if watermark is not None else closed_through
-    done = {
-        "closed": close_due(conn, through, now, event_id),
-        "settled": 0,
-        "rtgs_settled": conn.execute(
-            "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' "
-            "AND settlement_window = 'rtgs' AND settles_at <= %s",
-            (now, now),
-        ).rowcount,
-    }
-    done["settled"] = settle_due(conn, now, event_id)
+    # in this order: what closes now is frozen before any of its rtgs members settle
+    closed = close_due(conn, through, now, event_id)
+    rtgs_settled = conn.execute(
+        "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' "
+        "AND settlement_window = 'rtgs' AND settles_at <= %s",
+        (now, now),
+    ).rowcount
+    settled = settle_due(conn, now, event_id)
+    done = {"closed": closed, "settled": settled, "rtgs_settled": rtgs_settled}
     if any(done.values()):
         conn.execute(
             "INSERT INTO lifecycle_steps (taken_at, watermark, offsets, closed, settled, rtgs_settled)"

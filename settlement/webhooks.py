@@ -62,9 +62,6 @@ class Subscription(NamedTuple):
     events: frozenset[str]
     allow_private_network: bool
 
-    def wants(self, event_type: str) -> bool:
-        return event_type in self.events
-
 
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address `host` resolves to now; none when it does not resolve."""

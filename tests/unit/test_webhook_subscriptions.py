@@ -40,7 +40,7 @@ def test_a_subscription_is_loaded_with_its_secret_and_events(tmp_path):
     webhook = registry.partners["acme"].webhook
     assert webhook is not None and webhook.url == "https://127.0.0.1:8443/hooks"
     assert webhook.secret == base64.b64decode(SECRET.removeprefix("whsec_")) and len(webhook.secret) == 32
-    assert webhook.wants("transaction.settled") and not webhook.wants("transaction.batched")
+    assert "transaction.settled" in webhook.events and "transaction.batched" not in webhook.events
 
 
 def test_the_secret_may_come_from_the_environment_and_every_event_is_the_default(tmp_path):
