@@ -43,7 +43,6 @@ class Settings(SharedSettings, frozen=True, kw_only=True):
     max_clock_skew_ms: int = 30_000
     retry_after_seconds: int = 1
     partner: str = "default"  # the single partner of open mode (no GATEWAY_PARTNERS_FILE)
-    partners_file: str = ""  # the partner registry (TOML); empty: open mode
     partners_reload_seconds: float = 2.0  # how often each worker looks for a changed registry; 0: never
     host: str = ""  # the listen address, as deploy/run.sh and the image bind it (empty: not said)
     # the operations listener (/metrics, /health), apart from the partners' port; port 0: none

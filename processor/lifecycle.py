@@ -12,6 +12,7 @@ from datetime import datetime
 
 import psycopg
 
+from processor import outbox
 from processor.records import Partition
 from settlement.events import BatchEventType, batch_event
 
@@ -36,8 +37,16 @@ _CROSS_CURRENCY_LEGS = (
     " sum(amount)::text FROM transactions WHERE batch_id = %s AND source_currency <> destination_currency"
     " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
 )
+# rtgs transactions settle one by one when due; t0 and t1 ones with their batch (each with its webhook)
+_SETTLE_RTGS = outbox.settle("settlement_window = 'rtgs' AND settles_at <= %(now)s")
+_SETTLE_MEMBERS = outbox.settle("batch_id = %(batch)s")
 _LEG_FIELDS = ("source_account", "source_currency", "destination_account", "destination_currency", "count", "amount")
 _SETTLED_FIELDS = ("transaction_count", "totals", "net_positions", "cross_currency_legs", "late_count")
+
+
+def _count(cursor: psycopg.Cursor) -> int:
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def oldest_event_time(conn: psycopg.Connection, partitions: list[Partition]) -> datetime | None:
@@ -61,11 +70,7 @@ def step(
     through = max(closed_through, watermark) if watermark is not None else closed_through
     # in this order: what closes now is frozen before any of its rtgs members settle
     closed = close_due(conn, through, now, event_id)
-    rtgs_settled = conn.execute(
-        "UPDATE transactions SET status = 'settled', settled_at = %s WHERE status = 'batched' "
-        "AND settlement_window = 'rtgs' AND settles_at <= %s",
-        (now, now),
-    ).rowcount
+    rtgs_settled = _count(conn.execute(_SETTLE_RTGS, {"now": now}))
     settled = settle_due(conn, now, event_id)
     done = {"closed": closed, "settled": settled, "rtgs_settled": rtgs_settled}
     if any(done.values()):
@@ -87,6 +92,7 @@ def close_due(conn: psycopg.Connection, through: datetime | None, now: datetime,
     ).fetchall()
     for (batch_id,) in due:
         queue(conn, batch_id, "BatchClosed", event_id(), now, freeze(conn, batch_id, now))
+        outbox.batch_event(conn, "batch.closed", batch_id, now)
     if due:
         conn.execute("UPDATE lifecycle SET closed_through = %s", (through,))
     return len(due)
@@ -104,10 +110,7 @@ def settle_due(conn: psycopg.Connection, now: datetime, event_id: Callable[[], s
         {"now": now},
     ).fetchall()
     for (batch_id,) in settling:
-        conn.execute(
-            "UPDATE transactions SET status = 'settled', settled_at = %s WHERE batch_id = %s AND status = 'batched'",
-            (now, batch_id),
-        )
+        conn.execute(_SETTLE_MEMBERS, {"now": now, "batch": batch_id})
         row = conn.execute(
             "UPDATE batches SET status = 'settled', settled_at = %s WHERE batch_id = %s "
             "RETURNING transaction_count, totals, net_positions, cross_currency_legs, late_count",
@@ -115,6 +118,7 @@ def settle_due(conn: psycopg.Connection, now: datetime, event_id: Callable[[], s
         ).fetchone()
         assert row is not None
         queue(conn, batch_id, "BatchSettled", event_id(), now, dict(zip(_SETTLED_FIELDS, row, strict=True)))
+        outbox.batch_event(conn, "batch.settled", batch_id, now)
     return len(settling)
 
 

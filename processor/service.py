@@ -13,6 +13,7 @@ split apart they would pass all three around.
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from settlement import ids
 from settlement.errors import ConfigurationError
 from settlement.events import batch_event_headers
 from settlement.topics import create_topics, finite_retention
+from settlement.webhooks import subscribed_events
 
 log = logging.getLogger("processor")
 
@@ -74,6 +76,7 @@ class Processor:
         self._kafka_back_at = -1e9  # since when the brokers answer again (after they did not)
         self._lost_in_outage = False  # the partitions were revoked while no broker answered
         self._subscribed = False
+        self._registry_stamp: tuple[int, int] | None = None  # the registry file read last (mtime, size)
         self._unassigned_since: float | None = time.monotonic()  # holding no partition since (monotonic)
         self._consumer = self._new_consumer()
         self._producer = Producer(
@@ -239,6 +242,8 @@ class Processor:
                         self._unsync(list(self._positions))
                     if not self._subscribed:
                         self.subscribe()
+                    if self._registry_stamp is None:  # before the first fold: nothing goes unnotified
+                        self.follow_registry()
                     self._sync()
                     self.step(timeout=min(self._settings.tick_seconds, 0.5))
                     if time.monotonic() >= next_tick:
@@ -332,8 +337,30 @@ class Processor:
     def tick(self) -> None:
         """One turn of the lifecycle on the clock: observe the partitions, then advance."""
         now = self.now()  # before asking for the end offsets: a record appended later is not behind it
+        self.follow_registry()
         self.observe(now)
         self.advance(now)
+
+    def follow_registry(self) -> None:
+        """Write webhook events for the partners the registry subscribes, as of the file's last change
+        (read again when its time or size moved). A file that cannot be read keeps the last one."""
+        path = self._settings.partners_file
+        try:
+            status = os.stat(path) if path else None
+        except OSError as exc:
+            log.error("the partner registry %s: %s; webhook subscriptions unchanged", path, exc)
+            return
+        stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
+        if stamp == self._registry_stamp:
+            return
+        try:
+            subscriptions = subscribed_events(path)
+        except ConfigurationError as exc:
+            log.error("%s; webhook subscriptions unchanged", exc)
+            return
+        self._store.subscribe(subscriptions)
+        self._registry_stamp = stamp
+        log.info("webhook subscriptions: %s", {p: sorted(e) for p, e in subscriptions.items()} or "none")
 
     def observe(self, now: datetime) -> None:
         """Mark the partitions read to their end offset as of `now`. Kafka unreachable, nothing is marked

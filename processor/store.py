@@ -30,7 +30,7 @@ refuse one, the poll batch is applied again record by record and what it refuses
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, NamedTuple
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from processor import lifecycle, statements
+from processor import lifecycle, outbox, statements
 from processor.calendar import SettlementCalendar
 from processor.records import Incoming, Partition, PollBatch, Unreadable
 from settlement.events import parse_batch_id
@@ -143,6 +143,7 @@ class SettlementStore:
         self._conn = psycopg.connect(url, autocommit=True)
         self._known_batches: set[str] = set()  # batches committed to exist (none is ever deleted)
         self._opened: set[str] = set()  # batches inserted by the transaction under way
+        self.notifying: frozenset[str] = frozenset()  # event types some partner subscribed to (outbox.py)
 
     def close(self) -> None:
         self._conn.close()
@@ -187,6 +188,12 @@ class SettlementStore:
         return applied
 
     # -- the fold --------------------------------------------------------------------------------
+
+    def subscribe(self, subscriptions: Mapping[str, frozenset[str]]) -> None:
+        """Notify the partners of `subscriptions` (partner -> event types) from now on, and no other."""
+        with self._conn.transaction():
+            outbox.subscribe(self._conn, subscriptions)
+        self.notifying = frozenset().union(*subscriptions.values())
 
     def stored_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
         """The next offset of each partition that has one."""
@@ -340,6 +347,11 @@ class SettlementStore:
                 duplicates = cursor.execute(statements.BETTER_COPIES).rowcount  # each replaced one is a duplicate now
                 duplicates += cursor.execute(statements.DUPLICATES).rowcount
                 conflicts = [Conflict(*row) for row in cursor.execute(statements.CONFLICTS, {"now": now}).fetchall()]
+            # the outbox, in the order it happened: what was folded, then what conflicts with it
+            if self.notifying & {"transaction.batched", "transaction.moved"}:
+                cursor.execute(outbox.FOLDED, {"now": now})
+            if conflicts and "transaction.conflict" in self.notifying:
+                cursor.execute(outbox.CONFLICTED, {"now": now})
         return int(new or 0), int(late or 0), duplicates, conflicts
 
     def _open_batches(self, batch_ids: set[str], now: datetime) -> set[str]:

@@ -33,6 +33,9 @@ class SharedSettings(msgspec.Struct, frozen=True, kw_only=True):
     rules_path: str = ""
     fixed_time: str = ""
     log_level: str = "INFO"
+    # the partner registry (TOML): the gateway admits its partners, the processor writes the webhook
+    # events they subscribed to, the deliverer sends them; empty: open mode, nobody subscribed
+    partners_file: str = ""
 
     def __post_init__(self) -> None:
         p = SHARED_PREFIX

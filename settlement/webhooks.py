@@ -27,6 +27,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import rtoml
+
+from settlement.errors import ConfigurationError
+
 EVENT_TYPES = frozenset(
     {
         "transaction.batched",  # folded into its batch
@@ -188,3 +192,47 @@ def parse_subscription(
             f"unknown event type {unknown_events[0]!r} (known: {', '.join(sorted(EVENT_TYPES))})", "events"
         )
     return Subscription(partner, url, signing_secret(text), frozenset(events), allow)
+
+
+def _webhook_tables(path: str) -> dict[str, Any]:
+    """Partner id -> its webhook table, from the registry file at `path`; ConfigurationError when the
+    file cannot be read. The gateway's registry checks the rest of the file (and says on which line)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = rtoml.load(file)
+    except (OSError, UnicodeDecodeError, rtoml.TomlParsingError) as exc:
+        raise ConfigurationError(f"the partner registry {path} cannot be read: {exc}") from None
+    partners = document.get("partners") if isinstance(document, dict) else None
+    if not isinstance(partners, dict):
+        return {}
+    return {
+        partner: table["webhook"]
+        for partner, table in partners.items()
+        if isinstance(table, dict) and "webhook" in table
+    }
+
+
+def load_subscriptions(
+    path: str, environ: Mapping[str, str], resolve: Resolver = system_resolver
+) -> dict[str, Subscription]:
+    """Every partner's subscription in the registry at `path` (none when `path` is empty), checked as the
+    gateway checks them; ConfigurationError names the partner and the setting at fault."""
+    subscriptions = {}
+    for partner, table in (_webhook_tables(path) if path else {}).items():
+        try:
+            subscriptions[partner] = parse_subscription(partner, table, environ, resolve)
+        except InvalidSubscription as exc:
+            raise ConfigurationError(f"webhook of {partner} in {path} ({exc.setting}): {exc}") from None
+    return subscriptions
+
+
+def subscribed_events(path: str) -> dict[str, frozenset[str]]:
+    """Partner id -> the event types it subscribed to, from the registry at `path`: what the processor
+    writes to the outbox. It needs neither the secrets nor the addresses (the deliverer checks those)."""
+    subscribed = {}
+    for partner, table in (_webhook_tables(path) if path else {}).items():
+        events = table.get("events", sorted(EVENT_TYPES)) if isinstance(table, dict) else []
+        if not isinstance(events, list) or not set(events) <= EVENT_TYPES:
+            raise ConfigurationError(f"webhook of {partner} in {path}: events must list known event types")
+        subscribed[partner] = frozenset(events)
+    return subscribed
