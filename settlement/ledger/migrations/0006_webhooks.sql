@@ -23,7 +23,8 @@ CREATE TABLE webhook_events (
     payload         jsonb       NOT NULL,        -- the body: {type, timestamp, data (the status API's shape)}
     -- the delivery (the deliverer's; none of it is settlement state)
     state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts        integer     NOT NULL DEFAULT 0,
+    attempts        integer     NOT NULL DEFAULT 0,  -- every attempt so far (webhook_attempts numbers them)
+    schedule_from   integer     NOT NULL DEFAULT 0,  -- the attempts before the retry schedule began again (a resend)
     next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),  -- due; while an attempt runs, its lease
     delivered_at    timestamptz,
     last_outcome    text
