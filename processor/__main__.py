@@ -9,17 +9,21 @@ replay     rebuild the whole state from offset 0 into an empty schema (<schema>_
            offsets the live state has reached, and print both digests; exit 1 when they differ,
            2 when the log no longer starts at offset 0
 digest     print the digest of the live state and the offsets it is as of
+deliver    send the webhook outbox's events to the partners the registry (GATEWAY_PARTNERS_FILE)
+           subscribes, signed (Standard Webhooks), retried on PROCESSOR_WEBHOOK_RETRY_SCHEDULE; metrics,
+           /health and /ready on PROCESSOR_DELIVER_METRICS_PORT; waits out PostgreSQL
 """
 
 import argparse
+import asyncio
 import json
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from processor.calendar import SettlementCalendar
 from processor.metrics import ProcessorMetrics
@@ -28,23 +32,37 @@ from processor.service import Processor
 from processor.settings import ProcessorSettings
 from processor.store import SettlementStore
 from processor.supervisor import supervise
+from processor.webhooks.deliverer import Deliverer
+from processor.webhooks.metrics import DeliveryMetrics
 from settlement.errors import ConfigurationError
 from settlement.logs import configure_logging
 
 
-def serve_operations(host: str, port: int, metrics: ProcessorMetrics, processor: Processor) -> ThreadingHTTPServer:
-    """/metrics, /health and /ready on host:port, in a thread of their own."""
+class Operated(Protocol):
+    """What the operations port reports on: ready or not, and the configuration fault found, if any."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    problem: str | None
+
+
+def serve_operations(
+    host: str, port: int, registry: CollectorRegistry, service: Operated, name: str = "settlement-processor"
+) -> ThreadingHTTPServer:
+    """/metrics, /health and /ready of `service` on host:port, in a thread of their own."""
+    healthy = json.dumps({"status": "healthy", "service": name}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
-                status, kind, body = 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
+                status, kind, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
             elif self.path == "/health":
-                status, kind, body = 200, "application/json", b'{"status":"healthy","service":"settlement-processor"}'
+                status, kind, body = 200, "application/json", healthy
             elif self.path == "/ready":
-                ready = processor.ready
+                ready = service.ready
                 status, kind = (200 if ready else 503), "application/json"
-                reason = processor.problem or "starting, stopping, or waiting for PostgreSQL or Kafka"
+                reason = service.problem or "starting, stopping, or waiting for PostgreSQL or Kafka"
                 body = json.dumps({"status": "ready"} if ready else {"status": "not ready", "reason": reason}).encode()
             else:
                 status, kind, body = 404, "application/json", b'{"status":"not found"}'
@@ -66,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="settlement-processor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
-        "command", nargs="?", default="run", choices=("run", "supervise", "migrate", "replay", "digest")
+        "command", nargs="?", default="run", choices=("run", "supervise", "migrate", "replay", "digest", "deliver")
     )
     args = parser.parse_args(argv)
     try:
@@ -88,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         snapshot = store.snapshot()
         print(snapshot.digest, sum(snapshot.offsets.values()), "records", len(snapshot.steps), "steps")
         return 0
+    if args.command == "deliver":
+        store.close()
+        return deliver(settings)
     metrics = ProcessorMetrics()
     processor = Processor(settings, store, metrics, settings.clock())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: processor.stopping.set())
     operations = (
-        serve_operations(settings.metrics_host, settings.metrics_port, metrics, processor)
+        serve_operations(settings.metrics_host, settings.metrics_port, metrics.registry, processor)
         if settings.metrics_port
         else None
     )
@@ -106,6 +127,32 @@ def main(argv: list[str] | None = None) -> int:
         if operations is not None:
             operations.shutdown()
         store.close()
+    return 0
+
+
+def deliver(settings: ProcessorSettings) -> int:
+    """Run the webhook deliverer until SIGTERM or SIGINT (the attempts under way end and are recorded)."""
+    metrics = DeliveryMetrics()
+
+    async def delivering() -> None:
+        deliverer = Deliverer(settings, metrics)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, deliverer.stop)
+        operations = (
+            serve_operations(
+                settings.metrics_host, settings.deliver_metrics_port, metrics.registry, deliverer, "webhook-deliverer"
+            )
+            if settings.deliver_metrics_port
+            else None
+        )
+        try:
+            await deliverer.run()
+        finally:
+            if operations is not None:
+                operations.shutdown()
+
+    asyncio.run(delivering())
     return 0
 
 

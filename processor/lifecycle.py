@@ -12,8 +12,8 @@ from datetime import datetime
 
 import psycopg
 
-from processor import outbox
 from processor.records import Partition
+from processor.webhooks import outbox
 from settlement.events import BatchEventType, batch_event
 
 # A batch's frozen figures (every amount an exact decimal string of the currency it is in):

@@ -38,9 +38,10 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from processor import lifecycle, outbox, statements
+from processor import lifecycle, statements
 from processor.calendar import SettlementCalendar
 from processor.records import Incoming, Partition, PollBatch, Unreadable
+from processor.webhooks import outbox
 from settlement.events import parse_batch_id
 
 log = logging.getLogger("processor.store")

@@ -1,0 +1,199 @@
+"""The deliverer (`python -m processor deliver`): sends the outbox's events to the partners subscribed,
+at least once, in order per subject, retrying on the schedule and failing a delivery visibly once every
+retry is spent.
+
+One loop claims what is due (processor/webhooks/deliveries.py), up to PROCESSOR_WEBHOOK_CONCURRENCY in
+flight per partner and none while a partner's breaker is open, and starts one task per attempt
+(processor/webhooks/sending.py); a finished attempt wakes the loop, which records it and claims again.
+A slow or dead endpoint holds only its own partner's slots, so no other partner's events wait for it.
+PostgreSQL down, it waits with back-off; attempts finished meanwhile are recorded once it answers.
+"""
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping
+
+import psycopg
+
+from processor.settings import ProcessorSettings
+from processor.webhooks.breaker import Breaker
+from processor.webhooks.deliveries import Claimed, Outbox
+from processor.webhooks.metrics import DeliveryMetrics
+from processor.webhooks.sending import Attempt, Sender
+from settlement.errors import ConfigurationError
+from settlement.webhooks import Subscription, load_subscriptions
+
+log = logging.getLogger("processor.webhooks")
+
+_GAUGE_SECONDS = 5.0  # how often the backlog per partner is counted
+
+
+class Deliverer:
+    def __init__(
+        self, settings: ProcessorSettings, metrics: DeliveryMetrics, environ: Mapping[str, str] = os.environ
+    ) -> None:
+        self._settings, self._metrics, self._environ = settings, metrics, environ
+        self._outbox = Outbox(settings.database_url, settings.database_schema, settings.retry_delays)
+        connect, response = settings.webhook_connect_timeout_seconds, settings.webhook_response_timeout_seconds
+        self._sender = Sender(connect, response)
+        # the longest an attempt can take (resolve, connect, answer), and a margin: then a claim lapses
+        self._lease = 2 * connect + response + 2.0
+        self._subscriptions: dict[str, Subscription] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._breakers: dict[str, Breaker] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task] = set()
+        self._finished: list[tuple[Claimed, Attempt]] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._connected = False
+        self._gauges_at = 0.0
+        self.problem: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._connected and not self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop claiming; run() returns once the attempts under way have ended and are recorded."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.25
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._turn()
+                    backoff = 0.25
+                except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+                    if self._connected:
+                        log.error("PostgreSQL: %s; waiting for it", exc)
+                    self._connected = False
+                    self._metrics.ready.set(0)
+                    await self._nap(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            await self._drain()
+        finally:
+            self._metrics.ready.set(0)
+            await self._sender.close()
+            await self._outbox.close()
+
+    async def _turn(self) -> None:
+        if not self._connected:
+            await self._outbox.connect()
+            self._connected = True
+            self._metrics.ready.set(1)
+            log.info("delivering webhooks from the outbox in schema %s", self._settings.database_schema)
+        await self._follow_registry()
+        await self._record()
+        for claimed in await self._outbox.claim(self._free(), self._lease):
+            self._start(claimed, self._subscriptions[claimed.partner])
+        if time.monotonic() >= self._gauges_at:
+            await self._count_backlog()
+        await self._nap(self._settings.webhook_poll_seconds)
+
+    async def _nap(self, seconds: float) -> None:
+        """Until an attempt ends, stop() is called or `seconds` pass."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _breaker(self, partner: str) -> Breaker:
+        if partner not in self._breakers:
+            settings = self._settings
+            self._breakers[partner] = Breaker(settings.webhook_breaker_failures, settings.webhook_breaker_seconds)
+        return self._breakers[partner]
+
+    def _free(self) -> dict[str, int]:
+        """How many more attempts each subscribed partner may have in flight now."""
+        free = {}
+        for partner in self._subscriptions:
+            allowed = self._breaker(partner).allowance(self._settings.webhook_concurrency)
+            self._metrics.breaker_open.labels(partner).set(1 if allowed == 0 else 0)
+            if allowed > self._in_flight[partner]:
+                free[partner] = allowed - self._in_flight[partner]
+        return free
+
+    def _start(self, claimed: Claimed, subscription: Subscription) -> None:
+        self._in_flight[claimed.partner] += 1
+        self._metrics.in_flight.labels(claimed.partner).inc()
+        task = asyncio.create_task(self._attempt(claimed, subscription), name=f"webhook {claimed.event_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, claimed: Claimed, subscription: Subscription) -> None:
+        attempt = await self._sender.attempt(subscription, claimed.event_id, claimed.body)
+        self._in_flight[claimed.partner] -= 1
+        self._metrics.in_flight.labels(claimed.partner).dec()
+        self._metrics.attempts.labels(claimed.partner, attempt.outcome).inc()
+        breaker = self._breaker(claimed.partner)
+        breaker.succeeded() if attempt.delivered else breaker.failed()
+        self._finished.append((claimed, attempt))
+        self._wake.set()
+
+    async def _record(self) -> None:
+        """Record the attempts that ended (kept for the next turn when PostgreSQL does not answer)."""
+        if not self._finished:
+            return
+        finished = list(self._finished)
+        recorded = await self._outbox.record(finished)
+        del self._finished[: len(finished)]
+        for (claimed, attempt), result in zip(finished, recorded, strict=True):
+            if result.verdict == "delivered":
+                self._metrics.deliveries.labels(claimed.partner, "delivered").inc()
+                self._metrics.attempts_per_delivery.observe(claimed.attempt)
+                if result.delay is not None:
+                    self._metrics.delay.observe(result.delay)
+            elif result.verdict == "failed":
+                self._metrics.deliveries.labels(claimed.partner, "failed").inc()
+                log.warning(
+                    "webhook %s to %s failed after %d attempts (%s: %s); POST "
+                    "/api/v1/webhooks/deliveries/%s/resend sends it again",
+                    claimed.event_id, claimed.partner, claimed.attempt, attempt.outcome, attempt.detail,
+                    claimed.event_id,
+                )  # fmt: skip
+
+    async def _count_backlog(self) -> None:
+        backlog = await self._outbox.backlog()
+        for partner in set(backlog) | set(self._subscriptions):
+            self._metrics.backlog.labels(partner).set(backlog.get(partner, 0))
+        self._gauges_at = time.monotonic() + _GAUGE_SECONDS
+
+    async def _follow_registry(self) -> None:
+        """Deliver to the registry's subscriptions as of the file's last change (a file that cannot be
+        read, or holds a subscription that is refused, keeps the last good ones)."""
+        path = self._settings.partners_file
+        try:
+            status = os.stat(path) if path else None
+        except OSError as exc:
+            self.problem = f"the partner registry {path}: {exc}"
+            return
+        stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:  # in a thread: loading resolves every webhook host
+            self._subscriptions = await asyncio.to_thread(load_subscriptions, path, self._environ)
+            self.problem = None
+        except ConfigurationError as exc:
+            self.problem = f"{exc}; delivering to the subscriptions loaded before"
+            log.error("%s", self.problem)
+            return
+        log.info("webhook subscriptions: %s", sorted(self._subscriptions) or "none (nothing to deliver)")
+
+    async def _drain(self) -> None:
+        """Let the attempts under way end (each is bounded by its timeouts) and record them."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._lease)
+        try:
+            await self._record()
+        except psycopg.OperationalError as exc:
+            log.error("PostgreSQL: %s; %d attempts unrecorded (their claims lapse and they are sent again)",
+                      exc, len(self._finished))  # fmt: skip
