@@ -1,0 +1,204 @@
+"""The deliverer's parts that need no outbox: the breaker, the retry schedule, the address re-check, the
+signed headers (verified by the `standardwebhooks` package, as a partner verifies them) and the
+attempt's outcomes against real loopback receivers."""
+
+import asyncio
+import http.server
+import socket
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from processor.settings import ProcessorSettings
+from processor.webhooks.breaker import Breaker
+from processor.webhooks.deliveries import Claimed, Outbox
+from processor.webhooks.sending import Attempt, Sender, _pinned, checked_address, signed_headers
+from settlement.errors import ConfigurationError
+from settlement.webhooks import Subscription, new_secret, signing_secret
+from tests.servers import free_port
+
+
+def _subscription(url: str, allow_private: bool = False) -> Subscription:
+    return Subscription("acme", url, signing_secret(new_secret()), frozenset({"transaction.settled"}), allow_private)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_breaker_opens_after_failures_in_a_row_lets_one_through_then_closes_on_success():
+    clock = Clock()
+    breaker = Breaker(failures=3, cool_down=10, longest=25, clock=clock)
+    assert breaker.allowance(4) == 4
+    breaker.failed()
+    breaker.failed()
+    breaker.succeeded()  # not in a row
+    breaker.failed()
+    breaker.failed()
+    assert breaker.allowance(4) == 4
+    breaker.failed()  # three in a row: open for 10 s
+    assert breaker.open and breaker.allowance(4) == 0
+    clock.now += 10
+    assert breaker.allowance(4) == 1  # half-open: one delivery tries the endpoint
+    breaker.failed()  # it failed: open again, twice as long
+    clock.now += 19.9
+    assert breaker.allowance(4) == 0
+    clock.now += 0.1
+    breaker.failed()
+    clock.now += 25  # 40 s would be next, but never longer than `longest`
+    assert breaker.allowance(4) == 1
+    breaker.succeeded()
+    assert not breaker.open and breaker.allowance(4) == 4
+
+
+def _claimed(in_schedule: int) -> Claimed:
+    return Claimed("evt_1", "acme", "transaction.settled", in_schedule, in_schedule, datetime.now(UTC), "{}")
+
+
+def test_a_failed_attempt_is_retried_after_the_schedule_s_wait_within_jitter_then_the_delivery_fails():
+    outbox = Outbox("postgresql://unused", "s", (5, 300, 1800))
+    started = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    attempt = Attempt("status", 500, "HTTP 500", started, 1000)
+    for n, wait in enumerate((5, 300, 1800), start=1):
+        for _ in range(50):
+            verdict, at = outbox.verdict(_claimed(n), attempt)
+            assert verdict == "retry" and at is not None
+            waited = (at - started).total_seconds() - 1.0
+            assert 0.8 * wait <= waited <= 1.2 * wait
+    assert outbox.verdict(_claimed(4), attempt) == ("failed", None)  # every retry spent
+
+
+@pytest.mark.parametrize(
+    ("schedule", "valid"),
+    [("5,300,1800", True), ("0.3", True), ("", False), ("5,,6", False), ("five", False), ("-1", False), ("1e9", False)],
+)
+def test_the_retry_schedule_is_checked_at_start_up(schedule, valid):
+    environ = {"PROCESSOR_WEBHOOK_RETRY_SCHEDULE": schedule}
+    if valid:
+        assert ProcessorSettings.from_env(environ).retry_delays
+    else:
+        with pytest.raises(ConfigurationError, match="PROCESSOR_WEBHOOK_RETRY_SCHEDULE"):
+            ProcessorSettings.from_env(environ)
+
+
+@pytest.mark.parametrize("variable", ["PROCESSOR_WEBHOOK_CONCURRENCY", "PROCESSOR_WEBHOOK_RESPONSE_TIMEOUT_SECONDS"])
+def test_the_deliverer_s_bounds_must_be_positive(variable):
+    with pytest.raises(ConfigurationError, match=variable):
+        ProcessorSettings.from_env({variable: "0"})
+
+
+def test_the_default_schedule_is_eight_attempts_over_about_a_day_and_a_quarter():
+    delays = ProcessorSettings().retry_delays
+    assert len(delays) + 1 == 8 and 24 * 3600 < sum(delays) < 3 * 86400
+
+
+def test_signed_headers_verify_with_the_standard_webhooks_package():
+    secret = new_secret()
+    subscription = Subscription("acme", "https://hooks.example/x", signing_secret(secret), frozenset(), False)
+    body = '{"type": "transaction.settled", "data": {"amount": "10.00"}}'
+    now = datetime.now(UTC).timestamp()
+    headers = signed_headers(subscription, "evt_0123", body, now)
+    assert headers["webhook-id"] == "evt_0123" and headers["webhook-timestamp"] == str(int(now))
+    assert Webhook(secret).verify(body, headers)["data"] == {"amount": "10.00"}
+    with pytest.raises(Exception, match="signature"):
+        Webhook(secret).verify(body.replace("10.00", "99.00"), headers)
+
+
+def test_the_connection_goes_to_the_address_checked_with_the_name_kept_for_host_and_tls():
+    assert _pinned("https://hooks.example:8443/in?x=1", "203.0.113.9") == "https://203.0.113.9:8443/in?x=1"
+    assert _pinned("https://hooks.example", "2001:db8::1") == "https://[2001:db8::1]/"
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "refused"),
+    [
+        ("https://10.0.0.7/hook", False, "private"),
+        ("https://169.254.169.254/latest", False, "link-local"),
+        ("https://[::ffff:10.1.2.3]/hook", False, "private"),
+        ("https://10.0.0.7/hook", True, None),
+        ("http://127.0.0.1:9/hook", False, None),
+    ],
+)
+async def test_an_address_the_subscription_does_not_allow_is_refused_before_connecting(url, allow, refused):
+    subscription = _subscription(url, allow)
+    if refused is None:
+        assert await checked_address(subscription, 1.0)
+    else:
+        with pytest.raises(Exception, match=refused):
+            await checked_address(subscription, 1.0)
+
+
+async def test_a_name_that_now_resolves_to_a_private_address_is_refused_dns_rebinding(monkeypatch):
+    loop = asyncio.get_running_loop()
+
+    async def rebound(host, port, **_):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.8.7", port))]  # fmt: skip
+
+    monkeypatch.setattr(loop, "getaddrinfo", rebound)
+    attempt = await Sender(1.0, 1.0).attempt(_subscription("https://hooks.example/in"), "evt_1", "{}")
+    assert attempt.outcome == "refused-address" and "10.9.8.7" in attempt.detail
+
+
+class _Receiver:
+    """A loopback receiver answering every POST with `status` after `delay` seconds."""
+
+    def __init__(self, status: int, delay: float = 0.0) -> None:
+        receiver = self
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                threading.Event().wait(delay)
+                self.send_response(status)
+                self.send_header("content-length", "7")
+                self.end_headers()
+                self.wfile.write(b"ignored")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "delay", "outcome"),
+    [(204, 0, "delivered"), (200, 0, "delivered"), (500, 0, "status"), (302, 0, "status"), (200, 2, "timeout")],
+)
+async def test_an_attempt_says_how_it_ended(status, delay, outcome):
+    receiver = _Receiver(status, delay)
+    sender = Sender(0.5, 0.5)
+    try:
+        attempt = await sender.attempt(_subscription(receiver.url), "evt_9", '{"a": 1}')
+    finally:
+        await sender.close()
+        receiver.close()
+    assert attempt.outcome == outcome, attempt
+    assert attempt.status_code == (None if outcome == "timeout" else status)
+    headers, body = receiver.requests[0]
+    assert body == b'{"a": 1}' and headers["webhook-id"] == "evt_9"
+    assert headers["host"] == receiver.url.split("/")[2]
+
+
+async def test_an_endpoint_that_is_down_is_unreachable():
+    sender = Sender(0.5, 0.5)
+    try:
+        attempt = await sender.attempt(_subscription(f"http://127.0.0.1:{free_port()}/hook"), "evt_1", "{}")
+    finally:
+        await sender.close()
+    assert attempt.outcome == "unreachable"
