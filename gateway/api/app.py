@@ -22,6 +22,7 @@ from gateway.api.operations import Readiness, health, ready
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
+from gateway.api.webhooks import deliveries, resend
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
 from gateway.settings import Settings
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             transaction_status,
             batch,
             batches,
+            deliveries,
+            resend,
             health,
             ready,
             assets_router(),

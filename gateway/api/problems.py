@@ -24,6 +24,7 @@ CAUSES: dict[str, tuple[int, str]] = {
     "method-not-allowed": (405, "Method not allowed"),
     "request-in-flight": (409, "Request in flight"),
     "transaction-id-conflict": (409, "Transaction id already used"),
+    "delivery-pending": (409, "Delivery pending"),
     "body-too-large": (413, "Request body too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "invalid-shape": (422, "Request does not match the schema"),

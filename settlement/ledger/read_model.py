@@ -1,9 +1,11 @@
 """The read model: what the gateway asks of the ledger the processor writes, over a maintained pool.
 
 The status API asks what became of a payment and of a batch; the intake asks only when Redis has
-forgotten a transaction (its fingerprint and the answer its 202 carried). Every query is here, beside
-the migrations that make the tables it reads. PostgreSQL unreachable is DependencyUnavailable (the
-gateway answers 503 with Retry-After); a schema the processor has not created yet knows nothing.
+forgotten a transaction (its fingerprint and the answer its 202 carried); the webhook API lists a
+partner's deliveries and asks for one to be sent again (the one write: see `resend`). Every query is
+here, beside the migrations that make the tables it reads. PostgreSQL unreachable is
+DependencyUnavailable (the gateway answers 503 with Retry-After); a schema the processor has not
+created yet knows nothing.
 """
 
 import asyncio
@@ -75,6 +77,41 @@ class PartnerTotal(NamedTuple):
     amount: str  # exact decimal
 
 
+class DeliveryRow(NamedTuple):
+    """A webhook event of the partner's and how its delivery stands (migration 0006)."""
+
+    sequence: int  # the order the events were written in: the deliveries' cursor
+    event_id: str
+    event_type: str
+    subject: str
+    state: str
+    attempts: int
+    occurred_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    last_outcome: str | None
+    payload: dict[str, Any]
+
+
+class AttemptRow(NamedTuple):
+    """One attempt to deliver an event, and how it ended."""
+
+    event_id: str
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    outcome: str
+    status_code: int | None
+    detail: str | None
+
+
+class Resent(NamedTuple):
+    """What a resend found: the delivery (after the resend when `resent`, as it stands when it was pending)."""
+
+    resent: bool
+    delivery: DeliveryRow
+
+
 _ACCEPTED = (
     "SELECT transaction_id, fingerprint, coalesce(routed_batch_id, batch_id), topic, partition, kafka_offset,"
     " (extract(epoch FROM accepted_at) * 1000)::bigint FROM transactions"
@@ -105,6 +142,35 @@ _PARTNER_TOTALS = (
     " WHERE partner = %s AND batch_id = %s GROUP BY 1 ORDER BY 1"
 )
 _LATE = "SELECT transaction_id FROM transactions WHERE partner = %s AND routed_batch_id = %s AND late ORDER BY 1"
+_DELIVERY_COLUMNS = (
+    "sequence, event_id, event_type, subject, state, attempts, occurred_at, next_attempt_at, delivered_at,"
+    " last_outcome, payload"
+)
+_DELIVERIES = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM webhook_events WHERE partner = %s AND sequence < %s"
+    " AND (%s::text IS NULL OR state = %s) AND (%s::text IS NULL OR event_type = %s)"
+    " ORDER BY sequence DESC LIMIT %s"
+)
+_ATTEMPTS = (
+    "SELECT a.event_id, attempt, started_at, duration_ms, outcome, status_code, detail FROM webhook_attempts a"
+    " JOIN webhook_events e ON e.event_id = a.event_id AND e.partner = %s"
+    " WHERE a.event_id = ANY(%s) ORDER BY a.event_id, attempt"
+)
+# The gateway's one write to the ledger: a partner's delivered or failed event made due again, its retry
+# schedule starting afresh (schedule_from); the deliverer owns every other column of the delivery. In
+# one statement, so the answer is of one snapshot: resent, or the pending event as it stands (a 409), or
+# nothing (not the partner's, or no such event: a 404).
+_RESEND = f"""
+WITH resent AS (
+    UPDATE webhook_events SET state = 'pending', next_attempt_at = clock_timestamp(), schedule_from = attempts
+    WHERE partner = %s AND event_id = %s AND state <> 'pending'
+    RETURNING {_DELIVERY_COLUMNS}
+)
+SELECT true, {_DELIVERY_COLUMNS} FROM resent
+UNION ALL
+SELECT false, {_DELIVERY_COLUMNS} FROM webhook_events
+WHERE partner = %s AND event_id = %s AND NOT EXISTS (SELECT 1 FROM resent)
+"""
 
 
 class LedgerReader:
@@ -205,3 +271,20 @@ class LedgerReader:
     async def late(self, partner: str, batch_id: str) -> list[str]:
         """The partner's transactions routed to this batch but read after it closed."""
         return [row[0] for row in await self.rows(_LATE, partner, batch_id)]
+
+    async def deliveries(
+        self, partner: str, state: str | None, event_type: str | None, before: int, limit: int
+    ) -> list[DeliveryRow]:
+        """Up to `limit` of the partner's webhook events written before `before` (a sequence), newest first."""
+        rows = await self.rows(_DELIVERIES, partner, before, state, state, event_type, event_type, limit)
+        return [DeliveryRow(*row) for row in rows]
+
+    async def attempts(self, partner: str, event_ids: list[str]) -> list[AttemptRow]:
+        """Every attempt of these events of the partner's, by event then in the order they were made."""
+        return [AttemptRow(*row) for row in await self.rows(_ATTEMPTS, partner, event_ids)]
+
+    async def resend(self, partner: str, event_id: str) -> Resent | None:
+        """Make the partner's delivered or failed event due now, its retry schedule begun again; None
+        when the partner has no such event. A pending one is left as it is (`resent` false)."""
+        rows = await self.rows(_RESEND, partner, event_id, partner, event_id)
+        return Resent(rows[0][0], DeliveryRow(*rows[0][1:])) if rows else None

@@ -21,6 +21,8 @@ PARTNER_OPERATIONS = {
     ("GET", "/api/v1/transactions/{transaction_id}"),
     ("GET", "/api/v1/batches/{batch_id}"),
     ("GET", "/api/v1/batches"),
+    ("GET", "/api/v1/webhooks/deliveries"),
+    ("POST", "/api/v1/webhooks/deliveries/{event_id}/resend"),
 }
 PROBES = {("GET", "/health"), ("GET", "/ready")}
 

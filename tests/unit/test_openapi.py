@@ -2,6 +2,7 @@
 
 from gateway.api.app import create_app
 from gateway.settings import Settings
+from settlement.webhooks import EVENT_TYPES
 
 
 def _document() -> dict:
@@ -48,3 +49,21 @@ def test_every_response_documents_x_request_id_and_every_error_is_a_problem():
                 assert response["headers"]["X-Request-ID"]["required"] is True, where
                 if int(status) >= 400:
                     assert list(response["content"]) == ["application/problem+json"], where
+
+
+def test_the_webhook_deliveries_document_every_answer_and_filter_by_the_core_s_event_types():
+    paths = _document()["paths"]
+    listing = paths["/api/v1/webhooks/deliveries"]["get"]
+    parameters = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert set(parameters) == {"state", "event_type", "cursor", "limit"}
+    assert set(parameters["event_type"]["enum"]) - {None} == EVENT_TYPES  # the filter's enum is the core's set
+    assert set(parameters["state"]["enum"]) - {None} == {"pending", "delivered", "failed"}
+    resend = paths["/api/v1/webhooks/deliveries/{event_id}/resend"]["post"]
+    for operation, statuses in ((listing, ("200", "400", "401", "422", "429", "503")), (resend, ("202", "404", "409"))):
+        assert set(statuses) <= set(operation["responses"])
+        assert operation["security"] == [{"partnerKey": []}]
+        for status in statuses:
+            content = next(iter(operation["responses"][status]["content"].values()))
+            assert content.get("examples"), f"{status} has no example"
+    pending = resend["responses"]["409"]["content"]["application/problem+json"]["examples"]
+    assert next(iter(pending.values()))["value"]["type"].endswith("/delivery-pending")
