@@ -38,11 +38,11 @@ class Deliverer:
         self._settings, self._metrics, self._environ = settings, metrics, environ
         self._outbox = Outbox(settings.database_url, settings.database_schema, settings.retry_delays)
         connect, response = settings.webhook_connect_timeout_seconds, settings.webhook_response_timeout_seconds
-        self._sender = Sender(connect, response)
-        # the longest an attempt can take (resolve, connect, answer), and a margin: then a claim lapses
-        self._lease = 2 * connect + response + 2.0
-        self._subscriptions: dict[str, Subscription] = {}
+        # the longest an attempt can take (resolve and connect, answer), and a margin: then a claim lapses
+        self._lease = connect + response + 2.0
+        self._senders: dict[str, Sender] = {}  # per subscribed partner
         self._stamp: tuple[int, int] | None = None
+        self._retired: list[Sender] = []  # of subscriptions changed since: closed once their attempts end
         self._breakers: dict[str, Breaker] = {}
         self._in_flight: Counter[str] = Counter()
         self._tasks: set[asyncio.Task] = set()
@@ -79,7 +79,8 @@ class Deliverer:
             await self._drain()
         finally:
             self._metrics.ready.set(0)
-            await self._sender.close()
+            for sender in [*self._senders.values(), *self._retired]:
+                await sender.close()
             await self._outbox.close()
 
     async def _turn(self) -> None:
@@ -89,9 +90,10 @@ class Deliverer:
             self._metrics.ready.set(1)
             log.info("delivering webhooks from the outbox in schema %s", self._settings.database_schema)
         await self._follow_registry()
+        await self._retire()
         await self._record()
         for claimed in await self._outbox.claim(self._free(), self._lease):
-            self._start(claimed, self._subscriptions[claimed.partner])
+            self._start(claimed, self._senders[claimed.partner])
         if time.monotonic() >= self._gauges_at:
             await self._count_backlog()
         await self._nap(self._settings.webhook_poll_seconds)
@@ -114,22 +116,22 @@ class Deliverer:
     def _free(self) -> dict[str, int]:
         """How many more attempts each subscribed partner may have in flight now."""
         free = {}
-        for partner in self._subscriptions:
+        for partner in self._senders:
             allowed = self._breaker(partner).allowance(self._settings.webhook_concurrency)
             self._metrics.breaker_open.labels(partner).set(1 if allowed == 0 else 0)
             if allowed > self._in_flight[partner]:
                 free[partner] = allowed - self._in_flight[partner]
         return free
 
-    def _start(self, claimed: Claimed, subscription: Subscription) -> None:
+    def _start(self, claimed: Claimed, sender: Sender) -> None:
         self._in_flight[claimed.partner] += 1
         self._metrics.in_flight.labels(claimed.partner).inc()
-        task = asyncio.create_task(self._attempt(claimed, subscription), name=f"webhook {claimed.event_id}")
+        task = asyncio.create_task(self._attempt(claimed, sender), name=f"webhook {claimed.event_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _attempt(self, claimed: Claimed, subscription: Subscription) -> None:
-        attempt = await self._sender.attempt(subscription, claimed.event_id, claimed.body)
+    async def _attempt(self, claimed: Claimed, sender: Sender) -> None:
+        attempt = await sender.attempt(claimed.event_id, claimed.body)
         self._in_flight[claimed.partner] -= 1
         self._metrics.in_flight.labels(claimed.partner).dec()
         self._metrics.attempts.labels(claimed.partner, attempt.outcome).inc()
@@ -162,7 +164,7 @@ class Deliverer:
 
     async def _count_backlog(self) -> None:
         backlog = await self._outbox.backlog()
-        for partner in set(backlog) | set(self._subscriptions):
+        for partner in set(backlog) | set(self._senders):
             self._metrics.backlog.labels(partner).set(backlog.get(partner, 0))
         self._gauges_at = time.monotonic() + _GAUGE_SECONDS
 
@@ -180,13 +182,35 @@ class Deliverer:
             return
         self._stamp = stamp
         try:  # in a thread: loading resolves every webhook host
-            self._subscriptions = await asyncio.to_thread(load_subscriptions, path, self._environ)
+            subscriptions = await asyncio.to_thread(load_subscriptions, path, self._environ)
             self.problem = None
         except ConfigurationError as exc:
             self.problem = f"{exc}; delivering to the subscriptions loaded before"
             log.error("%s", self.problem)
             return
-        log.info("webhook subscriptions: %s", sorted(self._subscriptions) or "none (nothing to deliver)")
+        await self._subscribe(subscriptions)
+        log.info("webhook subscriptions: %s", sorted(subscriptions) or "none (nothing to deliver)")
+
+    async def _subscribe(self, subscriptions: dict[str, Subscription]) -> None:
+        """A sender for each subscription (a new one where it changed); a partner's attempts under way
+        end on the sender they started with."""
+        settings = self._settings
+        for partner, sender in list(self._senders.items()):
+            if subscriptions.get(partner) != sender.subscription:
+                del self._senders[partner]
+                self._retired.append(sender)
+        for partner, subscription in subscriptions.items():
+            if partner not in self._senders:
+                self._senders[partner] = Sender(
+                    subscription, settings.webhook_concurrency, settings.webhook_connect_timeout_seconds,
+                    settings.webhook_response_timeout_seconds,
+                )  # fmt: skip
+
+    async def _retire(self) -> None:
+        """Close the senders of changed subscriptions once their attempts have ended."""
+        for sender in [s for s in self._retired if s.in_flight == 0]:
+            self._retired.remove(sender)
+            await sender.close()
 
     async def _drain(self) -> None:
         """Let the attempts under way end (each is bounded by its timeouts) and record them."""

@@ -23,7 +23,7 @@ WITH quota AS (SELECT * FROM unnest(%(partners)s::text[], %(free)s::int[]) AS q(
 picked AS (
     SELECT e.sequence FROM quota q CROSS JOIN LATERAL (
         SELECT sequence FROM webhook_events e
-        WHERE e.partner = q.partner AND e.state = 'pending' AND e.next_attempt_at <= clock_timestamp()
+        WHERE e.partner = q.partner AND e.state = 'pending' AND e.next_attempt_at <= statement_timestamp()
           AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.partner = e.partner AND b.subject = e.subject
                           AND b.state = 'pending' AND b.sequence < e.sequence)
         ORDER BY e.next_attempt_at, e.sequence LIMIT q.free
@@ -31,22 +31,31 @@ picked AS (
     ) e
 )
 UPDATE webhook_events w
-SET attempts = w.attempts + 1, next_attempt_at = clock_timestamp() + %(lease)s * interval '1 second'
-FROM picked WHERE w.sequence = picked.sequence
+SET attempts = w.attempts + 1, next_attempt_at = statement_timestamp() + %(lease)s * interval '1 second'
+WHERE w.sequence = ANY(ARRAY(SELECT sequence FROM picked))  -- by the primary key: never a scan of the outbox
 RETURNING w.event_id, w.partner, w.event_type, w.attempts, w.attempts - w.schedule_from, w.recorded_at,
     w.payload::text
 """
 
-_ATTEMPT = (
-    "INSERT INTO webhook_attempts (event_id, attempt, started_at, duration_ms, outcome, status_code, detail)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+# The attempts that ended and what follows each (delivered, a retry at a time, or failed), in one
+# statement: only an event still pending moves (another deliverer whose claim outlived ours may have
+# recorded it). Returns each event moved, and the delay of a delivered one (seconds since the change).
+_RECORD = """
+WITH attempt AS (
+    INSERT INTO webhook_attempts (event_id, attempt, started_at, duration_ms, outcome, status_code, detail)
+    SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(started)s::timestamptz[], %(ms)s::int[],
+                         %(outcomes)s::text[], %(codes)s::int[], %(details)s::text[])
+    ON CONFLICT DO NOTHING
 )
-_DELIVERED = (
-    "UPDATE webhook_events SET state = 'delivered', delivered_at = %s, last_outcome = %s"
-    " WHERE event_id = %s AND state = 'pending' RETURNING extract(epoch FROM %s - recorded_at)"
-)
-_RETRY = "UPDATE webhook_events SET next_attempt_at = %s, last_outcome = %s WHERE event_id = %s AND state = 'pending'"
-_FAILED = "UPDATE webhook_events SET state = 'failed', last_outcome = %s WHERE event_id = %s AND state = 'pending'"
+UPDATE webhook_events w
+SET state = u.state, next_attempt_at = coalesce(u.next_at, w.next_attempt_at),
+    delivered_at = coalesce(u.delivered_at, w.delivered_at),  -- a resent one keeps its earlier delivery's
+    last_outcome = u.last_outcome
+FROM unnest(%(ids)s::text[], %(states)s::text[], %(next)s::timestamptz[], %(delivered)s::timestamptz[],
+            %(last)s::text[]) AS u(event_id, state, next_at, delivered_at, last_outcome)
+WHERE w.event_id = u.event_id AND w.state = 'pending'
+RETURNING w.event_id, extract(epoch FROM w.delivered_at - w.recorded_at)
+"""
 _BACKLOG = "SELECT partner, count(*) FROM webhook_events WHERE state = 'pending' GROUP BY 1"
 
 
@@ -63,7 +72,8 @@ class Claimed(NamedTuple):
 
 
 class Recorded(NamedTuple):
-    """What recording an attempt did: delivered (with the delay since the change, seconds), retry, failed."""
+    """What recording an attempt did: delivered (with the delay since the change, seconds), retry, failed,
+    or nothing (`recorded before`: the event was no longer pending)."""
 
     verdict: str
     delay: float | None = None
@@ -108,35 +118,46 @@ class Outbox:
         if claimed.in_schedule > len(self._delays):
             return "failed", None
         wait = self._delays[claimed.in_schedule - 1] * random.uniform(0.8, 1.2)
-        return "retry", attempt.started_at + timedelta(milliseconds=attempt.duration_ms, seconds=wait)
+        return "retry", attempt.ended_at + timedelta(seconds=wait)
 
     async def record(self, results: Sequence[tuple[Claimed, Attempt]]) -> list[Recorded]:
-        """Record the attempts and what follows each, in one transaction."""
+        """Record the attempts and what follows each, in one statement; each one's verdict (in order)."""
+        verdicts = [self._follows(claimed, attempt) for claimed, attempt in results]
+        attempts = [attempt for _, attempt in results]
+        ids = [claimed.event_id for claimed, _ in results]
+        cursor = await self.conn.execute(
+            _RECORD,
+            {
+                "ids": ids,
+                "attempts": [claimed.attempt for claimed, _ in results],
+                "started": [a.started_at for a in attempts],
+                "ms": [a.duration_ms for a in attempts],
+                "outcomes": [a.outcome for a in attempts],
+                "codes": [a.status_code for a in attempts],
+                "details": [a.detail for a in attempts],
+                "states": [v[0] for v in verdicts],
+                "next": [v[1] for v in verdicts],
+                "delivered": [a.ended_at if a.delivered else None for a in attempts],
+                "last": [f"{a.outcome}: {a.detail}"[:500] for a in attempts],
+            },
+        )
+        moved = {event_id: delay for event_id, delay in await cursor.fetchall()}
         recorded = []
-        conn = self.conn
-        async with conn.transaction(), conn.cursor() as cursor:
-            for claimed, attempt in results:
-                await cursor.execute(
-                    _ATTEMPT,
-                    (claimed.event_id, claimed.attempt, attempt.started_at, attempt.duration_ms,
-                     attempt.outcome, attempt.status_code, attempt.detail),
-                )  # fmt: skip
-                recorded.append(await self._follow(cursor, claimed, attempt))
+        for event_id, (state, _) in zip(ids, verdicts, strict=True):
+            if event_id not in moved:
+                recorded.append(Recorded("recorded before"))
+            elif state == "delivered":
+                recorded.append(Recorded("delivered", float(moved[event_id])))
+            else:
+                recorded.append(Recorded("retry" if state == "pending" else state))
         return recorded
 
-    async def _follow(self, cursor: psycopg.AsyncCursor, claimed: Claimed, attempt: Attempt) -> Recorded:
-        outcome = f"{attempt.outcome}: {attempt.detail}"[:500]
+    def _follows(self, claimed: Claimed, attempt: Attempt) -> tuple[str, datetime | None]:
+        """The event's state after `attempt`, and when it is due again if it stays pending."""
         if attempt.delivered:
-            ended = attempt.started_at + timedelta(milliseconds=attempt.duration_ms)
-            await cursor.execute(_DELIVERED, (ended, outcome, claimed.event_id, ended))
-            row = await cursor.fetchone()
-            return Recorded("delivered", float(row[0]) if row else None)
+            return "delivered", None
         verdict, at = self.verdict(claimed, attempt)
-        if verdict == "failed":
-            await cursor.execute(_FAILED, (outcome, claimed.event_id))
-        else:
-            await cursor.execute(_RETRY, (at, outcome, claimed.event_id))
-        return Recorded(verdict)
+        return ("failed", None) if verdict == "failed" else ("pending", at)
 
     async def backlog(self) -> dict[str, int]:
         """Pending events per partner."""

@@ -2,7 +2,6 @@
 signed headers (verified by the `standardwebhooks` package, as a partner verifies them) and the
 attempt's outcomes against real loopback receivers."""
 
-import asyncio
 import http.server
 import socket
 import threading
@@ -12,9 +11,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from processor.settings import ProcessorSettings
+from processor.webhooks import sending
 from processor.webhooks.breaker import Breaker
 from processor.webhooks.deliveries import Claimed, Outbox
-from processor.webhooks.sending import Attempt, Sender, _pinned, checked_address, signed_headers
+from processor.webhooks.sending import Attempt, CheckingResolver, Sender, literal_refusal, signed_headers
 from settlement.errors import ConfigurationError
 from settlement.webhooks import Subscription, new_secret, signing_secret
 from tests.servers import free_port
@@ -110,11 +110,6 @@ def test_signed_headers_verify_with_the_standard_webhooks_package():
         Webhook(secret).verify(body.replace("10.00", "99.00"), headers)
 
 
-def test_the_connection_goes_to_the_address_checked_with_the_name_kept_for_host_and_tls():
-    assert _pinned("https://hooks.example:8443/in?x=1", "203.0.113.9") == "https://203.0.113.9:8443/in?x=1"
-    assert _pinned("https://hooks.example", "2001:db8::1") == "https://[2001:db8::1]/"
-
-
 @pytest.mark.parametrize(
     ("url", "allow", "refused"),
     [
@@ -123,26 +118,37 @@ def test_the_connection_goes_to_the_address_checked_with_the_name_kept_for_host_
         ("https://[::ffff:10.1.2.3]/hook", False, "private"),
         ("https://10.0.0.7/hook", True, None),
         ("http://127.0.0.1:9/hook", False, None),
+        ("https://hooks.example/in", False, None),  # a name: its connector's resolver checks it
     ],
 )
-async def test_an_address_the_subscription_does_not_allow_is_refused_before_connecting(url, allow, refused):
-    subscription = _subscription(url, allow)
-    if refused is None:
-        assert await checked_address(subscription, 1.0)
-    else:
-        with pytest.raises(Exception, match=refused):
-            await checked_address(subscription, 1.0)
+def test_an_address_written_in_the_url_is_checked_before_the_request(url, allow, refused):
+    reason = literal_refusal(_subscription(url, allow))
+    assert (reason is None) if refused is None else (refused in reason)
+
+
+class _Rebound:
+    """A resolver whose answer for every name holds a public and a private address (DNS rebinding)."""
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        return [
+            {"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}
+            for address in ("93.184.216.34", "10.9.8.7")
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
 async def test_a_name_that_now_resolves_to_a_private_address_is_refused_dns_rebinding(monkeypatch):
-    loop = asyncio.get_running_loop()
-
-    async def rebound(host, port, **_):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.8.7", port))]  # fmt: skip
-
-    monkeypatch.setattr(loop, "getaddrinfo", rebound)
-    attempt = await Sender(1.0, 1.0).attempt(_subscription("https://hooks.example/in"), "evt_1", "{}")
+    monkeypatch.setattr(sending, "DefaultResolver", _Rebound)
+    with pytest.raises(sending.AddressRefused, match=r"10\.9\.8\.7"):
+        await CheckingResolver(allow_private_network=False).resolve("hooks.example", 443)
+    assert len(await CheckingResolver(allow_private_network=True).resolve("hooks.example", 443)) == 2
+    sender = Sender(_subscription("https://hooks.example/in"), 1, 1.0, 1.0)
+    try:
+        attempt = await sender.attempt("evt_1", "{}")  # refused before any connection is made
+    finally:
+        await sender.close()
     assert attempt.outcome == "refused-address" and "10.9.8.7" in attempt.detail
 
 
@@ -158,10 +164,11 @@ class _Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 threading.Event().wait(delay)
+                body = b"" if status == 204 else b"ignored"  # a 204 has no body
                 self.send_response(status)
-                self.send_header("content-length", "7")
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"ignored")
+                self.wfile.write(body)
 
             def log_message(self, *args) -> None:
                 pass
@@ -182,9 +189,9 @@ class _Receiver:
 )
 async def test_an_attempt_says_how_it_ended(status, delay, outcome):
     receiver = _Receiver(status, delay)
-    sender = Sender(0.5, 0.5)
+    sender = Sender(_subscription(receiver.url), 2, 0.5, 0.5)
     try:
-        attempt = await sender.attempt(_subscription(receiver.url), "evt_9", '{"a": 1}')
+        attempt = await sender.attempt("evt_9", '{"a": 1}')
     finally:
         await sender.close()
         receiver.close()
@@ -196,9 +203,9 @@ async def test_an_attempt_says_how_it_ended(status, delay, outcome):
 
 
 async def test_an_endpoint_that_is_down_is_unreachable():
-    sender = Sender(0.5, 0.5)
+    sender = Sender(_subscription(f"http://127.0.0.1:{free_port()}/hook"), 2, 0.5, 0.5)
     try:
-        attempt = await sender.attempt(_subscription(f"http://127.0.0.1:{free_port()}/hook"), "evt_1", "{}")
+        attempt = await sender.attempt("evt_1", "{}")
     finally:
         await sender.close()
     assert attempt.outcome == "unreachable"

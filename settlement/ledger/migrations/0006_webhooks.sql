@@ -30,7 +30,7 @@ CREATE TABLE webhook_events (
     last_outcome    text
 );
 -- what is due, per partner; and the earlier pending event of a subject, which holds the later ones back
-CREATE INDEX webhook_events_due ON webhook_events (partner, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_events_due ON webhook_events (partner, next_attempt_at, sequence) WHERE state = 'pending';
 CREATE INDEX webhook_events_subject ON webhook_events (partner, subject, sequence) WHERE state = 'pending';
 -- a partner's deliveries, newest first (GET /api/v1/webhooks/deliveries)
 CREATE INDEX webhook_events_partner ON webhook_events (partner, sequence);
