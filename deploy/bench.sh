@@ -28,4 +28,6 @@ verdict=0
 "$ROOT/.venv/bin/python" -m benchmarks.run "$@" || verdict=$?
 # the processor phase (catch-up, lag under intake, status GET latency); skipped by --smoke
 case " $* " in *" --smoke "*) ;; *) "$ROOT/.venv/bin/python" -m benchmarks.processor || verdict=1 ;; esac
+# the webhook phase (deliveries/s draining a backlog, state change to delivery p99 at 1,000 tx/s); skipped by --smoke
+case " $* " in *" --smoke "*) ;; *) "$ROOT/.venv/bin/python" -m benchmarks.webhooks || verdict=1 ;; esac
 exit $verdict
