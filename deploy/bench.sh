@@ -3,7 +3,8 @@
 # from apt when missing, then benchmarks/run.py (the gateway, the peer and the ceiling under identical
 # load, the gateway on one node against the cluster, Redis's cost per transaction before and after on Redis
 # servers of its own (benchmarks/redis_cost.py), the report, the plot and the verdict against
-# benchmarks/targets.toml), then the processor phase (benchmarks/processor.py).
+# benchmarks/targets.toml), then the processor phase (benchmarks/processor.py) and the webhook phase
+# (benchmarks/webhooks.py).
 # Stops what it started; exits with the verdict.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
