@@ -142,6 +142,7 @@ def catch_up(env: dict[str, str], events: int) -> dict:
     store = SettlementStore(settings.database_url, settings.database_schema, SettlementCalendar.from_settings(settings))
     store.migrate()
     processor = Processor(settings, store, ProcessorMetrics(), time.time)
+    processor.follow_registry()  # as run() does first: with GATEWAY_PARTNERS_FILE set, the webhook outbox too
     meter = _stack(gateway, ("postgres", "kafka"), processor=os.getpid())
     try:
         # CPU from the subscription on: the consumer fetches ahead of the fold (while the first batch

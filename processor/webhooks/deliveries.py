@@ -21,8 +21,8 @@ from processor.webhooks.sending import Attempt
 _CLAIM = """
 WITH quota AS (SELECT * FROM unnest(%(partners)s::text[], %(free)s::int[]) AS q(partner, free)),
 picked AS (
-    SELECT e.sequence FROM quota q CROSS JOIN LATERAL (
-        SELECT sequence FROM webhook_events e
+    SELECT e.event_id FROM quota q CROSS JOIN LATERAL (
+        SELECT event_id FROM webhook_events e
         WHERE e.partner = q.partner AND e.state = 'pending' AND e.next_attempt_at <= statement_timestamp()
           AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.partner = e.partner AND b.subject = e.subject
                           AND b.state = 'pending' AND b.sequence < e.sequence)
@@ -32,7 +32,7 @@ picked AS (
 )
 UPDATE webhook_events w
 SET attempts = w.attempts + 1, next_attempt_at = statement_timestamp() + %(lease)s * interval '1 second'
-WHERE w.sequence = ANY(ARRAY(SELECT sequence FROM picked))  -- by the primary key: never a scan of the outbox
+WHERE w.event_id = ANY(ARRAY(SELECT event_id FROM picked))  -- by the primary key: never a scan of the outbox
 RETURNING w.event_id, w.partner, w.event_type, w.attempts, w.attempts - w.schedule_from, w.recorded_at,
     w.payload::text
 """

@@ -42,11 +42,12 @@ CONFLICTED = _insert("""
                             'transactions/' || t.transaction_id || ' ' || c.topic || '/' || c.partition || '/'
                             || c.kafka_offset) AS event_id,
         t.partner, s.event_type, 'transactions/' || t.transaction_id AS subject,
-        webhook_body(s.event_type, %(now)s, webhook_transaction(t) || jsonb_build_object('conflict', jsonb_build_object(
+        webhook_body(s.event_type, %(now)s, (webhook_transaction(t)::jsonb || jsonb_build_object('conflict',
+          jsonb_build_object(
             'amount', c.amount::text, 'currency', c.currency, 'batch', c.batch_id,
             'fingerprint', c.fingerprint, 'folded_fingerprint', c.folded_fingerprint,
             'accepted_at', webhook_instant(c.accepted_at),
-            'kafka', jsonb_build_object('topic', c.topic, 'partition', c.partition, 'offset', c.kafka_offset))))
+            'kafka', jsonb_build_object('topic', c.topic, 'partition', c.partition, 'offset', c.kafka_offset))))::json)
             AS payload,
         (c.topic, c.partition, c.kafka_offset) AS sequence_hint
     FROM incoming i

@@ -11,16 +11,18 @@ CREATE TABLE webhook_subscriptions (
 );
 
 CREATE TABLE webhook_events (
-    sequence        bigserial   PRIMARY KEY,     -- the order they were written in
     -- webhook-id: derived from what happened (type, partner, subject, and the record of a conflict), so
     -- an event is written once whatever reads the log again, and every attempt carries the same id
-    event_id        text        NOT NULL UNIQUE,
+    event_id        text        PRIMARY KEY,
+    sequence        bigserial   NOT NULL,        -- the order they were written in (indexed with the partner)
     partner         text        NOT NULL,
     event_type      text        NOT NULL,
     subject         text        NOT NULL,        -- transactions/<id> or batches/<id>: delivered in order
     occurred_at     timestamptz NOT NULL,        -- the state change, by the processor's clock
     recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),  -- written (wall clock): the delay's start
-    payload         jsonb       NOT NULL,        -- the body: {type, timestamp, data (the status API's shape)}
+    -- the body as sent: {type, timestamp, data (the status API's shape)}; json, not jsonb: its text is
+    -- what is signed, kept as built (4 µs a row cheaper to build, measured in issue 27)
+    payload         json        NOT NULL,
     -- the delivery (the deliverer's; none of it is settlement state)
     state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
     attempts        integer     NOT NULL DEFAULT 0,  -- every attempt so far (webhook_attempts numbers them)
@@ -48,44 +50,44 @@ CREATE TABLE webhook_attempts (
 );
 
 -- An instant as the status API writes it (ISO 8601, UTC, milliseconds).
-CREATE FUNCTION webhook_instant(at timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+CREATE FUNCTION webhook_instant(at timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
 $$;
 
 -- A transaction as GET /api/v1/transactions/{id} answers it.
-CREATE FUNCTION webhook_transaction(t transactions) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_build_object(
+CREATE FUNCTION webhook_transaction(t transactions) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
         'transaction_id', t.transaction_id, 'status', t.status, 'window', t.settlement_window,
         'value_date', t.value_date::text, 'batch', t.batch_id, 'amount', t.amount::text,
         'currency', t.source_currency,
-        'kafka', jsonb_build_object('topic', t.topic, 'partition', t.partition, 'offset', t.kafka_offset),
-        'steps', jsonb_build_object('accepted_at', webhook_instant(t.accepted_at),
+        'kafka', json_build_object('topic', t.topic, 'partition', t.partition, 'offset', t.kafka_offset),
+        'steps', json_build_object('accepted_at', webhook_instant(t.accepted_at),
                                     'batched_at', webhook_instant(t.batched_at),
                                     'settled_at', webhook_instant(t.settled_at)),
         'late', t.late, 'routed_batch', t.routed_batch_id, 'routed_value_date', t.routed_value_date::text)
 $$;
 
 -- A batch with one partner's part of it, as GET /api/v1/batches/{id} answers it.
-CREATE FUNCTION webhook_batch(b batches, who text) RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
+CREATE FUNCTION webhook_batch(b batches, who text) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
         'batch_id', b.batch_id, 'window', b.settlement_window, 'value_date', b.value_date::text,
         'currency', b.currency, 'status', b.status, 'closes_at', webhook_instant(b.closes_at),
         'settles_at', webhook_instant(b.settles_at), 'opened_at', webhook_instant(b.opened_at),
         'closed_at', webhook_instant(b.closed_at), 'settled_at', webhook_instant(b.settled_at),
         'transaction_count', coalesce((SELECT count(*) FROM transactions t
                                        WHERE t.partner = who AND t.batch_id = b.batch_id), 0),
-        'totals', coalesce((SELECT jsonb_object_agg(currency, amount) FROM (
+        'totals', coalesce((SELECT json_object_agg(currency, amount ORDER BY currency) FROM (
                                SELECT source_currency AS currency, sum(amount)::text AS amount FROM transactions t
-                               WHERE t.partner = who AND t.batch_id = b.batch_id GROUP BY 1) s), '{}'),
+                               WHERE t.partner = who AND t.batch_id = b.batch_id GROUP BY 1) s), '{}'::json),
         'net_positions', CASE WHEN b.status <> 'open' THEN coalesce(b.net_positions -> who, '{}') END,
         'cross_currency_legs', CASE WHEN b.status <> 'open' THEN coalesce(b.cross_currency_legs -> who, '[]') END,
-        'late_transactions', coalesce((SELECT jsonb_agg(transaction_id ORDER BY transaction_id) FROM transactions t
-                                       WHERE t.partner = who AND t.routed_batch_id = b.batch_id AND t.late), '[]'))
+        'late_transactions', coalesce((SELECT json_agg(transaction_id ORDER BY transaction_id) FROM transactions t
+                                       WHERE t.partner = who AND t.routed_batch_id = b.batch_id AND t.late), '[]'::json))
 $$;
 
 -- The body, in Standard Webhooks' recommended shape.
-CREATE FUNCTION webhook_body(kind text, at timestamptz, data jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_build_object('type', kind, 'timestamp', webhook_instant(at), 'data', data)
+CREATE FUNCTION webhook_body(kind text, at timestamptz, data json) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('type', kind, 'timestamp', webhook_instant(at), 'data', data)
 $$;
 -- The id of the event of type `kind` for `partner` about what `occurrence` names.
 CREATE FUNCTION webhook_event_id(kind text, partner text, occurrence text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
