@@ -15,6 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -69,7 +70,7 @@ class Deliverer:
                 try:
                     await self._turn()
                     backoff = 0.25
-                except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+                except psycopg.Error as exc:  # down, restarted, or a statement refused: reconnect, retry
                     if self._connected:
                         log.error("PostgreSQL: %s; waiting for it", exc)
                     self._connected = False
@@ -131,7 +132,12 @@ class Deliverer:
         task.add_done_callback(self._tasks.discard)
 
     async def _attempt(self, claimed: Claimed, sender: Sender) -> None:
-        attempt = await sender.attempt(claimed.event_id, claimed.body)
+        started = datetime.now(UTC)
+        try:
+            attempt = await sender.attempt(claimed.event_id, claimed.body)
+        except Exception as exc:  # a fault of ours, not the receiver's: recorded as the attempt's end
+            log.exception("webhook %s to %s", claimed.event_id, claimed.partner)
+            attempt = Attempt("error", None, f"{type(exc).__name__}: {exc}"[:500], started, 0)
         self._in_flight[claimed.partner] -= 1
         self._metrics.in_flight.labels(claimed.partner).dec()
         self._metrics.attempts.labels(claimed.partner, attempt.outcome).inc()

@@ -39,7 +39,7 @@ BODY_LIMIT = 64 * 1024  # of an answer's body read (and dropped) to keep its con
 
 class Attempt(NamedTuple):
     """How one attempt ended: `outcome` is delivered, status (the receiver's non-2xx answer), timeout,
-    unreachable or refused-address."""
+    unreachable, refused-address, or error (a fault of the deliverer's own, logged)."""
 
     outcome: str
     status_code: int | None
@@ -148,7 +148,8 @@ class Sender:
         started, clock = datetime.now(UTC), time.monotonic()
 
         def ended(outcome: str, detail: str, status: int | None = None) -> Attempt:
-            return Attempt(outcome, status, detail[:500], started, round((time.monotonic() - clock) * 1000))
+            text = detail.replace("\x00", "")[:500]  # PostgreSQL's text holds no NUL
+            return Attempt(outcome, status, text, started, round((time.monotonic() - clock) * 1000))
 
         refusal = literal_refusal(self.subscription)
         if refusal is not None:
