@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: the local stack (unless configured elsewhere) and the gateway under Granian on :8000, its
 # operations listener (/metrics, /health) on 127.0.0.1:9101, HTTPS when GATEWAY_TLS_CERT_FILE and
-# GATEWAY_TLS_KEY_FILE are set. Ctrl-C stops the gateway (which flushes its producer), then whatever this
-# script started.
+# GATEWAY_TLS_KEY_FILE are set; beside it the settlement processor (metrics on 127.0.0.1:9102) and the
+# webhook deliverer (127.0.0.1:9103). Ctrl-C stops the gateway (which flushes its producer), then
+# whatever this script started.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -62,6 +63,13 @@ refuse_if_served() {
 
 refuse_if_served "$HOST" "$PORT"
 [ "$OPS_PORT" = 0 ] || refuse_if_served "$OPS_HOST" "$OPS_PORT" GATEWAY_OPS_PORT
+# The processor's and the deliverer's operations ports (PROCESSOR_METRICS_HOST, 127.0.0.1 by default): one
+# already served (a processor or deliverer left running) would stop the new one at start, in the background.
+PROCESSOR_HOST=${PROCESSOR_METRICS_HOST:-127.0.0.1}
+PROCESSOR_PORT=${PROCESSOR_METRICS_PORT:-9102}
+DELIVER_PORT=${PROCESSOR_DELIVER_METRICS_PORT:-9103}
+[ "$PROCESSOR_PORT" = 0 ] || refuse_if_served "$PROCESSOR_HOST" "$PROCESSOR_PORT" PROCESSOR_METRICS_PORT
+[ "$DELIVER_PORT" = 0 ] || refuse_if_served "$PROCESSOR_HOST" "$DELIVER_PORT" PROCESSOR_DELIVER_METRICS_PORT
 use_stack
 trap 'exit 130' INT TERM
 # one metrics folder per run: every worker writes there and a scrape sums them
@@ -74,7 +82,20 @@ rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 "$ROOT/.venv/bin/settlement-processor" supervise &
 processor=$!
 trap 'kill -TERM "$processor" 2>/dev/null; wait "$processor" 2>/dev/null; stop_started' EXIT
-say "settlement processor started under supervision (pid $processor; metrics on :${PROCESSOR_METRICS_PORT:-9102})"
+where="metrics and /ready on http://$PROCESSOR_HOST:$PROCESSOR_PORT"
+[ "$PROCESSOR_PORT" != 0 ] || where="no metrics: PROCESSOR_METRICS_PORT=0"
+say "settlement processor started under supervision (pid $processor; $where)"
+# The webhook deliverer beside it: it sends the outbox's events to the partners the registry
+# (GATEWAY_PARTNERS_FILE) subscribes, signed, and retries them (metrics, /health and /ready on
+# PROCESSOR_DELIVER_METRICS_PORT, 9103 by default). Without a registry nobody is subscribed and it sends
+# nothing. It waits out PostgreSQL by itself; SIGTERM lets the attempts under way end and be recorded.
+# It stops when this script ends, with the processor.
+"$ROOT/.venv/bin/settlement-processor" deliver &
+deliverer=$!
+trap 'kill -TERM "$deliverer" "$processor" 2>/dev/null; wait "$deliverer" "$processor" 2>/dev/null; stop_started' EXIT
+where="metrics and /ready on http://$PROCESSOR_HOST:$DELIVER_PORT"
+[ "$DELIVER_PORT" != 0 ] || where="no metrics: PROCESSOR_DELIVER_METRICS_PORT=0"
+say "webhook deliverer started (pid $deliverer; $where)"
 # HTTPS without a proxy in front: `gateway check` above refused one file without the other, or a bad pair
 scheme=http
 [ -z "${GATEWAY_TLS_CERT_FILE:-}" ] || scheme=https

@@ -1,5 +1,6 @@
-"""The settlement processor's Prometheus alert rules (deploy/observability/alerts.yml): promtool checks
-them and runs their unit tests (alerts.test.yml), and each alert is one an on-call person can act on.
+"""The Prometheus alert rules of the settlement processor, the gateway and the webhook deliverer
+(deploy/observability/alerts.yml): promtool checks them and runs their unit tests (alerts.test.yml), each
+alert is one an on-call person can act on, and each reads metrics its process really exports.
 
 promtool is not optional here: `make test` installs it (deploy/test.sh, Debian's prometheus package), so
 a machine without it fails these tests instead of skipping them."""
@@ -109,6 +110,38 @@ def test_the_processor_is_scraped_as_the_job_the_alerts_select():
     assert RULES.name in config["rule_files"]
     [job] = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
     assert job["static_configs"][0]["targets"] == ["processor:9102"]
+
+
+def test_the_webhook_deliverer_is_scraped_as_the_job_its_alerts_select():
+    config = yaml.safe_load(CONFIG.read_text())
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "settlement-webhooks"]
+    assert job["static_configs"][0]["targets"] == ["webhooks:9103"]
+    groups = {group["name"] for group in yaml.safe_load(RULES.read_text())["groups"]}
+    assert "settlement-webhooks" in groups
+
+
+def exported(registry) -> set[str]:
+    """The sample names a registry's metrics are scraped as (prometheus_client adds `_total` to a counter)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {metric.name + suffix for metric in registry.collect() for suffix in suffixes[metric.type]}
+
+
+def test_every_metric_an_alert_reads_is_one_its_process_exports():
+    """A renamed metric would leave its alert silent for ever: each group's metrics are its process's."""
+    from gateway.telemetry.metrics import Metrics
+    from processor.metrics import ProcessorMetrics
+    from processor.webhooks.metrics import DeliveryMetrics
+
+    registries = {
+        "settlement-processor": ProcessorMetrics().registry,
+        "settlement-gateway": Metrics().registry,
+        "settlement-webhooks": DeliveryMetrics().registry,
+    }
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        names = exported(registries[group["name"]]) | {"up"}
+        for rule in group["rules"]:
+            read = set(re.findall(r"\b(settlement_\w+|up)\{", rule["expr"]))
+            assert read and read <= names, (rule.get("alert"), read - names)
 
 
 def test_dashboard_queries_are_valid_promql(promtool, tmp_path):

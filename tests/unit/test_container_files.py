@@ -32,10 +32,11 @@ def _dockerfile() -> list[tuple[str, str]]:
     return pairs
 
 
-def test_compose_has_the_four_services_with_healthchecks():
+def test_compose_has_the_six_services_with_healthchecks():
     services = _compose()["services"]
-    assert set(services) >= {"redis", "kafka", "postgres", "gateway"}
-    for name in ("redis", "kafka", "postgres", "gateway"):
+    default = ("redis", "kafka", "postgres", "gateway", "processor", "webhooks")
+    assert set(services) >= set(default)
+    for name in default:
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
 
 
@@ -113,6 +114,33 @@ def test_compose_processor_runs_the_same_image_with_its_own_entry_point_and_real
     assert settings.metrics_host == "0.0.0.0"  # reachable from outside its container: Prometheus scrapes it
     # an operations port (DESIGN 13): published on the host's loopback only
     assert processor["ports"] == [f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}"]
+
+
+def test_compose_webhooks_runs_the_deliverer_from_the_same_image_with_real_settings():
+    from processor.settings import VARIABLES, ProcessorSettings
+
+    compose = _compose()
+    webhooks = compose["services"]["webhooks"]
+    assert webhooks["build"] == "." and webhooks["entrypoint"] == ["settlement-processor"]
+    assert webhooks["command"] == ["deliver"]
+    assert webhooks["restart"] == "unless-stopped"  # a crash loses nothing: its claims lapse and are due again
+    assert webhooks["depends_on"] == {"postgres": {"condition": "service_healthy"}}  # no Kafka: it reads the outbox
+    unknown = set(webhooks["environment"]) - set(VARIABLES.values())
+    assert not unknown, f"compose sets variables the deliverer does not read: {unknown}"
+    settings = ProcessorSettings.from_env({k: str(v) for k, v in webhooks["environment"].items()})
+    processor = ProcessorSettings.from_env(
+        {k: str(v) for k, v in compose["services"]["processor"]["environment"].items()}
+    )
+    assert settings.database_url == processor.database_url  # the outbox the processor writes
+    assert settings.database_schema == processor.database_schema
+    assert settings.partners_file == processor.partners_file  # the same subscriptions (none by default)
+    assert settings.metrics_host == "0.0.0.0"  # reachable from outside its container: Prometheus scrapes it
+    port = settings.deliver_metrics_port
+    assert port == 9103 and port != processor.metrics_port
+    assert str(port) in webhooks["expose"]
+    # an operations port (its metrics name every subscribed partner): published on the host's loopback only
+    assert webhooks["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/ready" in " ".join(webhooks["healthcheck"]["test"])
 
 
 def test_compose_postgres_is_the_official_image_with_its_data_in_a_volume():
@@ -270,6 +298,20 @@ def test_observability_profile_scrapes_the_processor_and_loads_its_alert_rules()
         assert (ROOT / "deploy/observability" / name).is_file(), name
 
 
+def test_observability_profile_scrapes_the_webhook_deliverer():
+    from processor.settings import ProcessorSettings
+
+    services = _compose()["services"]
+    scrape = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
+    [job] = [job for job in scrape["scrape_configs"] if job["job_name"] == "settlement-webhooks"]
+    webhooks = services["webhooks"]
+    port = ProcessorSettings.from_env({k: str(v) for k, v in webhooks["environment"].items()}).deliver_metrics_port
+    # the deliverer's service name and metrics port on the compose network, the port exposed there
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [f"webhooks:{port}"]
+    assert str(port) in webhooks["expose"]
+    assert "webhooks" in services["prometheus"]["depends_on"]
+
+
 def _exported(registry) -> set[str]:
     """The sample names a registry's metrics are scraped as."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
@@ -288,22 +330,25 @@ def _dashboard_metrics() -> set[str]:
     }
 
 
-def test_dashboard_queries_only_metrics_the_gateway_and_the_processor_export():
+def test_dashboard_queries_only_metrics_the_gateway_the_processor_and_the_deliverer_export():
     from gateway.telemetry.metrics import Metrics
     from processor.metrics import ProcessorMetrics
+    from processor.webhooks.metrics import DeliveryMetrics
 
     gateway = _exported(Metrics().registry)
     processor = _exported(ProcessorMetrics().registry)
+    deliverer = _exported(DeliveryMetrics().registry)
     names = _dashboard_metrics()
-    assert names <= gateway | processor, names - (gateway | processor)
-    assert names & gateway and names & processor, "a gateway part and a processor row"
+    assert names <= gateway | processor | deliverer, names - (gateway | processor | deliverer)
+    assert names & gateway and names & processor and names & deliverer, "a gateway part, a processor and a webhook row"
 
 
-def test_dashboard_shows_every_processor_metric_the_alerts_read():
+def test_dashboard_shows_every_processor_and_deliverer_metric_the_alerts_read():
     rules = yaml.safe_load((ROOT / "deploy/observability/alerts.yml").read_text())
     expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
-    read = {name for expr in expressions for name in re.findall(r"\bsettlement_processor_\w+", expr)}
-    assert read and read <= _dashboard_metrics(), read - _dashboard_metrics()
+    for prefix in ("settlement_processor_", "settlement_webhook_"):
+        read = {name for expr in expressions for name in re.findall(rf"\b{prefix}\w+", expr)}
+        assert read and read <= _dashboard_metrics(), read - _dashboard_metrics()
 
 
 def _profile(name: str) -> dict:
@@ -318,6 +363,7 @@ def test_cluster_profile_leaves_the_default_services_as_they_are():
         "postgres",
         "gateway",
         "processor",
+        "webhooks",
     }
     assert services["gateway"]["environment"]["GATEWAY_KAFKA_BOOTSTRAP"] == "kafka:19092"
 

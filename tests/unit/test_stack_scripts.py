@@ -1,6 +1,6 @@
 """The local stack's scripts by what they print, nothing started: each node's configuration and the
 GATEWAY_* variables, for the single stack and for STACK=cluster (deploy/kafka-cluster.sh,
-deploy/redis-cluster.sh)."""
+deploy/redis-cluster.sh); and the ports `make run` (deploy/run.sh) serves on."""
 
 import os
 import re
@@ -99,7 +99,8 @@ def test_redis_cluster_refuses_a_port_outside_it(tmp_path):
     assert refused.returncode != 0 and "17001 17002 17003 17004 17005 17006" in refused.stderr
 
 
-def test_no_two_services_of_both_stacks_share_a_port(tmp_path):
+def stack_ports(tmp_path: Path) -> list[int]:
+    """Every port a service of the single stack or of the cluster stack listens on."""
     ports = re.findall(r":(\d+)", run(tmp_path, "kafka.sh", "config").stdout.split("listeners=", 1)[1])
     ports = [int(port) for port in set(ports)] + [16379, 16380, 15432, 18474]  # Redis, its proxy, PostgreSQL, toxiproxy
     for node in (1, 2, 3):
@@ -108,7 +109,28 @@ def test_no_two_services_of_both_stacks_share_a_port(tmp_path):
     for port in range(17001, 17007):
         conf = redis_conf(run(tmp_path, "redis-cluster.sh", "config", str(port)).stdout)
         ports += [int(conf["port"]), int(conf["cluster-port"])]
+    return ports
+
+
+def test_no_two_services_of_both_stacks_share_a_port(tmp_path):
+    ports = stack_ports(tmp_path)
     assert len(ports) == len(set(ports)), sorted(ports)
+
+
+def test_make_run_says_the_ports_the_processes_it_starts_really_use(tmp_path):
+    """deploy/run.sh checks and prints the processor's and the deliverer's addresses from defaults of its
+    own: they are the settings' defaults (what the processes bind), apart from each other and the stack."""
+    from gateway.settings import Settings
+    from processor.settings import ProcessorSettings
+
+    defaults = dict(re.findall(r"\$\{(\w+):-([^}]*)\}", (ROOT / "deploy" / "run.sh").read_text()))
+    gateway, processor = Settings(), ProcessorSettings()
+    assert defaults["GATEWAY_OPS_PORT"] == str(gateway.ops_port)
+    assert defaults["PROCESSOR_METRICS_HOST"] == processor.metrics_host
+    assert defaults["PROCESSOR_METRICS_PORT"] == str(processor.metrics_port)
+    assert defaults["PROCESSOR_DELIVER_METRICS_PORT"] == str(processor.deliver_metrics_port)
+    served = [int(defaults["GATEWAY_PORT"]), gateway.ops_port, processor.metrics_port, processor.deliver_metrics_port]
+    assert len(set(served)) == 4 and not set(served) & set(stack_ports(tmp_path)), served
 
 
 def test_single_stack_env_is_what_it_always_was(tmp_path):
