@@ -45,6 +45,7 @@ class Operated(Protocol):
     def ready(self) -> bool: ...
 
     problem: str | None
+    waits_for: str  # what it waits for while not ready ("PostgreSQL or Kafka")
 
 
 def serve_operations(
@@ -62,7 +63,7 @@ def serve_operations(
             elif self.path == "/ready":
                 ready = service.ready
                 status, kind = (200 if ready else 503), "application/json"
-                reason = service.problem or "starting, stopping, or waiting for PostgreSQL or Kafka"
+                reason = service.problem or f"starting, stopping, or waiting for {service.waits_for}"
                 body = json.dumps({"status": "ready"} if ready else {"status": "not ready", "reason": reason}).encode()
             else:
                 status, kind, body = 404, "application/json", b'{"status":"not found"}'
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return supervise([sys.executable, "-m", "processor", "run"])
     if args.command == "replay":
         return replay(settings, calendar)
+    if args.command == "deliver":  # no migration: it waits for the processor's schema like for PostgreSQL
+        return deliver(settings)
     store = SettlementStore(settings.database_url, settings.database_schema, calendar)
     store.migrate()
     if args.command == "migrate":
@@ -106,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         snapshot = store.snapshot()
         print(snapshot.digest, sum(snapshot.offsets.values()), "records", len(snapshot.steps), "steps")
         return 0
-    if args.command == "deliver":
-        store.close()
-        return deliver(settings)
     metrics = ProcessorMetrics()
     processor = Processor(settings, store, metrics, settings.clock())
     for signum in (signal.SIGTERM, signal.SIGINT):

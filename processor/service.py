@@ -36,6 +36,7 @@ from settlement.topics import create_topics, finite_retention
 from settlement.webhooks import subscribed_events
 
 log = logging.getLogger("processor")
+MISSING = (-1, -1)  # the registry stamp of a file that could not be found
 
 # PostgreSQL unreachable, restarting or the connection lost: waited out. Any other database error is
 # a fault of ours, and ends the process (its supervisor starts it again).
@@ -100,6 +101,7 @@ class Processor:
         )
         self.stopping = threading.Event()
         self.problem: str | None = None  # a configuration fault found while running (operators' /ready)
+        self.waits_for = "PostgreSQL or Kafka"
 
     def _new_consumer(self) -> Consumer:
         return Consumer(
@@ -348,7 +350,9 @@ class Processor:
         try:
             status = os.stat(path) if path else None
         except OSError as exc:
-            log.error("the partner registry %s: %s; webhook subscriptions unchanged", path, exc)
+            if self._registry_stamp != MISSING:  # said once, not every tick
+                log.error("the partner registry %s: %s; webhook subscriptions unchanged", path, exc)
+                self._registry_stamp = MISSING
             return
         stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
         if stamp == self._registry_stamp:
@@ -356,6 +360,7 @@ class Processor:
         try:
             subscriptions = subscribed_events(path)
         except ConfigurationError as exc:
+            self._registry_stamp = stamp  # read again once it changes, not every tick
             log.error("%s; webhook subscriptions unchanged", exc)
             return
         self._store.subscribe(subscriptions)

@@ -11,8 +11,9 @@ The destination is where a delivery would send the partner's payments, so a regi
 the deliverer into a client of the internal network (server-side request forgery): `https` is required
 except on loopback (an address or `localhost`), and a URL whose host is, or resolves to, a private,
 link-local, shared, reserved, multicast or unspecified address is refused unless the subscription says
-`allow_private_network = true`. Names are resolved at load; a deliverer must resolve and check them
-again before it connects (an answer of the DNS may change).
+`allow_private_network = true`. The gateway resolves names at load (a name that does not resolve then
+is accepted: a partner's DNS outage must not stop it); the deliverer resolves and checks them again at
+every connection it makes (an answer of the DNS may change).
 
 The gateway's registry (gateway.partners.registry) parses the table with these functions; what delivers
 reads the same file. Both sides of the deployment share it, so it lives in the core.
@@ -100,9 +101,10 @@ def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     return None
 
 
-def check_destination(url: str, allow_private_network: bool, resolve: Resolver = system_resolver) -> None:
+def check_destination(url: str, allow_private_network: bool, resolve: Resolver | None = system_resolver) -> None:
     """Refuse a webhook URL that is not https (loopback aside), has no host, carries credentials, or
-    reaches an address `refused_address` refuses; InvalidSubscription says why."""
+    reaches an address `refused_address` refuses (a name: every address it resolves to now; none with
+    `resolve` None, whose caller checks at connection time); InvalidSubscription says why."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -122,9 +124,12 @@ def check_destination(url: str, allow_private_network: bool, resolve: Resolver =
     loopback = host in LOOPBACK_NAMES or (literal is not None and literal.is_loopback)
     if parts.scheme != "https" and not loopback:
         raise InvalidSubscription(f"url {url!r} must be https (plain http is for loopback receivers only)", "url")
-    addresses = [literal] if literal is not None else [ipaddress.ip_address(a) for a in resolve(host, port)]
-    if not addresses and host not in LOOPBACK_NAMES:
-        raise InvalidSubscription(f"the host {host} of url does not resolve", "url")
+    # A name that does not resolve now is no reason to refuse the registry (a partner's DNS outage must
+    # not stop the gateway): the deliverer resolves and checks every connection it makes.
+    if literal is not None:
+        addresses = [literal]
+    else:
+        addresses = [] if resolve is None else [ipaddress.ip_address(a) for a in resolve(host, port)]
     if allow_private_network:
         return
     for address in addresses:
@@ -158,7 +163,7 @@ def new_secret() -> str:
 
 
 def parse_subscription(
-    partner: str, table: Any, environ: Mapping[str, str], resolve: Resolver = system_resolver
+    partner: str, table: Any, environ: Mapping[str, str], resolve: Resolver | None = system_resolver
 ) -> Subscription:
     """A partner's `webhook` table as a Subscription; InvalidSubscription names the setting at fault."""
     if not isinstance(table, dict):
@@ -213,17 +218,18 @@ def _webhook_tables(path: str) -> dict[str, Any]:
 
 
 def load_subscriptions(
-    path: str, environ: Mapping[str, str], resolve: Resolver = system_resolver
-) -> dict[str, Subscription]:
+    path: str, environ: Mapping[str, str], resolve: Resolver | None = None
+) -> tuple[dict[str, Subscription], dict[str, str]]:
     """Every partner's subscription in the registry at `path` (none when `path` is empty), checked as the
-    gateway checks them; ConfigurationError names the partner and the setting at fault."""
-    subscriptions = {}
+    gateway checks them but each on its own, and the partners refused with why: one partner's fault
+    (a secret_env not set) leaves the others delivered. ConfigurationError when the file cannot be read."""
+    subscriptions, refused = {}, {}
     for partner, table in (_webhook_tables(path) if path else {}).items():
         try:
             subscriptions[partner] = parse_subscription(partner, table, environ, resolve)
         except InvalidSubscription as exc:
-            raise ConfigurationError(f"webhook of {partner} in {path} ({exc.setting}): {exc}") from None
-    return subscriptions
+            refused[partner] = f"webhook of {partner} in {path} ({exc.setting}): {exc}"
+    return subscriptions, refused
 
 
 def subscribed_events(path: str) -> dict[str, frozenset[str]]:

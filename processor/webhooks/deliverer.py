@@ -43,6 +43,7 @@ class Deliverer:
         self._lease = connect + response + 2.0
         self._senders: dict[str, Sender] = {}  # per subscribed partner
         self._stamp: tuple[int, int] | None = None
+        self._refused: dict[str, str] = {}  # partner -> why its subscription was refused
         self._retired: list[Sender] = []  # of subscriptions changed since: closed once their attempts end
         self._breakers: dict[str, Breaker] = {}
         self._in_flight: Counter[str] = Counter()
@@ -53,6 +54,7 @@ class Deliverer:
         self._connected = False
         self._gauges_at = 0.0
         self.problem: str | None = None
+        self.waits_for = "PostgreSQL"
 
     @property
     def ready(self) -> bool:
@@ -175,29 +177,35 @@ class Deliverer:
         self._gauges_at = time.monotonic() + _GAUGE_SECONDS
 
     async def _follow_registry(self) -> None:
-        """Deliver to the registry's subscriptions as of the file's last change (a file that cannot be
-        read, or holds a subscription that is refused, keeps the last good ones)."""
+        """Deliver to the registry's subscriptions as of the file's last change. A partner whose table is
+        refused (a secret_env not set) is left out, said in the log, /ready's problem and a gauge; a file
+        that cannot be read keeps the subscriptions loaded before. Either is read again once it changes."""
         path = self._settings.partners_file
         try:
             status = os.stat(path) if path else None
         except OSError as exc:
-            self.problem = f"the partner registry {path}: {exc}"
+            self.problem = f"the partner registry {path}: {exc}; delivering to the subscriptions loaded before"
             return
         stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
         if stamp == self._stamp:
             return
         self._stamp = stamp
-        try:  # in a thread: loading resolves every webhook host
-            subscriptions = await asyncio.to_thread(load_subscriptions, path, self._environ)
-            self.problem = None
+        try:  # no DNS here: the senders' resolvers check every connection's addresses
+            subscriptions, refused = load_subscriptions(path, self._environ)
         except ConfigurationError as exc:
             self.problem = f"{exc}; delivering to the subscriptions loaded before"
             log.error("%s", self.problem)
             return
-        await self._subscribe(subscriptions)
+        for partner in set(self._refused) | set(refused):
+            self._metrics.refused.labels(partner).set(1 if partner in refused else 0)
+        self._refused = refused
+        for reason in refused.values():
+            log.error("%s: its events wait until the registry is mended", reason)
+        self.problem = "; ".join(refused.values()) or None
+        self._subscribe(subscriptions)
         log.info("webhook subscriptions: %s", sorted(subscriptions) or "none (nothing to deliver)")
 
-    async def _subscribe(self, subscriptions: dict[str, Subscription]) -> None:
+    def _subscribe(self, subscriptions: dict[str, Subscription]) -> None:
         """A sender for each subscription (a new one where it changed); a partner's attempts under way
         end on the sender they started with."""
         settings = self._settings
@@ -211,6 +219,8 @@ class Deliverer:
                     subscription, settings.webhook_concurrency, settings.webhook_connect_timeout_seconds,
                     settings.webhook_response_timeout_seconds,
                 )  # fmt: skip
+            for outcome in ("delivered", "failed"):  # every series from the start: an alert sees the first one
+                self._metrics.deliveries.labels(partner, outcome)
 
     async def _retire(self) -> None:
         """Close the senders of changed subscriptions once their attempts have ended."""
@@ -224,6 +234,6 @@ class Deliverer:
             await asyncio.wait(set(self._tasks), timeout=self._lease)
         try:
             await self._record()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             log.error("PostgreSQL: %s; %d attempts unrecorded (their claims lapse and they are sent again)",
                       exc, len(self._finished))  # fmt: skip

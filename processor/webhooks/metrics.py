@@ -46,3 +46,9 @@ class DeliveryMetrics:
             ["partner"],
             registry=reg,
         )
+        self.refused = Gauge(
+            "settlement_webhook_subscription_refused",
+            "1 while a partner's webhook table is refused (its events wait): the log says why",
+            ["partner"],
+            registry=reg,
+        )

@@ -31,7 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
 
-from settlement.webhooks import LOOPBACK_NAMES, Subscription, refused_address
+from settlement.webhooks import Subscription, refused_address
 
 USER_AGENT = "settlement-gateway-webhooks/1"
 BODY_LIMIT = 64 * 1024  # of an answer's body read (and dropped) to keep its connection
@@ -76,7 +76,7 @@ def _refusal(host: str, addresses: list[str], allow_private_network: bool) -> st
     """Why a connection to `host` at `addresses` must not be made, or None."""
     if not addresses:
         return f"{host} resolves to no address"
-    if allow_private_network or host in LOOPBACK_NAMES:
+    if allow_private_network:
         return None
     for text in addresses:
         reason = refused_address(ipaddress.ip_address(text.split("%")[0]))

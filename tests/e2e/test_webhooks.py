@@ -138,6 +138,7 @@ class Setup(NamedTuple):
             append=True,
         )
         process.wait_ready(f"http://127.0.0.1:{port}/ready")
+        process.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
         return process
 
     def outbox(self, role: str) -> list[tuple]:
@@ -311,3 +312,23 @@ def test_the_deliverer_killed_mid_delivery_loses_nothing_and_sends_it_again_with
     assert delivered[0].headers["webhook-id"] == held.headers["webhook-id"]  # the one held, again, same id
     assert delivered[0].body == held.body
     _in_order_once_each(delivered, [txn])
+
+
+def test_operators_see_deliveries_by_outcome_attempts_backlog_and_delay(webhooks):
+    """Runs last: what the module's deliveries left in the metrics of the deliverer now running."""
+    webhooks.submit("fine", 2)
+    _wait(lambda: all(row[3] == "delivered" for row in webhooks.outbox("fine")), 30, "delivered")
+    time.sleep(6)  # the backlog is counted every 5 s
+    text = httpx.get(webhooks.running["deliverer"].metrics_url, timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    fine = webhooks.ids["fine"]
+    assert samples[f'settlement_webhook_deliveries_total{{outcome="delivered",partner="{fine}"}}'] >= 4
+    assert samples[f'settlement_webhook_attempts_total{{outcome="delivered",partner="{fine}"}}'] >= 4
+    assert samples[f'settlement_webhook_backlog{{partner="{fine}"}}'] == 0
+    assert samples["settlement_webhook_delivery_delay_seconds_count"] >= 4
+    assert samples["settlement_webhook_attempts_per_delivery_count"] >= 4
+    assert samples["settlement_webhook_ready"] == 1

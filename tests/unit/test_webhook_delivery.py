@@ -3,6 +3,7 @@ signed headers (verified by the `standardwebhooks` package, as a partner verifie
 attempt's outcomes against real loopback receivers."""
 
 import http.server
+import os
 import socket
 import threading
 from datetime import UTC, datetime
@@ -13,7 +14,9 @@ from standardwebhooks.webhooks import Webhook
 from processor.settings import ProcessorSettings
 from processor.webhooks import sending
 from processor.webhooks.breaker import Breaker
+from processor.webhooks.deliverer import Deliverer
 from processor.webhooks.deliveries import Claimed, Outbox
+from processor.webhooks.metrics import DeliveryMetrics
 from processor.webhooks.sending import Attempt, CheckingResolver, Sender, literal_refusal, signed_headers
 from settlement.errors import ConfigurationError
 from settlement.webhooks import Subscription, new_secret, signing_secret
@@ -209,3 +212,34 @@ async def test_an_endpoint_that_is_down_is_unreachable():
     finally:
         await sender.close()
     assert attempt.outcome == "unreachable"
+
+
+async def test_one_partner_s_refused_table_leaves_the_others_delivered_and_says_so(tmp_path):
+    registry = tmp_path / "partners.toml"
+    secret = new_secret()
+    registry.write_text(
+        f'[partners.good]\nwebhook = {{ url = "https://hooks.good.example/in", secret = "{secret}" }}\n'
+        '[partners.unset]\nwebhook = { url = "https://hooks.unset.example/in", secret_env = "UNSET_WEBHOOK" }\n'
+        '[partners.nowhere]\nwebhook = { url = "https://name.that.does.not.resolve.invalid/in", '
+        f'secret = "{secret}" }}\n'
+    )
+    settings = ProcessorSettings.from_env({"GATEWAY_PARTNERS_FILE": str(registry)})
+    metrics = DeliveryMetrics()
+    deliverer = Deliverer(settings, metrics, environ={})
+    try:
+        await deliverer._follow_registry()
+        # a name that does not resolve now is loaded: every connection's addresses are checked when made
+        assert sorted(deliverer._senders) == ["good", "nowhere"]
+        assert deliverer.problem is not None and "UNSET_WEBHOOK" in deliverer.problem
+        assert metrics.refused.labels("unset")._value.get() == 1
+        assert metrics.deliveries.labels("good", "failed")._value.get() == 0  # the series exists from the start
+        registry.write_text(
+            f'[partners.good]\nwebhook = {{ url = "https://hooks.good.example/v2", secret = "{secret}" }}\n'
+        )
+        os.utime(registry, ns=(0, 10**9))
+        await deliverer._follow_registry()
+        assert sorted(deliverer._senders) == ["good"] and deliverer._senders["good"].subscription.url.endswith("/v2")
+        assert metrics.refused.labels("unset")._value.get() == 0 and deliverer.problem is None
+    finally:
+        for sender in [*deliverer._senders.values(), *deliverer._retired]:
+            await sender.close()

@@ -85,12 +85,20 @@ def test_a_destination_that_is_not_https_or_reaches_the_internal_network_is_refu
     [
         ("https://hooks.example.com/h", ["10.0.0.7"], "reaches 10.0.0.7, a private address"),
         ("https://hooks.example.com/h", ["93.184.215.14", "169.254.169.254"], "link-local"),  # any address counts
-        ("https://nowhere.invalid/h", [], "does not resolve"),
     ],
 )
 def test_a_name_is_judged_by_every_address_it_resolves_to(url, resolves_to, says):
     with pytest.raises(InvalidSubscription, match=says):
         check_destination(url, allow_private_network=False, resolve=lambda host, port: resolves_to)
+
+
+def test_a_name_that_does_not_resolve_now_is_accepted_since_every_connection_is_checked():
+    """A partner's DNS outage must not make the gateway refuse its registry; the deliverer's resolver
+    checks the addresses of every connection it makes (tests/unit/test_webhook_delivery.py)."""
+    check_destination("https://nowhere.invalid/h", False, resolve=lambda host, port: [])
+    check_destination("https://hooks.example.com/h", False, resolve=None)  # the deliverer's load: no DNS
+    with pytest.raises(InvalidSubscription, match="private"):
+        check_destination("https://10.0.0.7/h", False, resolve=None)  # an address written is judged at load
 
 
 def test_public_and_loopback_destinations_pass_and_private_ones_only_when_allowed():
