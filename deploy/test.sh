@@ -34,4 +34,5 @@ if [ ! -x "$NEWMAN" ] || [ "$("$NEWMAN" --version 2>/dev/null)" != "$NEWMAN_VERS
 fi
 use_stack
 cd "$ROOT"
-"$ROOT/.venv/bin/python" -m pytest "$@"
+# the 25 slowest tests at the end: what to look at first when the run nears its 15-minute budget
+"$ROOT/.venv/bin/python" -m pytest --durations=25 "$@"
