@@ -14,7 +14,8 @@ import psycopg
 
 
 def _insert(select: str) -> str:
-    """An INSERT of the events `select` gives as (event_id, partner, event_type, subject, payload)."""
+    """An INSERT of the events `select` gives as (event_id, partner, event_type, subject, payload,
+    sequence_hint), numbered (webhook_events.sequence) in the order of `sequence_hint`."""
     return (
         "INSERT INTO webhook_events (event_id, partner, event_type, subject, occurred_at, payload)"
         f" SELECT event_id, partner, event_type, subject, %(now)s, payload FROM ({select}) e"
