@@ -25,7 +25,6 @@ report's `gates`; the exit status is 1 when one is missed.
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -42,6 +41,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.cpu import StackMeter, per_answer_us
+from benchmarks.report import save_phase
 from benchmarks.run import verdict
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
@@ -380,12 +380,7 @@ def main() -> int:
         result["status"] = asyncio.run(status_latency(env, rate, tmp))
         print("status GET:", result["status"], flush=True)
     result["gates"] = gates(result, targets)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"processor-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"report: {path}")
-    for g in result["gates"]:
-        print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
+    save_phase(result, args.out, "processor")
     met = all(g["passed"] for g in result["gates"] if "either" not in g)
     print("targets:", "met" if met else "missed (see the report)")
     return 0 if met else 1

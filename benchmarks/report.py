@@ -1,9 +1,11 @@
 """The report of `make bench` (benchmarks/run.py): the machine it ran on, the plot (latency curves,
 throughput steps, the soak's memory, the CPU per transaction) and the summary printed at the end."""
 
+import json
 import os
 import platform
 import re
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -172,3 +174,14 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
     for g in report["gates"]:
         print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
     print(f"verdict: {report['verdict']}")
+
+
+def save_phase(result: dict[str, Any], out: Path, name: str) -> Path:
+    """Write a phase's report (`<name>-<UTC time>.json` in `out`) and print it with each gate's verdict."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"report: {path}")
+    for g in result["gates"]:
+        print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
+    return path

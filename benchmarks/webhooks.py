@@ -21,7 +21,6 @@ Targets: targets.toml's [webhooks]; the exit status is 1 when one is missed.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import psycopg
 from confluent_kafka import Producer
 
 from benchmarks.cpu import StackMeter, per_answer_us
+from benchmarks.report import save_phase
 from benchmarks.run import verdict
 from gateway.kafka.producer import ensure_topics
 from gateway.settings import Settings
@@ -233,12 +233,7 @@ def main() -> int:
         processor.stop()
         receivers.stop()
     result["gates"] = gates(result, tomllib.loads(args.targets.read_text()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"webhooks-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"report: {path}")
-    for g in result["gates"]:
-        print(f"{'PASS' if g['passed'] else 'MISS'}  {g['target']}: {g['measured']} (limit {g['limit']} {g['unit']})")
+    save_phase(result, args.out, "webhooks")
     return 0 if all(g["passed"] for g in result["gates"]) else 1
 
 

@@ -8,8 +8,6 @@ Everything is scoped to the partner: another partner's transaction or batch is a
 PostgreSQL unreachable is a 503 with Retry-After; the intake does not depend on it.
 """
 
-import base64
-import binascii
 import logging
 from datetime import date, datetime
 from typing import Annotated, Literal
@@ -19,6 +17,7 @@ from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
+from gateway.api import cursors
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
@@ -278,20 +277,17 @@ async def batch(
 
 
 def _cursor(value_date: date, batch_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{value_date.isoformat()}|{batch_id}".encode()).decode().rstrip("=")
+    return cursors.encode(f"{value_date.isoformat()}|{batch_id}")
 
 
 def _after(cursor: str) -> tuple[date, str]:
+    day, separator, batch_id = cursors.decode(cursor).partition("|")
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        day, batch_id = text.split("|", 1)
+        if not separator:
+            raise ValueError(day)
         return date.fromisoformat(day), batch_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Refused(
-            "validation-failed",
-            "the cursor is not one this API gave",
-            [("cursor", "invalid_cursor", "is not a cursor")],
-        ) from None
+    except ValueError:
+        raise cursors.refused() from None
 
 
 @get(
@@ -305,10 +301,7 @@ def _after(cursor: str) -> tuple[date, str]:
     responses={
         200: documented(BatchPage, "One page of batches", "a page", BatchPage([_BATCH_EXAMPLE], None)),
         400: _INVALID,
-        422: problem_responses(
-            "A cursor this API did not give",
-            problem_example("validation-failed", "the cursor is not one this API gave"),
-        ),
+        422: cursors.BAD_CURSOR,
         503: _UNAVAILABLE,
         **PARTNER_RESPONSES,
     },

@@ -9,8 +9,6 @@ to the ledger). Everything is scoped to the partner: another partner's delivery 
 PostgreSQL unreachable is a 503 with Retry-After.
 """
 
-import base64
-import binascii
 from collections import defaultdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -20,6 +18,7 @@ from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
+from gateway.api import cursors
 from gateway.api.openapi import (
     PARTNER_RESPONSES,
     PARTNER_SECURITY,
@@ -116,21 +115,14 @@ async def _deliveries(store: Ledger, partner: str, rows: list[DeliveryRow]) -> l
 
 
 def _cursor(sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"w{sequence}".encode()).decode().rstrip("=")
+    return cursors.encode(f"w{sequence}")
 
 
 def _before(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("w") or not text[1:].isdigit() or not 0 < int(text[1:]) <= LAST_SEQUENCE:
-            raise ValueError(text)
-        return int(text[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Refused(
-            "validation-failed",
-            "the cursor is not one this API gave",
-            [("cursor", "invalid_cursor", "is not a cursor")],
-        ) from None
+    text = cursors.decode(cursor)
+    if not text.startswith("w") or not text[1:].isdigit() or not 0 < int(text[1:]) <= LAST_SEQUENCE:
+        raise cursors.refused()
+    return int(text[1:])
 
 
 _EXAMPLE = Delivery(
@@ -176,10 +168,7 @@ _UNAVAILABLE = problem_responses(
     responses={
         200: documented(DeliveryPage, "One page of deliveries", "a page", DeliveryPage([_EXAMPLE], None)),
         400: _INVALID,
-        422: problem_responses(
-            "A cursor this API did not give",
-            problem_example("validation-failed", "the cursor is not one this API gave"),
-        ),
+        422: cursors.BAD_CURSOR,
         503: _UNAVAILABLE,
         **PARTNER_RESPONSES,
     },
