@@ -47,7 +47,7 @@ class ProcessorSettings(SharedSettings, frozen=True, kw_only=True):
     webhook_concurrency: int = 4  # deliveries in flight at once to one partner
     webhook_breaker_failures: int = 5  # failed attempts in a row that open a partner's breaker
     webhook_breaker_seconds: float = 30.0  # how long an open breaker waits before it tries one delivery
-    webhook_poll_seconds: float = 0.2  # how often the outbox is read for what has come due
+    webhook_poll_seconds: float = 0.5  # how often the outbox is read for retries come due (new events wake it)
     deliver_metrics_port: int = 9103  # the deliverer's metrics, /health and /ready (on PROCESSOR_METRICS_HOST)
 
     def __post_init__(self) -> None:

@@ -349,10 +349,13 @@ class SettlementStore:
                 duplicates += cursor.execute(statements.DUPLICATES).rowcount
                 conflicts = [Conflict(*row) for row in cursor.execute(statements.CONFLICTS, {"now": now}).fetchall()]
             # the outbox, in the order it happened: what was folded, then what conflicts with it
+            written = 0
             if self.notifying & {"transaction.batched", "transaction.moved"}:
-                cursor.execute(outbox.FOLDED, {"now": now})
+                written += cursor.execute(outbox.FOLDED, {"now": now}).rowcount
             if conflicts and "transaction.conflict" in self.notifying:
-                cursor.execute(outbox.CONFLICTED, {"now": now})
+                written += cursor.execute(outbox.CONFLICTED, {"now": now}).rowcount
+            if written:
+                outbox.announce(cursor, self.schema)
         return int(new or 0), int(late or 0), duplicates, conflicts
 
     def _open_batches(self, batch_ids: set[str], now: datetime) -> set[str]:
@@ -403,7 +406,10 @@ class SettlementStore:
             conn.execute("LOCK TABLE consumed IN SHARE ROW EXCLUSIVE MODE")
             if watermark is None:
                 watermark = lifecycle.oldest_event_time(conn, list(partitions))
-            return lifecycle.step(conn, now, watermark, event_id)
+            done = lifecycle.step(conn, now, watermark, event_id)
+            if self.notifying and any(done.values()):  # it may have written events: the deliverers look
+                outbox.announce(conn, self.schema)
+            return done
 
     def watermark(self, partitions: Iterable[Partition]) -> datetime | None:
         """The event-time watermark of `partitions` now (operators' gauge)."""

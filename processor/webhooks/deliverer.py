@@ -52,6 +52,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connected = False
+        self._listener: asyncio.Task | None = None  # LISTENs on a connection of its own
         self._gauges_at = 0.0
         self.problem: str | None = None
         self.waits_for = "PostgreSQL"
@@ -82,6 +83,8 @@ class Deliverer:
             await self._drain()
         finally:
             self._metrics.ready.set(0)
+            if self._listener is not None:
+                self._listener.cancel()
             for sender in [*self._senders.values(), *self._retired]:
                 await sender.close()
             await self._outbox.close()
@@ -92,6 +95,8 @@ class Deliverer:
             self._connected = True
             self._metrics.ready.set(1)
             log.info("delivering webhooks from the outbox in schema %s", self._settings.database_schema)
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="webhook announcements")
         await self._follow_registry()
         await self._retire()
         await self._record()
@@ -100,6 +105,15 @@ class Deliverer:
         if time.monotonic() >= self._gauges_at:
             await self._count_backlog()
         await self._nap(self._settings.webhook_poll_seconds)
+
+    async def _listen(self) -> None:
+        """Wake the loop on the processor's announcements; on a fault, say so and leave it to the poll
+        (the next turn listens again)."""
+        try:
+            await self._outbox.listen(self._wake.set)
+        except psycopg.Error as exc:
+            log.warning("listening for the processor's announcements: %s; polling meanwhile", exc)
+            await asyncio.sleep(self._settings.webhook_poll_seconds)  # not a new connection every turn
 
     async def _nap(self, seconds: float) -> None:
         """Until an attempt ends, stop() is called or `seconds` pass."""

@@ -9,13 +9,14 @@ transaction's changes in the order they happened, even across retries.
 """
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 
+from processor.webhooks.outbox import channel
 from processor.webhooks.sending import Attempt
 
 _CLAIM = """
@@ -158,6 +159,14 @@ class Outbox:
             return "delivered", None
         verdict, at = self.verdict(claimed, attempt)
         return ("failed", None) if verdict == "failed" else ("pending", at)
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever the processor announces events (outbox.announce), until the connection
+        fails or the task is cancelled; the deliverer polls meanwhile, so nothing waits on this."""
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(channel(self._schema)))
+            async for _ in conn.notifies():
+                wake()
 
     async def backlog(self) -> dict[str, int]:
         """Pending events per partner."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import psycopg
+from psycopg import sql
 
 
 def _insert(select: str) -> str:
@@ -98,6 +99,17 @@ BATCH = _insert("""
 def batch_event(conn: psycopg.Connection, event_type: str, batch_id: str, now: datetime) -> None:
     """Write `event_type` of `batch_id` for each subscribed partner with a part in it."""
     conn.execute(BATCH, {"type": event_type, "batch": batch_id, "now": now})
+
+
+def channel(schema: str) -> sql.Identifier:
+    """The NOTIFY channel on which the fold announces events of `schema` (channels span the database)."""
+    return sql.Identifier(f"webhook_events_{schema}")
+
+
+def announce(cursor: psycopg.Cursor | psycopg.Connection, schema: str) -> None:
+    """Tell the deliverers that events were written: delivered by PostgreSQL when the transaction commits
+    (never for one rolled back), so they claim them at once rather than at their next poll."""
+    cursor.execute(sql.SQL("NOTIFY {}").format(channel(schema)))
 
 
 def subscribe(conn: psycopg.Connection, subscriptions: Mapping[str, frozenset[str]]) -> None:

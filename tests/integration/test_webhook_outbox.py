@@ -1,4 +1,4 @@
-"""The webhook outbox (migration 0006, processor/outbox.py) against the real Kafka and PostgreSQL: the
+"""The webhook outbox (migration 0006, processor/webhooks/outbox.py) against the real Kafka and PostgreSQL: the
 fold and the lifecycle step write the events of the subscribed partners, in the transaction of the
 change, once each, with bodies the status API would give at that moment."""
 
@@ -6,9 +6,12 @@ import os
 from datetime import UTC, datetime
 
 import msgspec
+import psycopg
 from litestar.testing import TestClient
+from psycopg import sql
 
 from gateway.api.app import create_app
+from processor.webhooks.outbox import channel
 from tests.integration.settlement import Setup, accepted, another_instruction, fold_until, produce, produce_to
 
 ALL = frozenset(
@@ -139,3 +142,20 @@ def test_the_processor_follows_the_registry_file_s_subscriptions(setup, tmp_path
         registry.write_text("[partners.x\n")  # broken: the last good subscriptions stay
         processor.follow_registry()
         assert len(setup.sql("SELECT * FROM webhook_subscriptions")) == 2
+
+
+def test_the_fold_announces_its_events_when_it_commits_so_the_deliverer_need_not_poll(setup, tmp_path):
+    partner = setup.gateway.partner
+    subscribe(setup, tmp_path / "partners.toml", {partner: frozenset({"transaction.batched"})})
+    listener = psycopg.connect(setup.database, autocommit=True)
+    listener.execute(sql.SQL("LISTEN {}").format(channel(setup.settings.database_schema)))
+    produce(setup, [accepted(partner, 1), accepted(f"{partner}-unsubscribed", 2)])
+    try:
+        with setup.processor(lambda: datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()) as processor:
+            processor.follow_registry()
+            fold_until(processor, lambda: setup.sql("SELECT count(*) FROM transactions")[0][0] == 2, "folded")
+        announced = list(listener.notifies(timeout=5, stop_after=1))
+    finally:
+        listener.close()
+    assert len(announced) == 1 and announced[0].channel == f"webhook_events_{setup.settings.database_schema}"
+    assert setup.sql("SELECT count(*) FROM webhook_events") == [(1,)]
