@@ -29,7 +29,7 @@ from tests.e2e.conftest import server_env
 from tests.servers import Server, ServerProcess, free_port
 
 FIXED = "2026-12-01T12:00:00Z"  # a Tuesday at noon in London: rtgs is open for GBP
-PARTNERS = ("fine", "flaky", "dead", "killed")
+PARTNERS = ("fine", "flaky", "dead", "killed", "cut-off")
 TRANSACTION_EVENTS = '["transaction.batched", "transaction.settled"]'
 
 
@@ -312,6 +312,25 @@ def test_the_deliverer_killed_mid_delivery_loses_nothing_and_sends_it_again_with
     assert delivered[0].headers["webhook-id"] == held.headers["webhook-id"]  # the one held, again, same id
     assert delivered[0].body == held.body
     _in_order_once_each(delivered, [txn])
+
+
+def test_postgres_killed_mid_delivery_the_deliverer_waits_and_records_every_attempt_once_it_is_back(
+    webhooks, postgres_server
+):
+    receiver = webhooks.receivers["cut-off"]
+    receiver.plan = ["hang"]  # an attempt under way when PostgreSQL goes: it ends while nothing can record it
+    receiver.arrived.clear()
+    ready = webhooks.running["deliverer"].metrics_url.replace("/metrics", "/ready")
+    ids = webhooks.submit("cut-off", 3)
+    assert receiver.arrived.wait(30)
+    postgres_server.kill()
+    _wait(lambda: httpx.get(ready, timeout=5).status_code == 503, 15, "the deliverer not ready without PostgreSQL")
+    time.sleep(1.5)  # the held attempt times out meanwhile: unrecorded until PostgreSQL answers
+    postgres_server.start()
+    _wait(lambda: len({r.headers["webhook-id"] for r in receiver.delivered()}) >= 6, 60, "every event delivered")
+    _in_order_once_each(receiver.delivered(), ids)
+    _wait(lambda: {row[3] for row in webhooks.outbox("cut-off")} == {"delivered"}, 30, "every delivery recorded")
+    assert httpx.get(ready, timeout=5).status_code == 200
 
 
 def test_operators_see_deliveries_by_outcome_attempts_backlog_and_delay(webhooks):
