@@ -22,6 +22,7 @@ from gateway.api.operations import Readiness, health, ready
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.status import batch, batches, transaction_status
 from gateway.api.transactions import submit_transaction
+from gateway.api.webhook_events import WEBHOOKS
 from gateway.api.webhooks import deliveries, resend
 from gateway.partners.authentication import Authenticator
 from gateway.partners.registry import PARTNER_ID, Registry
@@ -61,6 +62,7 @@ OPENAPI = OpenAPIConfig(
     description="Payment instructions in; validated, de-duplicated, routed and durably written to Kafka.",
     path="/docs",
     components=Components(security_schemes=SECURITY_SCHEMES),
+    webhooks=WEBHOOKS,  # what the deliverer POSTs to partners (gateway/api/webhook_events.py)
     render_plugins=[swagger_ui()],
 )
 

@@ -5,6 +5,7 @@ change, once each, with bodies the status API would give at that moment."""
 import os
 from datetime import UTC, datetime
 
+import jsonschema_rs
 import msgspec
 import psycopg
 from litestar.testing import TestClient
@@ -102,6 +103,7 @@ def test_a_batch_s_life_writes_each_subscribed_partner_s_events_once_shaped_like
     other_share = bodies[(other, "batch.settled", f"batches/{batch}")]["data"]
     assert (other_share["transaction_count"], other_share["totals"]) == (1, {"USD": "10.00"})
     assert setup.sql("SELECT count(*) FROM webhook_events WHERE partner = %s", silent) == [(0,)]
+    _valid_as_documented(setup, written)
     setup.invariants()
     setup.assert_replay_matches()  # the outbox is no part of the digest: the replay notifies nobody
 
@@ -120,10 +122,22 @@ def test_another_instruction_under_a_transaction_id_is_a_conflict_event_after_th
         ("transaction.batched", "transactions/txn-1"),
         ("transaction.conflict", "transactions/txn-1"),
     ]
+    _valid_as_documented(setup, written)
     conflict = written[1][4]["data"]
     assert (conflict["amount"], conflict["status"]) == ("10.00", "batched")  # the transaction that stands
     assert (conflict["conflict"]["amount"], conflict["conflict"]["batch"]) == ("99.00", "t1-20261201-GBP")
     assert conflict["conflict"]["kafka"]["offset"] == 1
+
+
+def _valid_as_documented(setup: Setup, written: list[tuple]) -> None:
+    """Every body is what the OpenAPI document's `webhooks` says its type sends (formats checked too)."""
+    document = create_app(setup.gateway).openapi_schema.to_schema()
+    for _, event_type, _, _, body in written:
+        media = document["webhooks"][event_type]["post"]["requestBody"]["content"]["application/json"]
+        validator = jsonschema_rs.validator_for({**media["schema"], "components": document["components"]},
+                                                validate_formats=True)  # fmt: skip
+        errors = [f"{e.instance_path}: {e.message}" for e in validator.iter_errors(body)]
+        assert not errors, (event_type, errors)
 
 
 def test_the_processor_follows_the_registry_file_s_subscriptions(setup, tmp_path):

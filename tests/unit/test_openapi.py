@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document describes the request body and every response code with an example."""
 
+import json
+
 from gateway.api.app import create_app
 from gateway.settings import Settings
 from settlement.webhooks import EVENT_TYPES
@@ -67,3 +69,19 @@ def test_the_webhook_deliveries_document_every_answer_and_filter_by_the_core_s_e
             assert content.get("examples"), f"{status} has no example"
     pending = resend["responses"]["409"]["content"]["application/problem+json"]["examples"]
     assert next(iter(pending.values()))["value"]["type"].endswith("/delivery-pending")
+
+
+def test_the_document_describes_every_webhook_a_partner_receives_with_its_signature_headers():
+    """OpenAPI 3.1 `webhooks`: one POST per event type, its Standard Webhooks headers, and a body whose data
+    is the status API's schema (tests/integration/test_webhook_outbox.py validates the processor's bodies)."""
+    document = create_app(Settings()).openapi_schema.to_schema()
+    assert set(document["webhooks"]) == EVENT_TYPES
+    for event_type, item in document["webhooks"].items():
+        operation = item["post"]
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header" and p["required"]}
+        assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}, event_type
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["type"]["const"] == event_type
+        data = json.dumps(body["properties"]["data"])
+        schema = "BatchView" if event_type.startswith("batch.") else "TransactionStatus"
+        assert f"#/components/schemas/{schema}" in data and schema in document["components"]["schemas"]
