@@ -26,6 +26,7 @@ VARIABLES = {
     "webhook_breaker_failures": "PROCESSOR_WEBHOOK_BREAKER_FAILURES",
     "webhook_breaker_seconds": "PROCESSOR_WEBHOOK_BREAKER_SECONDS",
     "webhook_poll_seconds": "PROCESSOR_WEBHOOK_POLL_SECONDS",
+    "webhook_retention_days": "PROCESSOR_WEBHOOK_RETENTION_DAYS",
     "deliver_metrics_port": "PROCESSOR_DELIVER_METRICS_PORT",
 }
 
@@ -47,6 +48,7 @@ class ProcessorSettings(SharedSettings, frozen=True, kw_only=True):
     webhook_concurrency: int = 4  # deliveries in flight at once to one partner
     webhook_breaker_failures: int = 5  # failed attempts in a row that open a partner's breaker
     webhook_breaker_seconds: float = 30.0  # how long an open breaker waits before it tries one delivery
+    webhook_retention_days: float = 30.0  # deliveries that ended are kept this long, attempts with them (0: ever)
     webhook_poll_seconds: float = 0.5  # how often the outbox is read for retries come due (new events wake it)
     deliver_metrics_port: int = 9103  # the deliverer's metrics, /health and /ready (on PROCESSOR_METRICS_HOST)
 
@@ -64,6 +66,8 @@ class ProcessorSettings(SharedSettings, frozen=True, kw_only=True):
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ConfigurationError(f"{VARIABLES[field]} must be greater than zero")
+        if self.webhook_retention_days < 0:
+            raise ConfigurationError("PROCESSOR_WEBHOOK_RETENTION_DAYS must not be negative (0 keeps every delivery)")
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

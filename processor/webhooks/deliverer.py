@@ -30,6 +30,7 @@ from settlement.webhooks import Subscription, load_subscriptions
 log = logging.getLogger("processor.webhooks")
 
 _GAUGE_SECONDS = 5.0  # how often the backlog per partner is counted
+_PRUNE_SECONDS = 600.0  # how often deliveries past their retention are looked for
 
 
 class Deliverer:
@@ -53,7 +54,7 @@ class Deliverer:
         self._stopping = asyncio.Event()
         self._connected = False
         self._listener: asyncio.Task | None = None  # LISTENs on a connection of its own
-        self._gauges_at = 0.0
+        self._gauges_at = self._prune_at = 0.0
         self.problem: str | None = None
         self.waits_for = "PostgreSQL"
 
@@ -104,6 +105,8 @@ class Deliverer:
             self._start(claimed, self._senders[claimed.partner])
         if time.monotonic() >= self._gauges_at:
             await self._count_backlog()
+        if time.monotonic() >= self._prune_at:
+            await self._prune()
         await self._nap(self._settings.webhook_poll_seconds)
 
     async def _listen(self) -> None:
@@ -183,6 +186,15 @@ class Deliverer:
                     claimed.event_id, claimed.partner, claimed.attempt, attempt.outcome, attempt.detail,
                     claimed.event_id,
                 )  # fmt: skip
+
+    async def _prune(self) -> None:
+        """Forget the deliveries that ended before PROCESSOR_WEBHOOK_RETENTION_DAYS (0: keep them all)."""
+        days = self._settings.webhook_retention_days
+        pruned = await self._outbox.prune(days) if days else 0
+        if pruned:
+            log.info("forgot %d webhook deliveries that ended more than %g days ago", pruned, days)
+        # a full batch: more are due, at the next turn; else in a while
+        self._prune_at = time.monotonic() + (0 if pruned >= 5000 else _PRUNE_SECONDS)
 
     async def _count_backlog(self) -> None:
         backlog = await self._outbox.backlog()

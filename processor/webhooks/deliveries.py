@@ -58,6 +58,18 @@ WHERE w.event_id = u.event_id AND w.state = 'pending'
 RETURNING w.event_id, extract(epoch FROM w.delivered_at - w.recorded_at)
 """
 _BACKLOG = "SELECT partner, count(*) FROM webhook_events WHERE state = 'pending' GROUP BY 1"
+# Deliveries that ended (delivered or failed) before the retention, with their attempts, a bounded number
+# at a time (short transactions: the claims and the partners' API never wait long); pending ones stay.
+_PRUNE = """
+WITH old AS (
+    SELECT event_id FROM webhook_events
+    WHERE state <> 'pending' AND recorded_at < statement_timestamp() - %(days)s * interval '1 day'
+    LIMIT %(limit)s
+), attempts AS (
+    DELETE FROM webhook_attempts WHERE event_id IN (SELECT event_id FROM old)
+)
+DELETE FROM webhook_events WHERE event_id IN (SELECT event_id FROM old)
+"""
 
 
 class Claimed(NamedTuple):
@@ -167,6 +179,11 @@ class Outbox:
             await conn.execute(sql.SQL("LISTEN {}").format(channel(self._schema)))
             async for _ in conn.notifies():
                 wake()
+
+    async def prune(self, days: float, limit: int = 5000) -> int:
+        """Forget deliveries that ended more than `days` ago (at most `limit` of them); how many."""
+        cursor = await self.conn.execute(_PRUNE, {"days": days, "limit": limit})
+        return cursor.rowcount
 
     async def backlog(self) -> dict[str, int]:
         """Pending events per partner."""

@@ -225,6 +225,28 @@ async def test_the_deliverer_takes_a_resent_delivery_as_the_first_try_of_a_new_s
     assert (claimed.event_id, claimed.attempt, claimed.in_schedule) == (failed, 5, 1)
 
 
+async def test_deliveries_that_ended_before_the_retention_are_forgotten_with_their_attempts(deliveries):
+    acme = deliveries.acme
+    old = [deliveries.write(acme, state=state, tries=2) for state in ("delivered", "failed", "pending")]
+    recent = deliveries.write(acme, state="delivered")
+    deliveries.setup.sql(
+        "UPDATE webhook_events SET recorded_at = recorded_at - interval '31 days' WHERE event_id = ANY(%s)"
+        " RETURNING event_id",
+        old,
+    )
+    outbox = Outbox(deliveries.setup.database, deliveries.setup.settings.database_schema, (5,))
+    await outbox.connect()
+    try:
+        assert await outbox.prune(days=30, limit=1) == 1  # a bounded number at a time
+        assert await outbox.prune(days=30) == 1
+        assert await outbox.prune(days=30) == 0
+    finally:
+        await outbox.close()
+    left = deliveries.setup.sql("SELECT event_id FROM webhook_events WHERE partner = %s ORDER BY 1", acme)
+    assert left == sorted([(old[2],), (recent,)])  # a pending one stays, however old: it is still owed
+    assert deliveries.setup.sql("SELECT count(*) FROM webhook_attempts WHERE event_id = ANY(%s)", old[:2]) == [(0,)]
+
+
 async def test_a_resend_of_a_pending_delivery_is_409_saying_when_its_next_attempt_is(deliveries):
     pending = deliveries.write(deliveries.acme, state="pending", tries=1)
     before = deliveries.row(pending)
