@@ -13,12 +13,12 @@ split apart they would pass all three around.
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,11 +32,12 @@ from processor.store import BatchEvent, Fenced, SettlementStore
 from settlement import ids
 from settlement.errors import ConfigurationError
 from settlement.events import batch_event_headers
+from settlement.stamps import FileStamp, file_stamp
 from settlement.topics import create_topics, finite_retention
 from settlement.webhooks import subscribed_events
 
 log = logging.getLogger("processor")
-MISSING = (-1, -1)  # the registry stamp of a file that could not be found
+MISSING, NO_REGISTRY = "missing", "none"  # registry stamps: a file that cannot be read; no file configured
 
 # PostgreSQL unreachable, restarting or the connection lost: waited out. Any other database error is
 # a fault of ours, and ends the process (its supervisor starts it again).
@@ -77,7 +78,7 @@ class Processor:
         self._kafka_back_at = -1e9  # since when the brokers answer again (after they did not)
         self._lost_in_outage = False  # the partitions were revoked while no broker answered
         self._subscribed = False
-        self._registry_stamp: tuple[int, int] | None = None  # the registry file read last (mtime, size)
+        self._registry_stamp: FileStamp | str | None = None  # the registry file read last; None: not yet
         self._unassigned_since: float | None = time.monotonic()  # holding no partition since (monotonic)
         self._consumer = self._new_consumer()
         self._producer = Producer(
@@ -347,14 +348,12 @@ class Processor:
         """Write webhook events for the partners the registry subscribes, as of the file's last change
         (read again when its time or size moved). A file that cannot be read keeps the last one."""
         path = self._settings.partners_file
-        try:
-            status = os.stat(path) if path else None
-        except OSError as exc:
+        stamp = file_stamp(Path(path)) if path else NO_REGISTRY
+        if stamp is None:
             if self._registry_stamp != MISSING:  # said once, not every tick
-                log.error("the partner registry %s: %s; webhook subscriptions unchanged", path, exc)
+                log.error("the partner registry %s cannot be read; webhook subscriptions unchanged", path)
                 self._registry_stamp = MISSING
             return
-        stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
         if stamp == self._registry_stamp:
             return
         try:

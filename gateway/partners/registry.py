@@ -38,6 +38,7 @@ from typing import Any, NamedTuple, Self
 import rtoml
 
 from settlement.errors import ConfigurationError
+from settlement.stamps import FileStamp, file_stamp
 from settlement.webhooks import InvalidSubscription, Subscription, parse_subscription
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -76,26 +77,6 @@ class Key(NamedTuple):
     digest: str  # SHA-256 of the key, hex
     revoked: bool
     expires_at: float | None  # Unix seconds
-
-
-class FileStamp(NamedTuple):
-    """What identifies one version of a file: a write in place changes the times (and often the size), a
-    write-then-rename the inode, even with the same modification time and size."""
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-def file_stamp(path: Path) -> FileStamp | None:
-    """The stamp of `path` now, or None when it cannot be read (missing, no permission)."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return FileStamp(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 class Found(NamedTuple):

@@ -8,7 +8,7 @@ worker reads either the old file or the new one, whole. `python -m gateway check
 
 A file written in place (an editor saving over it, `cat > partners.toml`) can be read half-written.
 The watcher guards against it twice: a changed file is read only once its modification time is
-`settle` old (0.5 s, at most the interval), and its stamp (gateway.partners.registry.FileStamp: inode,
+`settle` old (0.5 s, at most the interval), and its stamp (settlement.stamps.FileStamp: inode,
 size, times) is taken again after the read; if it moved, the read is thrown away and the file is read
 again at the next look. A change is served within one interval of the last write, since the settle
 time is spent only on a file younger than it and a write during that wait restarts the wait, not the
@@ -29,9 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.partners.authentication import Authenticator
-from gateway.partners.registry import FileStamp, Registry, file_stamp
+from gateway.partners.registry import Registry
 from gateway.telemetry.metrics import Metrics
 from settlement.errors import ConfigurationError
+from settlement.stamps import FileStamp, file_stamp
 
 log = logging.getLogger("gateway.partners")
 

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 
@@ -25,6 +26,7 @@ from processor.webhooks.deliveries import Claimed, Outbox
 from processor.webhooks.metrics import DeliveryMetrics
 from processor.webhooks.sending import Attempt, Sender
 from settlement.errors import ConfigurationError
+from settlement.stamps import FileStamp, file_stamp
 from settlement.webhooks import Subscription, load_subscriptions
 
 log = logging.getLogger("processor.webhooks")
@@ -43,7 +45,7 @@ class Deliverer:
         # the longest an attempt can take (resolve and connect, answer), and a margin: then a claim lapses
         self._lease = connect + response + 2.0
         self._senders: dict[str, Sender] = {}  # per subscribed partner
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: FileStamp | str | None = None  # the registry file read last ("none": no file configured)
         self._refused: dict[str, str] = {}  # partner -> why its subscription was refused
         self._retired: list[Sender] = []  # of subscriptions changed since: closed once their attempts end
         self._breakers: dict[str, Breaker] = {}
@@ -207,12 +209,10 @@ class Deliverer:
         refused (a secret_env not set) is left out, said in the log, /ready's problem and a gauge; a file
         that cannot be read keeps the subscriptions loaded before. Either is read again once it changes."""
         path = self._settings.partners_file
-        try:
-            status = os.stat(path) if path else None
-        except OSError as exc:
-            self.problem = f"the partner registry {path}: {exc}; delivering to the subscriptions loaded before"
+        stamp = file_stamp(Path(path)) if path else "none"
+        if stamp is None:
+            self.problem = f"the partner registry {path} cannot be read; delivering to the subscriptions loaded before"
             return
-        stamp = (status.st_mtime_ns, status.st_size) if status else (0, 0)
         if stamp == self._stamp:
             return
         self._stamp = stamp

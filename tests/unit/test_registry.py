@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from gateway.partners.authentication import Authenticator
-from gateway.partners.registry import Registry, file_stamp, key_digest, new_key
+from gateway.partners.registry import Registry, key_digest, new_key
 from gateway.partners.reload import RegistryWatcher
 from gateway.telemetry.metrics import Metrics
 from settlement.errors import ConfigurationError
+from settlement.stamps import file_stamp
 
 KEY, DIGEST = new_key()
 
